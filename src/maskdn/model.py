@@ -1,0 +1,529 @@
+"""Masked SwinIR: the SwinIR denoiser with the changes of masked image training.
+
+Chen et al., "Masked Image Training for Generalizable Deep Image Denoising" (CVPR 2023) change SwinIR
+(Liang et al., 2021) in three ways, all here:
+
+* the first convolution is 1x1, so one token is one pixel and masking a pixel masks a token;
+* there is no global residual: the network outputs the clean image, not the noise (the authors' code
+  also drops the long skip from the first conv's features to the body's output);
+* every window attention zeroes a random fraction of its input tokens before the qkv projection
+  (``attn_mask_ratio``), in training and, by default, at test time too (``attn_mask_at_eval``).
+
+Module and parameter names follow the authors' code so their checkpoints load unchanged (see
+:func:`checkpoint_filter_fn`). Derived tensors (relative-position index, shift masks) are rebuilt here,
+never read from a file. File layout, bottom-up: helpers, attention, block, residual group, model,
+checkpoint filter, presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import MaskdnError
+from .masking import token_keep_mask
+
+__all__ = [
+    "ModelConfig",
+    "MaskedSwinIR",
+    "PRESETS",
+    "preset",
+    "checkpoint_filter_fn",
+]
+
+RGB_MEAN = (0.4488, 0.4371, 0.4040)
+"""Per-channel mean of DIV2K that SwinIR subtracts from RGB inputs (zeros for other channel counts)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and masking of a :class:`MaskedSwinIR`. Defaults are the paper's masked model.
+
+    ``attn_mask_ratio`` is the fraction of tokens zeroed before the qkv projection of every window
+    attention (0 disables it). ``attn_mask_at_eval`` keeps that masking on in ``eval()`` mode, as the
+    paper does for train/test consistency; test outputs are then stochastic.
+    """
+
+    in_chans: int = 3
+    embed_dim: int = 60
+    depths: tuple[int, ...] = (6, 6, 6, 6)
+    num_heads: tuple[int, ...] = (6, 6, 6, 6)
+    window_size: int = 8
+    mlp_ratio: float = 2.0
+    resi_connection: Literal["1conv", "3conv"] = "3conv"
+    img_range: float = 1.0
+    attn_mask_ratio: float = 0.75
+    attn_mask_at_eval: bool = True
+
+    def __post_init__(self) -> None:
+        # Accept lists (from JSON/TOML) but store tuples so the config stays hashable.
+        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        object.__setattr__(self, "num_heads", tuple(int(h) for h in self.num_heads))
+        problems = []
+        if len(self.depths) != len(self.num_heads) or not self.depths:
+            problems.append(f"depths {self.depths} and num_heads {self.num_heads} must be non-empty and of equal length")
+        if any(self.embed_dim % h for h in self.num_heads):
+            problems.append(f"embed_dim {self.embed_dim} must be divisible by every num_heads {self.num_heads}")
+        if self.resi_connection not in ("1conv", "3conv"):
+            problems.append(f"resi_connection must be '1conv' or '3conv', not {self.resi_connection!r}")
+        if self.resi_connection == "3conv" and self.embed_dim % 4:
+            problems.append(f"embed_dim {self.embed_dim} must be divisible by 4 for '3conv'")
+        if not 0.0 <= self.attn_mask_ratio < 1.0:
+            problems.append(f"attn_mask_ratio must be in [0, 1), not {self.attn_mask_ratio}")
+        if self.window_size < 1 or self.in_chans < 1 or self.embed_dim < 1:
+            problems.append("window_size, in_chans and embed_dim must be positive")
+        if problems:
+            raise MaskdnError("invalid ModelConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise MaskdnError(f"unknown ModelConfig field(s): {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers: window partition and reverse, relative-position index, shift mask
+# --------------------------------------------------------------------------------------------------
+
+
+def window_partition(x: Tensor, ws: int) -> Tensor:
+    """``[B, H, W, C] → [B·nW, ws·ws, C]`` with windows in row-major order (H, W multiples of ws)."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws * ws, C)
+
+
+def window_reverse(windows: Tensor, ws: int, H: int, W: int) -> Tensor:
+    """``[B·nW, ws·ws, C] → [B, H, W, C]``; inverse of :func:`window_partition`."""
+    C = windows.shape[-1]
+    x = windows.view(-1, H // ws, W // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, H, W, C)
+
+
+@functools.lru_cache(maxsize=8)
+def relative_position_index(ws: int) -> Tensor:
+    """``[ws², ws²]`` index into the ``(2ws−1)²`` relative-position bias table (row-major offsets)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
+    return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
+
+
+@functools.lru_cache(maxsize=32)
+def shift_attention_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
+    """``[nW, ws², ws²]`` additive mask (0 or −100) for shifted windows of an ``H×W`` map.
+
+    After the cyclic shift, a window at the border holds pixels from up to four image regions that are
+    not neighbours; tokens from different regions must not attend to each other. Cached per size.
+    """
+    region = torch.zeros(1, H, W, 1)
+    cnt = 0
+    bands = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+    for h in bands:
+        for w in bands:
+            region[:, h, w, :] = cnt
+            cnt += 1
+    ids = window_partition(region, ws).squeeze(-1)  # [nW, N]
+    diff = ids.unsqueeze(1) - ids.unsqueeze(2)
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
+
+def reflect_pad(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
+    """Reflection-pad ``[..., H, W]`` by ``pad_h`` rows at the bottom and ``pad_w`` columns at the right.
+
+    One reflection cannot exceed the size minus one, so small images are reflected in several steps;
+    a side of a single pixel is replicated.
+    """
+    while pad_h > 0 or pad_w > 0:
+        step_h, step_w = min(pad_h, x.shape[-2] - 1), min(pad_w, x.shape[-1] - 1)
+        if step_h <= 0 and step_w <= 0:
+            batch = x.reshape(-1, *x.shape[-3:]) if x.ndim >= 3 else x[None]
+            out = F.pad(batch.float(), (0, pad_w, 0, pad_h), mode="replicate").to(x.dtype)
+            return out.reshape(*x.shape[:-2], *out.shape[-2:])
+        x = F.pad(x, (0, step_w, 0, step_h), mode="reflect")
+        pad_h, pad_w = pad_h - step_h, pad_w - step_w
+    return x
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Reflection-pad ``[B, C, H, W]`` at the bottom/right up to a multiple of ``multiple``."""
+    H, W = x.shape[-2:]
+    return reflect_pad(x, (-H) % multiple, (-W) % multiple)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention, MLP, block, residual group
+# --------------------------------------------------------------------------------------------------
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a learned relative-position bias.
+
+    ``forward`` takes tokens ``[B·nW, N, C]`` (``N = ws²``) and an optional additive shift mask
+    ``[nW, N, N]``; ``token_keep`` ``[B·nW, N, 1]`` (0 or 1) zeroes masked tokens before the qkv
+    projection. Two interchangeable paths: ``fused=True`` uses ``scaled_dot_product_attention``; the
+    explicit path is the literal reference computation. They agree to float rounding.
+    """
+
+    def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
+        super().__init__()
+        self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window_size).clone(), persistent=False)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.fused = True
+
+    def relative_position_bias(self) -> Tensor:
+        """``[heads, N, N]`` bias gathered from the table."""
+        N = self.window_size**2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(N, N, -1).permute(2, 0, 1)
+
+    def forward(self, x: Tensor, shift_mask: Tensor | None = None, token_keep: Tensor | None = None) -> Tensor:
+        B_, N, C = x.shape
+        if token_keep is not None:
+            x = x * token_keep
+        qkv = self.qkv(x).view(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each [B_, heads, N, d]
+        bias = self.relative_position_bias().to(q.dtype)
+        if self.fused:
+            out = self._fused(q, k, v, bias, shift_mask)
+        else:
+            out = self._explicit(q, k, v, bias, shift_mask)
+        return self.proj(out.transpose(1, 2).reshape(B_, N, C))
+
+    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, shift_mask: Tensor | None) -> Tensor:
+        B_, heads, N, _ = q.shape
+        attn = (q * self.scale) @ k.transpose(-2, -1) + bias.unsqueeze(0)
+        if shift_mask is not None:
+            nW = shift_mask.shape[0]
+            attn = attn.view(B_ // nW, nW, heads, N, N) + shift_mask.to(attn.dtype).unsqueeze(1).unsqueeze(0)
+            attn = attn.view(B_, heads, N, N)
+        return attn.softmax(dim=-1) @ v
+
+    def _fused(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, shift_mask: Tensor | None) -> Tensor:
+        B_, heads, N, d = q.shape
+        if shift_mask is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        nW = shift_mask.shape[0]
+        mask = bias.unsqueeze(0) + shift_mask.to(bias.dtype).unsqueeze(1)  # [nW, heads, N, N]
+        shape5 = (B_ // nW, nW, heads, N, d)
+        out = F.scaled_dot_product_attention(
+            q.reshape(shape5), k.reshape(shape5), v.reshape(shape5), attn_mask=mask, scale=self.scale
+        )
+        return out.view(B_, heads, N, d)
+
+
+class Mlp(nn.Module):
+    """Two linear layers with GELU: ``[..., C] → [..., C]``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwinTransformerBlock(nn.Module):
+    """Pre-norm (shifted) window attention and MLP, each with a residual; tokens ``[B, H·W, C]``."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.window_size, self.shift_size = window_size, shift_size
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, size: tuple[int, int], token_keep: Tensor | None = None) -> Tensor:
+        H, W = size
+        B, L, C = x.shape
+        ws, shift = self.window_size, self.shift_size
+        h = self.norm1(x).view(B, H, W, C)
+        if shift:
+            h = torch.roll(h, shifts=(-shift, -shift), dims=(1, 2))
+            shift_mask = shift_attention_mask(H, W, ws, shift).to(x.device)
+        else:
+            shift_mask = None
+        h = self.attn(window_partition(h, ws), shift_mask, token_keep)
+        h = window_reverse(h, ws, H, W)
+        if shift:
+            h = torch.roll(h, shifts=(shift, shift), dims=(1, 2))
+        x = x + h.reshape(B, L, C)
+        return x + self.mlp(self.norm2(x))
+
+
+def residual_conv(dim: int, kind: str) -> nn.Module:
+    """The convolution closing a residual group: one 3x3 conv, or the lighter "3conv" bottleneck."""
+    if kind == "1conv":
+        return nn.Conv2d(dim, dim, 3, 1, 1)
+    return nn.Sequential(
+        nn.Conv2d(dim, dim // 4, 3, 1, 1),
+        nn.LeakyReLU(negative_slope=0.2, inplace=True),
+        nn.Conv2d(dim // 4, dim // 4, 1, 1, 0),
+        nn.LeakyReLU(negative_slope=0.2, inplace=True),
+        nn.Conv2d(dim // 4, dim, 3, 1, 1),
+    )
+
+
+class BasicLayer(nn.Module):
+    """A stack of Swin blocks alternating regular and shifted windows."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            SwinTransformerBlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, mlp_ratio)
+            for i in range(depth)
+        )
+
+
+class RSTB(nn.Module):
+    """Residual Swin Transformer block: blocks, a conv on the image layout, and a group residual."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float, resi: str) -> None:
+        super().__init__()
+        self.residual_group = BasicLayer(dim, depth, num_heads, window_size, mlp_ratio)
+        self.conv = residual_conv(dim, resi)
+
+    def forward(self, x: Tensor, size: tuple[int, int], token_keeps: list[Tensor | None]) -> Tensor:
+        h = x
+        for blk, keep in zip(self.residual_group.blocks, token_keeps):
+            h = blk(h, size, keep)
+        B, L, C = h.shape
+        h = self.conv(h.transpose(1, 2).reshape(B, C, *size))
+        return h.flatten(2).transpose(1, 2) + x
+
+
+class PatchEmbed(nn.Module):
+    """``[B, C, H, W] → [B, H·W, C]`` followed by LayerNorm (SwinIR's patch size is 1)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.flatten(2).transpose(1, 2))
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+
+
+class MaskedSwinIR(nn.Module):
+    """SwinIR denoiser with a 1x1 first conv, no global residual and attention token masking.
+
+    ``forward(x)`` maps ``[B, in_chans, H, W]`` images (values in ``[0, img_range]``) of any size to
+    denoised images of the same shape; it pads by reflection to a multiple of the window and crops back.
+    Outputs are not clamped. ``generator`` drives the attention token mask, so a stochastic pass is
+    reproducible; it must live on the input's device.
+    """
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        dim = config.embed_dim
+        mean = RGB_MEAN if config.in_chans == 3 else (0.0,) * config.in_chans
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.conv_first = nn.Conv2d(config.in_chans, dim, 1, 1, 0)
+        self.patch_embed = PatchEmbed(dim)
+        self.layers = nn.ModuleList(
+            RSTB(dim, depth, heads, config.window_size, config.mlp_ratio, config.resi_connection)
+            for depth, heads in zip(config.depths, config.num_heads)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.conv_after_body = residual_conv(dim, config.resi_connection)
+        self.conv_last = nn.Conv2d(dim, config.in_chans, 3, 1, 1)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def masks_attention(self) -> bool:
+        """Whether the next forward pass masks attention tokens (so its output is stochastic)."""
+        c = self.config
+        return c.attn_mask_ratio > 0 and (self.training or c.attn_mask_at_eval)
+
+    def set_fused_attention(self, fused: bool) -> None:
+        """Switch every window attention between the fused (SDPA) and the explicit reference path."""
+        for m in self.modules():
+            if isinstance(m, WindowAttention):
+                m.fused = fused
+
+    def _token_keeps(self, B: int, H: int, W: int, x: Tensor, generator: torch.Generator | None) -> list[Tensor | None]:
+        """One keep mask ``[B·nW, N, 1]`` per block (None when masking is off), drawn on ``x``'s device."""
+        n_blocks = sum(self.config.depths)
+        if not self.masks_attention:
+            return [None] * n_blocks
+        ws = self.config.window_size
+        n_tokens = B * H * W
+        keep = token_keep_mask(
+            (n_blocks, n_tokens // (ws * ws), ws * ws, 1), self.config.attn_mask_ratio, x, generator
+        )
+        return list(keep.unbind(0))
+
+    def forward_features(
+        self, x: Tensor, generator: torch.Generator | None = None, collect: bool = False
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Body of the network on a padded, normalised input; optionally collects named features.
+
+        Returns ``(image, features)``: the output before de-normalisation and, when ``collect``, a dict
+        of ``[B, C, H, W]`` maps: ``embed`` (after the first conv), ``group{i}`` (after each residual
+        group) and ``body`` (input to the last conv).
+        """
+        B, _, H, W = x.shape
+        feats: dict[str, Tensor] = {}
+        x_first = self.conv_first(x)
+        if collect:
+            feats["embed"] = x_first
+        keeps = self._token_keeps(B, H, W, x, generator)
+        h = self.patch_embed(x_first)
+        start = 0
+        for i, layer in enumerate(self.layers):
+            depth = len(layer.residual_group.blocks)
+            h = layer(h, (H, W), keeps[start : start + depth])
+            start += depth
+            if collect:
+                feats[f"group{i}"] = h.transpose(1, 2).reshape(B, -1, H, W)
+        h = self.norm(h).transpose(1, 2).reshape(B, -1, H, W)
+        res = self.conv_after_body(h)  # no long skip from x_first: the authors removed it with the global residual
+        if collect:
+            feats["body"] = res
+        return self.conv_last(res), feats
+
+    def feature_names(self) -> list[str]:
+        """Names accepted by :meth:`forward_intermediates`, in network order."""
+        return ["embed", *(f"group{i}" for i in range(len(self.layers))), "body"]
+
+    def _normalise(self, x: Tensor) -> tuple[Tensor, int, int]:
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise MaskdnError(f"expected input [B, {self.config.in_chans}, H, W], got {list(x.shape)}")
+        H, W = x.shape[-2:]
+        x = pad_to_multiple(x, self.config.window_size)
+        return (x - self.mean.to(x.dtype)) * self.config.img_range, H, W
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        x, H, W = self._normalise(x)
+        out, _ = self.forward_features(x, generator)
+        return (out / self.config.img_range + self.mean.to(out.dtype))[..., :H, :W]
+
+    def forward_intermediates(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Output image (key ``output``) and the named features of :meth:`forward_features`, cropped."""
+        xn, H, W = self._normalise(x)
+        out, feats = self.forward_features(xn, generator, collect=True)
+        feats = {k: v[..., :H, :W] for k, v in feats.items()}
+        feats["output"] = (out / self.config.img_range + self.mean.to(out.dtype))[..., :H, :W]
+        return feats
+
+
+# --------------------------------------------------------------------------------------------------
+# Foreign checkpoints
+# --------------------------------------------------------------------------------------------------
+
+DERIVED_BUFFERS = ("attn_mask", "relative_position_index")
+"""Buffers that the authors' ``state_dict()`` carries but that are recomputed here."""
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Adapt a checkpoint from the authors' code (or a wrapped one) to :class:`MaskedSwinIR` keys.
+
+    Unwraps ``params_ema`` / ``params`` / ``state_dict`` / ``model`` nesting (EMA first, as released),
+    strips ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes and drops derived buffers.
+    """
+    for key in ("params_ema", "params", "state_dict", "model"):
+        if isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+            break
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix) :]
+        if k.rsplit(".", 1)[-1] in DERIVED_BUFFERS:
+            continue
+        out[k] = v
+    return out
+
+
+def infer_config(state_dict: dict[str, Tensor], **overrides) -> ModelConfig:
+    """Read the architecture off a filtered state dict (masking fields come from ``overrides``)."""
+    try:
+        w_first = state_dict["conv_first.weight"]
+        if w_first.shape[-1] != 1:
+            raise MaskdnError(
+                f"conv_first is {w_first.shape[-1]}x{w_first.shape[-1]}: a standard SwinIR checkpoint, "
+                "not a masked-training one (which has a 1x1 first conv)"
+            )
+        embed_dim, in_chans = int(w_first.shape[0]), int(w_first.shape[1])
+        depths, heads, i = [], [], 0
+        while f"layers.{i}.residual_group.blocks.0.norm1.weight" in state_dict:
+            j = 0
+            while f"layers.{i}.residual_group.blocks.{j}.norm1.weight" in state_dict:
+                j += 1
+            table = state_dict[f"layers.{i}.residual_group.blocks.0.attn.relative_position_bias_table"]
+            depths.append(j)
+            heads.append(int(table.shape[1]))
+            i += 1
+        window = (int(round(table.shape[0] ** 0.5)) + 1) // 2
+        hidden = state_dict["layers.0.residual_group.blocks.0.mlp.fc1.weight"].shape[0]
+        resi = "3conv" if "conv_after_body.4.weight" in state_dict else "1conv"
+    except (KeyError, IndexError, UnboundLocalError) as e:
+        raise MaskdnError(f"not a SwinIR state dict (missing {e})") from None
+    fields = dict(
+        in_chans=in_chans, embed_dim=embed_dim, depths=tuple(depths), num_heads=tuple(heads),
+        window_size=window, mlp_ratio=hidden / embed_dim, resi_connection=resi,
+    )
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------------
+
+PRESETS: dict[str, ModelConfig] = {
+    # The paper's model: 824,118 parameters.
+    "paper": ModelConfig(),
+    # CPU-trainable width and depth: 90,835 parameters.
+    "small": ModelConfig(embed_dim=32, depths=(4, 4), num_heads=(4, 4)),
+    # The conformance "tiny" model (31,023 parameters): tests and smoke runs.
+    "tiny": ModelConfig(embed_dim=24, depths=(2, 2), num_heads=(3, 3)),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """The named preset config, with ``dataclasses.replace`` overrides (e.g. ``attn_mask_ratio=0``)."""
+    if name not in PRESETS:
+        raise MaskdnError(f"unknown preset {name!r} (valid: {', '.join(PRESETS)})")
+    return dataclasses.replace(PRESETS[name], **overrides)

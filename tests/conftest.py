@@ -1,0 +1,36 @@
+"""Shared fixtures: the read-only ../shared folder (conformance vectors, datasets) and tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskdn.model import MaskedSwinIR, preset
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MASKDN_SHARED", REPO.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, skipping the test when it is not present on this machine."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+@pytest.fixture
+def tiny_model() -> MaskedSwinIR:
+    """Deterministic tiny model (attention masking off) with seeded random weights."""
+    torch.manual_seed(0)
+    return MaskedSwinIR(preset("tiny", attn_mask_ratio=0.0)).eval()
+
+
+@pytest.fixture
+def tiny_masked_model() -> MaskedSwinIR:
+    """Tiny model with the paper's 75% attention masking (stochastic at eval)."""
+    torch.manual_seed(0)
+    return MaskedSwinIR(preset("tiny")).eval()

@@ -1,0 +1,147 @@
+"""The model: conformance to the authors' code, shapes, attention paths and token masking."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import shared_path
+from maskdn.errors import MaskdnError
+from maskdn.model import MaskedSwinIR, ModelConfig, checkpoint_filter_fn, infer_config, preset
+
+
+def _conformance(name: str):
+    root = shared_path("conformance")
+    cfg = json.loads((root / "configs.json").read_text())[name]
+    weights = load_file(str(root / f"{name}_weights.safetensors"))
+    io = load_file(str(root / f"{name}_io.safetensors"))
+    return cfg, weights, io
+
+
+@pytest.mark.parametrize("name", ["tiny", "paper"])
+@pytest.mark.parametrize("fused", [False, True], ids=["explicit", "fused"])
+def test_conformance_with_authors_outputs(name, fused):
+    cfg, weights, io = _conformance(name)
+    c = cfg["config"]
+    config = ModelConfig(
+        in_chans=c["in_chans"], embed_dim=c["embed_dim"], depths=c["depths"], num_heads=c["num_heads"],
+        window_size=c["window_size"], mlp_ratio=c["mlp_ratio"], resi_connection=c["resi_connection"],
+        img_range=c["img_range"], attn_mask_ratio=0.0,
+    )
+    model = MaskedSwinIR(config).eval()
+    model.load_state_dict(checkpoint_filter_fn(weights), strict=True)
+    model.set_fused_attention(fused)
+    assert sum(p.numel() for p in model.parameters()) == cfg["n_params"]
+    inputs = [k for k in io if k.startswith("input.")]
+    assert len(inputs) == 2
+    for key in inputs:
+        with torch.no_grad():
+            out = model(io[key])
+        ref = io["output." + key.removeprefix("input.")]
+        assert out.shape == ref.shape
+        assert (out - ref).abs().max().item() <= 1e-4, key
+
+
+def test_tiny_file_carries_derived_buffers_and_config_is_inferred():
+    cfg, weights, _ = _conformance("tiny")
+    assert any(k.endswith("attn_mask") for k in weights)
+    assert any(k.endswith("relative_position_index") for k in weights)
+    filtered = checkpoint_filter_fn(weights)
+    assert not any(k.endswith(("attn_mask", "relative_position_index")) for k in filtered)
+    inferred = infer_config(filtered, attn_mask_ratio=0.0)
+    assert inferred.embed_dim == cfg["config"]["embed_dim"]
+    assert list(inferred.depths) == cfg["config"]["depths"]
+    assert list(inferred.num_heads) == cfg["config"]["num_heads"]
+    assert inferred.resi_connection == "3conv" and inferred.window_size == 8 and inferred.mlp_ratio == 2
+
+
+def test_paper_preset_parameter_count():
+    assert sum(p.numel() for p in MaskedSwinIR(preset("paper")).parameters()) == 824_118
+    assert preset("paper").attn_mask_ratio == 0.75
+
+
+def test_preset_overrides_and_unknown_preset():
+    assert preset("tiny", attn_mask_ratio=0.0).attn_mask_ratio == 0.0
+    with pytest.raises(MaskdnError, match="unknown preset 'huge'.*paper"):
+        preset("huge")
+
+
+def test_config_validation_and_round_trip():
+    c = preset("small")
+    assert ModelConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(MaskdnError, match="divisible"):
+        ModelConfig(embed_dim=30, num_heads=(4, 4, 4, 4))
+    with pytest.raises(MaskdnError, match="attn_mask_ratio"):
+        ModelConfig(attn_mask_ratio=1.0)
+    with pytest.raises(MaskdnError, match="unknown ModelConfig field"):
+        ModelConfig.from_dict({"embed_dimm": 3})
+
+
+@pytest.mark.parametrize("size", [(64, 64), (37, 53), (5, 3), (1, 1), (8, 17)])
+def test_any_size_gives_same_shape(tiny_model, size):
+    x = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        assert tiny_model(x).shape == x.shape
+
+
+def test_rejects_wrong_channel_count(tiny_model):
+    with pytest.raises(MaskdnError, match=r"expected input \[B, 3, H, W\]"):
+        tiny_model(torch.rand(1, 4, 16, 16))
+
+
+def test_fused_equals_explicit_with_masks_on(tiny_masked_model):
+    x = torch.rand(2, 3, 40, 24)
+    outs = []
+    for fused in (True, False):
+        tiny_masked_model.set_fused_attention(fused)
+        with torch.no_grad():
+            outs.append(tiny_masked_model(x, generator=torch.Generator().manual_seed(3)))
+    assert (outs[0] - outs[1]).abs().max().item() <= 1e-5
+
+
+def test_masked_eval_is_stochastic_but_seeded(tiny_masked_model):
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        a = tiny_masked_model(x, generator=torch.Generator().manual_seed(1))
+        b = tiny_masked_model(x, generator=torch.Generator().manual_seed(1))
+        c = tiny_masked_model(x, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_attn_mask_at_eval_switch():
+    torch.manual_seed(0)
+    m = MaskedSwinIR(preset("tiny", attn_mask_at_eval=False)).eval()
+    assert not m.masks_attention
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(m(x, generator=torch.Generator().manual_seed(1)), m(x, generator=torch.Generator().manual_seed(2)))
+    assert m.train().masks_attention
+
+
+def test_token_masking_zeroes_tokens_before_qkv(tiny_masked_model):
+    """The qkv projection's input has about 75% all-zero tokens."""
+    attn = tiny_masked_model.layers[0].residual_group.blocks[0].attn
+    seen = {}
+
+    def hook(module, inputs, output):
+        seen["x"] = inputs[0]
+
+    handle = attn.qkv.register_forward_hook(hook)
+    with torch.no_grad():
+        tiny_masked_model(torch.rand(1, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    handle.remove()
+    zero_tokens = (seen["x"].abs().sum(-1) == 0).float().mean().item()
+    assert 0.68 < zero_tokens < 0.82  # 75% of 1024 tokens, Bernoulli
+
+
+def test_forward_intermediates_names(tiny_model):
+    x = torch.rand(1, 3, 20, 20)
+    feats = tiny_model.forward_intermediates(x)
+    assert list(feats) == [*tiny_model.feature_names(), "output"]
+    assert feats["group0"].shape == (1, 24, 20, 20)
+    with torch.no_grad():
+        assert torch.allclose(feats["output"], tiny_model(x))
