@@ -18,6 +18,8 @@ def shared_path(*parts: str) -> Path:
     """A path under ../shared, skipping the test when it is not present on this machine."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
+        if os.environ.get("MASKDN_REQUIRE_SHARED"):  # CI: a missing ../shared is a failure, not a skip
+            pytest.fail(f"{path} not present and MASKDN_REQUIRE_SHARED is set")
         pytest.skip(f"{path} not present")
     return path
 

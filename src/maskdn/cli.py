@@ -1,0 +1,150 @@
+"""The ``maskdn`` command: thin subcommands over the Python API.
+
+Every user-facing problem is a :class:`MaskdnError`, printed as one line on stderr with exit status 1;
+no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from .errors import MaskdnError
+
+
+def _add_denoise_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="zoo name or weights file (default: the default zoo model)")
+    p.add_argument("--passes", type=int, default=1, help="average K stochastic attention-mask passes")
+    p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations")
+    p.add_argument("--tile", type=int, default=None, help="denoise in N×N tiles (bounded memory)")
+    p.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in pixels")
+    p.add_argument("--seed", type=int, default=0, help="seed of the attention masks (reproducible output)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+
+def _denoise_options(a: argparse.Namespace) -> dict:
+    if a.passes < 1:
+        raise MaskdnError(f"--passes must be at least 1, not {a.passes}")
+    return dict(passes=a.passes, self_ensemble=a.self_ensemble, tile=a.tile, tile_overlap=a.tile_overlap,
+                seed=a.seed, device=a.device)
+
+
+def cmd_denoise(a: argparse.Namespace) -> int:
+    from .inference import denoise_files
+
+    failures = denoise_files(a.inputs, a.output, a.model, **_denoise_options(a))
+    for path, message in failures:
+        print(f"maskdn: failed: {message}", file=sys.stderr)
+    if failures:
+        print(f"maskdn: {len(failures)} file(s) failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from .zoo import describe
+
+    rows = describe()
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no bundled models")
+        return 0
+    for r in rows:
+        t, s = r["training"], r["scores"]
+        star = " (default)" if r["default"] else ""
+        print(f"{r['name']}{star}: preset {r['preset']}, {r['parameters']:,} parameters, "
+              f"attention mask {r['attn_mask_ratio']:g}, input mask {t.get('input_mask')}")
+        if t:
+            print(f"  trained on {t.get('data')} with {t.get('noise')}: {t.get('iterations')} iterations × "
+                  f"batch {t.get('batch_size')} of {t.get('patch_size')}² patches ({t.get('patches_seen'):,} "
+                  f"patches), {t.get('wall_time_s', 0) / 60:.0f} min on {t.get('threads')} CPU thread(s)")
+        for dataset, scores in s.items():
+            cells = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
+            print(f"  PSNR dB on {dataset}: {cells}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(a.output, model=a.model, seed=a.seed, passes=a.passes)
+    print(result["table"])
+    print(f"\nwrote {a.output}/ (comparison.png, psnr.md, psnr.json, noisy and denoised images)")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    values: dict = {"data": a.data, "out": a.out}
+    for item in a.set:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields:
+            raise MaskdnError(f"--set {item}: expected key=value with key one of {', '.join(fields)}")
+        values[key] = _parse_value(text)
+    try:
+        cfg = TrainConfig(**values)
+    except TypeError as e:
+        raise MaskdnError(f"invalid training config: {e}") from None
+    path = train(cfg)
+    print(f"wrote {path}")
+    return 0
+
+
+def _parse_value(text: str):
+    """``--set`` values: JSON where it parses (numbers, true/false, null, lists), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="maskdn", description="Generalizable image denoising by masked image training.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("denoise", help="denoise image files, folders or globs")
+    d.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    d.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    _add_denoise_options(d)
+    d.set_defaults(func=cmd_denoise)
+
+    m = sub.add_parser("models", help="list the bundled models")
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    m.set_defaults(func=cmd_models)
+
+    e = sub.add_parser("demo", help="denoise the bundled sample photos under a few noises")
+    e.add_argument("-o", "--output", default="maskdn-demo", help="output folder (default: maskdn-demo)")
+    e.add_argument("--model", default=None, help="zoo name or weights file")
+    e.add_argument("--passes", type=int, default=1, help="stochastic passes to average")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a model on a folder of clean images (Gaussian σ=15)")
+    t.add_argument("--data", required=True, help="folder of clean training images, e.g. CBSD432")
+    t.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig field, e.g. --set preset=small --set attn_mask_ratio=0")
+    t.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MaskdnError as e:
+        print(f"maskdn: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("maskdn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Loading and saving model weights, ours and the authors'.
+
+Our files are safetensors whose metadata carries the :class:`ModelConfig` (``maskdn.config``) and a
+short training record (``maskdn.training``), so :func:`load_model` needs nothing else. Foreign files
+(the authors' ``.pth`` releases, or safetensors under their key names) load through
+:func:`~maskdn.model.checkpoint_filter_fn`, with the architecture read off the tensors when no config
+is given. Pickles are only ever opened with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .errors import MaskdnError
+from .io import atomic_write
+from .model import MaskedSwinIR, ModelConfig, checkpoint_filter_fn, infer_config
+
+FORMAT = "maskdn-weights/1"
+CONFIG_KEY, TRAINING_KEY = "maskdn.config", "maskdn.training"
+
+
+def save_model(model: MaskedSwinIR, path: str | Path, training: dict | None = None) -> Path:
+    """Write ``model``'s weights, config and training record as safetensors, atomically."""
+    path = Path(path)
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, CONFIG_KEY: json.dumps(model.config.to_dict())}
+    if training is not None:
+        meta[TRAINING_KEY] = json.dumps(training)
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The config and training record stored in one of our files: ``{"config": ..., "training": ...}``."""
+    meta = _safetensors_metadata(Path(path))
+    if CONFIG_KEY not in meta:
+        raise MaskdnError(f"{path}: not a maskdn weights file (no {CONFIG_KEY} metadata)")
+    return {"config": json.loads(meta[CONFIG_KEY]), "training": json.loads(meta.get(TRAINING_KEY, "null"))}
+
+
+def _safetensors_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error type, OSError or ValueError
+        raise MaskdnError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict]:
+    """Tensors and metadata of a safetensors file, or of a plain tensor pickle (weights_only)."""
+    if not path.exists():
+        raise MaskdnError(f"{path}: no such weights file or zoo model")
+    if path.is_dir():
+        raise MaskdnError(f"{path}: is a folder, not a weights file")
+    if path.stat().st_size == 0:
+        raise MaskdnError(f"{path}: empty file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch zip archive or legacy pickle
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise MaskdnError(f"{path}: refused: not a plain tensor checkpoint ({_first_line(e)})") from None
+        except Exception as e:  # truncated zip, wrong magic, ...
+            raise MaskdnError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+        if not isinstance(obj, dict):
+            raise MaskdnError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+        return obj, {}
+    meta = _safetensors_metadata(path)
+    try:
+        return load_file(str(path)), meta
+    except Exception as e:  # safetensors raises its own error type, OSError or ValueError
+        raise MaskdnError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+
+
+def load_model(
+    source: str | Path | None = None,
+    config: ModelConfig | None = None,
+    device: str | torch.device = "cpu",
+) -> MaskedSwinIR:
+    """A :class:`MaskedSwinIR` in eval mode from a zoo name, one of our files, or a foreign checkpoint.
+
+    ``None`` gives the default zoo model. For foreign files ``config`` gives the architecture; without
+    it the architecture is read off the tensors and masking fields keep :class:`ModelConfig` defaults.
+    For our own files a given ``config`` overrides the stored one (e.g. to switch masking off).
+    """
+    from . import zoo
+
+    path = zoo.resolve(source)
+    tensors, meta = _read_tensors(path)
+    state = checkpoint_filter_fn(tensors)
+    if config is None:
+        if CONFIG_KEY in meta:
+            config = ModelConfig.from_dict(json.loads(meta[CONFIG_KEY]))
+        else:
+            try:
+                config = infer_config(state)
+            except MaskdnError as e:
+                raise MaskdnError(f"{path}: {e}") from None
+    model = MaskedSwinIR(config)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+        raise MaskdnError(f"{path}: weights do not fit the model config ({'; '.join(parts)})")
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
+__all__ = ["save_model", "load_model", "read_metadata"]

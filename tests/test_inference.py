@@ -1,0 +1,258 @@
+"""Behaviour of maskdn.inference: type round trips, tiles, passes, self-ensemble, the file batch.
+
+Tiny random-weight models only (fixtures in conftest.py) and small images, to stay fast on a shared CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskdn.errors import MaskdnError
+from maskdn.inference import denoise, denoise_files, denoise_tensor
+
+H, W = 12, 10  # small, not a multiple of the window (8): exercises the model's pad-and-crop
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy CPU each parallel op waits on a preempted thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _random(shape, dtype, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype == np.float32:
+        return rng.random(shape, dtype=np.float32)
+    return rng.integers(0, np.iinfo(dtype).max + 1, size=shape, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Round trips of every input type
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("shape", [(H, W), (H, W, 1), (H, W, 3), (H, W, 4)], ids=["gray", "gray1", "rgb", "rgba"])
+def test_numpy_round_trip(tiny_model, dtype, shape):
+    a = _random(shape, dtype)
+    out = denoise(a, tiny_model)
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == dtype and out.shape == shape
+    assert np.isfinite(out.astype(np.float64)).all()
+    if len(shape) == 3 and shape[2] == 4:
+        np.testing.assert_array_equal(out[..., 3], a[..., 3])  # alpha passed through unchanged
+    if dtype != np.float32:
+        assert not np.array_equal(out, a)  # it did something
+
+
+def test_float64_array_keeps_dtype(tiny_model):
+    a = _random((H, W, 3), np.float32).astype(np.float64)
+    out = denoise(a, tiny_model)
+    assert out.dtype == np.float64 and out.shape == a.shape
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16"])
+def test_pil_round_trip(tiny_model, mode):
+    if mode == "I;16":
+        img = Image.fromarray(_random((H, W), np.uint16))
+    else:
+        channels = {"L": (), "RGB": (3,), "RGBA": (4,)}[mode]
+        img = Image.fromarray(_random((H, W, *channels), np.uint8), mode=mode)
+    assert img.mode == mode
+    out = denoise(img, tiny_model)
+    assert isinstance(out, Image.Image)
+    assert out.mode == mode and out.size == img.size
+    if mode == "RGBA":
+        np.testing.assert_array_equal(np.asarray(out)[..., 3], np.asarray(img)[..., 3])
+
+
+def test_torch_round_trip_matches_model(tiny_model):
+    x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = tiny_model(x)
+    batched = denoise(x, tiny_model)
+    assert isinstance(batched, torch.Tensor) and batched.shape == x.shape and batched.dtype == x.dtype
+    torch.testing.assert_close(batched, expected)
+    single = denoise(x[0], tiny_model)
+    assert single.shape == (3, H, W)
+    torch.testing.assert_close(single, expected[0])
+
+
+@pytest.mark.parametrize("shape", [(1, H, W), (2, 1, H, W)])
+def test_torch_gray_and_dtype(tiny_model, shape):
+    x = torch.rand(shape, dtype=torch.float64)
+    out = denoise(x, tiny_model)
+    assert out.shape == x.shape and out.dtype == torch.float64 and out.device == x.device
+
+
+@pytest.mark.parametrize("size", [(37, 53), (5, 3)], ids=["odd", "smaller-than-window"])
+def test_odd_and_tiny_sizes(tiny_model, size):
+    a = _random((*size, 3), np.uint8)
+    assert denoise(a, tiny_model).shape == (*size, 3)
+    x = torch.rand(3, *size)
+    assert denoise(x, tiny_model).shape == x.shape
+
+
+def test_unsupported_inputs(tiny_model):
+    with pytest.raises(MaskdnError):
+        denoise(np.zeros((H, W, 2), np.uint8), tiny_model)
+    with pytest.raises(MaskdnError):
+        denoise(torch.zeros(3, H, W, dtype=torch.uint8), tiny_model)
+    with pytest.raises(MaskdnError):
+        denoise([[0.5]], tiny_model)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiles
+# --------------------------------------------------------------------------------------------------
+
+
+def test_tiled_close_to_whole(tiny_model):
+    # 40x56 is a multiple of the window, so whole-image and tiles see no padding differences; measured
+    # with these random weights over 4 inputs: max |diff| <= 0.008, mean ~3e-4 (outputs' std ~0.07).
+    x = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(0))
+    whole = denoise_tensor(tiny_model, x)
+    tiled = denoise_tensor(tiny_model, x, tile=32, tile_overlap=16)
+    diff = (tiled - whole).abs()
+    assert diff.max() < 0.02 and diff.mean() < 1e-3
+    assert torch.isfinite(tiled).all()
+
+
+def test_tile_covering_image_is_exact(tiny_model):
+    x = torch.rand(1, 3, 20, 28, generator=torch.Generator().manual_seed(2))
+    whole = denoise_tensor(tiny_model, x)
+    assert torch.equal(denoise_tensor(tiny_model, x, tile=28, tile_overlap=8), whole)
+    assert torch.equal(denoise_tensor(tiny_model, x, tile=64), whole)
+    # tiles along the long side only (tile height = image height)
+    one_way = denoise_tensor(tiny_model, x, tile=20, tile_overlap=8)
+    assert one_way.shape == x.shape and (one_way - whole).abs().max() < 0.05
+
+
+@pytest.mark.parametrize(
+    "tile,overlap",
+    [(16, 16), (16, 20), (4, 0), (16, -1), (0, 0)],
+    ids=["equal", "overlap-larger", "below-window", "negative", "zero"],
+)
+def test_invalid_tile_options(tiny_model, tile, overlap):
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(MaskdnError, match="tile"):
+        denoise_tensor(tiny_model, x, tile=tile, tile_overlap=overlap)
+
+
+def test_invalid_passes(tiny_model):
+    with pytest.raises(MaskdnError, match="passes"):
+        denoise_tensor(tiny_model, torch.rand(1, 3, 8, 8), passes=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Randomness, passes, self-ensemble
+# --------------------------------------------------------------------------------------------------
+
+
+def test_seed_determinism(tiny_masked_model):
+    x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = denoise(x, tiny_masked_model, seed=1)
+    b = denoise(x, tiny_masked_model, seed=1)
+    c = denoise(x, tiny_masked_model, seed=2)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_passes_average_sequential_draws(tiny_masked_model):
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        singles = torch.stack([tiny_masked_model(x, generator=g) for _ in range(3)])
+    averaged = denoise_tensor(tiny_masked_model, x, passes=3, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(averaged, singles.mean(0), rtol=0, atol=1e-6)
+
+
+def test_deterministic_model_runs_once(tiny_model):
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.equal(denoise_tensor(tiny_model, x, passes=4), denoise_tensor(tiny_model, x))
+
+
+def test_self_ensemble_is_mean_of_8_transforms(tiny_model):
+    x = torch.rand(1, 3, 12, 20, generator=torch.Generator().manual_seed(3))
+    outs = []
+    with torch.inference_mode():
+        for flip in (False, True):
+            for k in range(4):
+                xt = torch.rot90(x, k, dims=(-2, -1))
+                xt = xt.flip(-1) if flip else xt
+                y = tiny_model(xt)
+                y = y.flip(-1) if flip else y
+                outs.append(torch.rot90(y, -k, dims=(-2, -1)))
+    expected = torch.stack(outs).mean(0)
+    torch.testing.assert_close(denoise_tensor(tiny_model, x, self_ensemble=True), expected, rtol=0, atol=1e-6)
+
+
+def test_training_mode_is_restored(tiny_masked_model):
+    tiny_masked_model.train()
+    denoise_tensor(tiny_masked_model, torch.rand(1, 3, 8, 8))
+    assert tiny_masked_model.training
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(_random((H, W, 3), np.uint8)).save(src / "good.png")
+    Image.fromarray(_random((H, W), np.uint16)).save(src / "deep.png")
+    Image.fromarray(_random((H, W), np.uint8), mode="L").save(src / "gray.png")
+    (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+    return src
+
+
+def test_denoise_files_batch(tiny_model, image_folder, tmp_path):
+    out = tmp_path / "out"
+    before = {p.name: p.read_bytes() for p in image_folder.iterdir()}
+    failures = denoise_files([str(image_folder)], out, tiny_model, progress=False)
+
+    assert [p.name for p, _ in failures] == ["corrupt.png"]
+    path, message = failures[0]
+    assert str(path) in message and "\n" not in message
+    assert sorted(p.name for p in out.iterdir()) == ["deep.png", "good.png", "gray.png"]  # no partial file
+    with Image.open(out / "good.png") as im:
+        assert im.mode == "RGB" and im.size == (W, H)
+    with Image.open(out / "gray.png") as im:
+        assert im.mode == "L" and im.size == (W, H)
+    with Image.open(out / "deep.png") as im:
+        assert np.asarray(im).dtype == np.uint16 and im.size == (W, H)
+    assert {p.name: p.read_bytes() for p in image_folder.iterdir()} == before
+
+
+def test_denoise_files_single_output_file(tiny_model, image_folder, tmp_path):
+    target = tmp_path / "denoised.png"
+    assert denoise_files([str(image_folder / "good.png")], target, tiny_model, progress=False, tile=8,
+                         tile_overlap=4) == []
+    with Image.open(target) as im:
+        assert im.mode == "RGB" and im.size == (W, H)
+
+
+def test_denoise_files_refuses_to_overwrite_inputs(tiny_model, image_folder):
+    before = {p.name: p.read_bytes() for p in image_folder.iterdir()}
+    failures = denoise_files([str(image_folder / "good.png"), str(image_folder / "gray.png")], image_folder,
+                             tiny_model, progress=False)
+    assert sorted(p.name for p, _ in failures) == ["good.png", "gray.png"]
+    assert all("would overwrite the input" in m for _, m in failures)
+    assert {p.name: p.read_bytes() for p in image_folder.iterdir()} == before
+    # the same refusal for a single named output file
+    failures = denoise_files([str(image_folder / "good.png")], image_folder / "good.png", tiny_model, progress=False)
+    assert len(failures) == 1 and "would overwrite the input" in failures[0][1]
+
+
+def test_denoise_files_invalid_options_fail_once(tiny_model, image_folder, tmp_path):
+    with pytest.raises(MaskdnError, match="tile"):
+        denoise_files([str(image_folder)], tmp_path / "out", tiny_model, progress=False, tile=8, tile_overlap=8)
