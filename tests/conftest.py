@@ -14,6 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MASKDN_SHARED", REPO.parent / "shared"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Test models are tiny: threads gain nothing, and on a busy CPU each parallel op waits on a preempted thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, skipping the test when it is not present on this machine."""
     path = SHARED.joinpath(*parts)

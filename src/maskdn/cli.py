@@ -77,6 +77,22 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .evaluate import evaluate, scores_table
+    from .weights import load_model, update_training_record
+    from .zoo import resolve
+
+    model = load_model(a.model)
+    scores = evaluate(model, a.data, a.noise, seed=a.seed, passes=a.passes, limit=a.limit, tile=a.tile)
+    print(scores_table(scores))
+    if a.record:
+        protocol = {"seed": a.seed, "passes": a.passes, "limit": a.limit,
+                    "note": "mean PSNR (dB, RGB, 8-bit) of maskdn evaluate; noisy inputs clipped and 8-bit quantized"}
+        update_training_record(resolve(a.model), scores=scores, scores_protocol=protocol)
+        print(f"recorded the scores in {resolve(a.model)}")
+    return 0
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
@@ -124,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--passes", type=int, default=1, help="stochastic passes to average")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_demo)
+
+    v = sub.add_parser("evaluate", help="mean PSNR of a model per dataset and noise")
+    v.add_argument("--model", default=None, help="zoo name or weights file")
+    v.add_argument("--data", nargs="+", required=True, help="folders of clean images or *_real/*_mean pairs")
+    v.add_argument("--noise", nargs="+", default=["gaussian:15", "gaussian:25", "poisson:2", "speckle:0.03", "saltpepper:0.02"],
+                   help="noises written name:level (real-noise folders ignore them)")
+    v.add_argument("--passes", type=int, default=1)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--limit", type=int, default=None, help="first N images per folder")
+    v.add_argument("--tile", type=int, default=None, help="denoise in tiles (bounded memory)")
+    v.add_argument("--record", action="store_true", help="store the scores in the weights file's training record")
+    v.set_defaults(func=cmd_evaluate)
 
     t = sub.add_parser("train", help="train a model on a folder of clean images (Gaussian σ=15)")
     t.add_argument("--data", required=True, help="folder of clean training images, e.g. CBSD432")

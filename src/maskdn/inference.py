@@ -34,7 +34,7 @@ from torch import Tensor
 from .errors import MaskdnError
 from .model import MaskedSwinIR
 
-__all__ = ["denoise", "denoise_tensor", "denoise_files"]
+__all__ = ["denoise", "denoise_tensor", "denoise_files", "check_tile_options"]
 
 ModelLike = MaskedSwinIR | str | os.PathLike | None
 
@@ -235,7 +235,8 @@ def _denoise_numpy(model: MaskedSwinIR, image: np.ndarray, device: str | torch.d
 
     x, info = to_float_rgb(image)  # validates layout and dtype; gray replicated, alpha set aside
     y = _denoise_float(model, x[None].to(device), options)[0]
-    return from_float_rgb(y, info).reshape(image.shape)  # HxWx1 comes back as HxW
+    out = from_float_rgb(y, info).reshape(image.shape)  # HxWx1 comes back as HxW
+    return out.astype(image.dtype, copy=False)  # float16/float64 in, the same out
 
 
 _PIL_MODES = ("L", "RGB", "RGBA", "I;16", "F")
@@ -274,26 +275,33 @@ def denoise(
     ``device``), a zoo name or a weights path; None is the default zoo model. ``seed`` seeds the
     attention masks (``None``: torch's global RNG). Other options: see :func:`denoise_tensor`.
     """
+    from PIL import Image
+
+    if isinstance(image, Tensor):
+        convert = _denoise_torch
+    elif isinstance(image, np.ndarray):
+        convert = _denoise_numpy
+    elif isinstance(image, Image.Image):
+        convert = _denoise_pil
+    else:
+        raise MaskdnError(f"cannot denoise a {type(image).__name__}: give a NumPy array, a PIL image or a tensor")
     net = _resolve_model(model, device)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     options = dict(passes=passes, self_ensemble=self_ensemble, tile=tile, tile_overlap=tile_overlap,
                    generator=generator, progress=progress)
-    if isinstance(image, Tensor):
-        return _denoise_torch(net, image, device, options)
-    if isinstance(image, np.ndarray):
-        return _denoise_numpy(net, image, device, options)
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        Image = None
-    if Image is not None and isinstance(image, Image.Image):
-        return _denoise_pil(net, image, device, options)
-    raise MaskdnError(f"cannot denoise a {type(image).__name__}: give a NumPy array, a PIL image or a tensor")
+    return convert(net, image, device, options)
 
 
 # --------------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------------
+
+
+def _mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MaskdnError(f"{folder}: cannot create the output folder ({e.strerror or type(e).__name__})") from None
 
 
 def _output_paths(paths: list[Path], output: Path) -> Iterator[tuple[Path, Path]]:
@@ -304,11 +312,12 @@ def _output_paths(paths: list[Path], output: Path) -> Iterator[tuple[Path, Path]
     if output.suffix.lower() in suffixes and not output.is_dir():
         if len(paths) != 1:
             raise MaskdnError(f"{output}: {len(paths)} inputs need an output folder, not an image file")
+        _mkdir(output.parent)
         yield paths[0], output
         return
     if output.exists() and not output.is_dir():
         raise MaskdnError(f"{output}: exists and is not a folder")
-    output.mkdir(parents=True, exist_ok=True)
+    _mkdir(output)
     for p in paths:
         yield p, output / p.name
 

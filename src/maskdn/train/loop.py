@@ -75,6 +75,15 @@ def learning_rate(cfg: TrainConfig, it: int) -> float:
     return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
+def _log_rows_until(path: Path, iteration: int) -> list[list[str]]:
+    """Data rows of an existing ``log.csv`` up to ``iteration`` (none if there is no log)."""
+    if iteration == 0 or not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    return [r for r in rows if r and int(r[0]) <= iteration]
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train (or resume) the run in ``cfg.out``; returns the path of the exported EMA weights."""
     out = Path(cfg.out)
@@ -110,11 +119,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     sampler = PatchSampler(load_clean_images(cfg.data), cfg.patch_size)
     step_cfg = cfg.step_config()
     log_path = out / "log.csv"
-    new_log = not log_path.exists() or it == 0
-    log = open(log_path, "w" if new_log else "a", newline="")
+    kept = _log_rows_until(log_path, it)  # rows logged after the last checkpoint are redone
+    log = open(log_path, "w", newline="")
     writer = csv.writer(log)
-    if new_log:
-        writer.writerow(["iteration", "lr", "loss", "patches", "elapsed_s"])
+    writer.writerow(["iteration", "lr", "loss", "patches", "elapsed_s"])
+    writer.writerows(kept)
 
     def save_state() -> None:
         state = {

@@ -1,0 +1,134 @@
+"""The command line: end to end on real files, one-line errors, no partial outputs, demo and models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskdn.cli import main
+from maskdn.io import read_image, write_image
+from maskdn.model import MaskedSwinIR, preset
+from maskdn.weights import save_model
+from maskdn.zoo import DEFAULT_MODEL, names
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    torch.manual_seed(0)
+    return save_model(MaskedSwinIR(preset("tiny")), tmp_path / "tiny.safetensors", training={"preset": "tiny"})
+
+
+@pytest.fixture
+def photos(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    write_image(d / "rgb.png", rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    write_image(d / "deep.tif", rng.integers(0, 65536, (17, 9, 3), dtype=np.uint16))
+    write_image(d / "gray.jpg", rng.integers(0, 256, (12, 12), dtype=np.uint8))
+    write_image(d / "rgba.png", rng.integers(0, 256, (10, 11, 4), dtype=np.uint8))
+    return d
+
+
+def _stderr_lines(capsys):
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_denoise_folder_keeps_modes_and_depths(tmp_path, photos, tiny_weights, capsys):
+    out = tmp_path / "out"
+    rc = main(["denoise", str(photos), "-o", str(out), "--model", str(tiny_weights), "--passes", "2"])
+    assert rc == 0
+    for name in ("rgb.png", "deep.tif", "gray.jpg", "rgba.png"):
+        a, b = read_image(photos / name), read_image(out / name)
+        assert a.shape == b.shape and a.dtype == b.dtype
+    assert np.array_equal(read_image(photos / "rgba.png")[..., 3], read_image(out / "rgba.png")[..., 3])
+
+
+def test_denoise_single_file_with_tiles_is_seed_reproducible(tmp_path, photos, tiny_weights):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"o{i}.png"
+        assert main(["denoise", str(photos / "rgb.png"), "-o", str(out), "--model", str(tiny_weights),
+                     "--tile", "16", "--tile-overlap", "4", "--seed", "3"]) == 0
+        outs.append(read_image(out))
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_batch_goes_on_past_a_bad_file(tmp_path, photos, tiny_weights, capsys):
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (photos / "zero.png").write_bytes(b"")
+    out = tmp_path / "out"
+    rc = main(["denoise", str(photos), "-o", str(out), "--model", str(tiny_weights)])
+    assert rc == 1
+    err = _stderr_lines(capsys)
+    assert any("broken.png" in line for line in err) and any("zero.png: empty file" in line for line in err)
+    assert not any("Traceback" in line for line in err)
+    assert sorted(p.name for p in out.iterdir()) == ["deep.tif", "gray.jpg", "rgb.png", "rgba.png"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["denoise", "{d}/nope.png", "-o", "{t}/o.png"], "nope.png: no such file"),
+        (["denoise", "{d}/rgb.png", "-o", "{t}/o.png", "--model", "{d}/rgb.png"], "rgb.png: not a readable safetensors"),
+        (["denoise", "{d}/rgb.png", "-o", "{t}/o.png", "--tile", "4", "--tile-overlap", "2"], "window size"),
+        (["denoise", "{d}/rgb.png", "-o", "{t}/o.png", "--tile", "16"], "larger than the tile overlap"),
+        (["denoise", "{d}/rgb.png", "-o", "{d}/rgb.png/o.png"], "cannot create"),
+        (["denoise", "{d}/rgb.png", "-o", "{t}/o.png", "--passes", "0"], "passes"),
+        (["denoise", "{d}/rgb.png", "-o", "{t}/o.png", "--model", "nonesuch"], "nonesuch: no such zoo model"),
+    ],
+)
+def test_bad_input_is_one_line_without_output(tmp_path, photos, tiny_weights, capsys, args, message):
+    args = [a.format(d=photos, t=tmp_path) for a in args]
+    if "--model" not in args:
+        args += ["--model", str(tiny_weights)]
+    rc = main(args)
+    err = _stderr_lines(capsys)
+    assert rc == 1
+    assert any(message in line for line in err), err
+    assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_never_overwrites_an_input(photos, tiny_weights, capsys):
+    before = (photos / "rgb.png").read_bytes()
+    rc = main(["denoise", str(photos / "rgb.png"), "-o", str(photos), "--model", str(tiny_weights)])
+    assert rc == 1
+    assert any("would overwrite the input" in line for line in _stderr_lines(capsys))
+    assert (photos / "rgb.png").read_bytes() == before
+
+
+def test_demo_writes_comparison_and_table(tmp_path, tiny_weights, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--model", str(tiny_weights)]) == 0
+    data = json.loads((out / "psnr.json").read_text())
+    assert len(data["rows"]) == 4 * 5
+    assert all(np.isfinite(r["psnr_noisy"]) and np.isfinite(r["psnr_denoised"]) for r in data["rows"])
+    assert Image.open(out / "comparison.png").size[1] > 256 * 5
+    assert "| gaussian:15 |" in (out / "psnr.md").read_text()
+    assert len(list((out / "denoised").glob("*.png"))) == 20
+
+
+def test_models_lists_the_zoo(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == names()
+    assert DEFAULT_MODEL in names()
+    default = next(r for r in rows if r["default"])
+    assert default["training"]["patches_seen"] > 0 and default["scores"]
+
+
+def test_train_rejects_unknown_setting(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--set", "lr_typo=1"]) == 1
+    assert "lr_typo=1: expected key=value" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    r = subprocess.run([sys.executable, "-m", "maskdn", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "denoise" in r.stdout and "demo" in r.stdout
