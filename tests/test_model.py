@@ -145,3 +145,17 @@ def test_forward_intermediates_names(tiny_model):
     assert feats["group0"].shape == (1, 24, 20, 20)
     with torch.no_grad():
         assert torch.allclose(feats["output"], tiny_model(x))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["explicit", "fused"])
+def test_inference_window_chunks_change_nothing(tiny_masked_model, monkeypatch, fused):
+    """Without autograd, attention runs in groups of windows; groups must not cross images or masks."""
+    from maskdn.model import WindowAttention
+
+    tiny_masked_model.set_fused_attention(fused)
+    x = torch.rand(2, 3, 40, 24)  # 15 windows per image: chunks of 4 straddle nothing they should not
+    with torch.no_grad():
+        whole = tiny_masked_model(x, generator=torch.Generator().manual_seed(0))
+        monkeypatch.setattr(WindowAttention, "INFERENCE_CHUNK", 4)
+        chunked = tiny_masked_model(x, generator=torch.Generator().manual_seed(0))
+    assert (whole - chunked).abs().max().item() <= 1e-6

@@ -183,6 +183,9 @@ class WindowAttention(nn.Module):
     computation; ``fused=True`` uses ``scaled_dot_product_attention``. They agree to float rounding.
     """
 
+    INFERENCE_CHUNK = 256
+    """Windows attended at once without autograd: bounds the score buffers, which keeps them in cache."""
+
     def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
         super().__init__()
         self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
@@ -209,10 +212,17 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(x).view(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B_, heads, N, d]
         bias = self.relative_position_bias().to(q.dtype)
-        if self.fused:
-            out = self._fused(q, k, v, bias, shift_mask)
-        else:
-            out = self._explicit(q, k, v, bias, shift_mask)
+        attend = self._fused if self.fused else self._explicit
+        if torch.is_grad_enabled() or B_ <= self.INFERENCE_CHUNK:
+            out = attend(q, k, v, bias, shift_mask)
+        else:  # inference on a large image: same math, in cache-sized groups of windows
+            out = torch.empty_like(q)
+            nW = B_ if shift_mask is None else shift_mask.shape[0]
+            for start in range(0, B_, nW):
+                for w0 in range(0, nW, self.INFERENCE_CHUNK):
+                    sl = slice(start + w0, start + min(w0 + self.INFERENCE_CHUNK, nW))
+                    mask = None if shift_mask is None else shift_mask[w0 : w0 + self.INFERENCE_CHUNK]
+                    out[sl] = attend(q[sl], k[sl], v[sl], bias, mask)
         return self.proj(out.transpose(1, 2).reshape(B_, N, C))
 
     def _explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, shift_mask: Tensor | None) -> Tensor:
