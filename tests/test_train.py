@@ -13,7 +13,8 @@ import maskdn.train.loop as loop
 from maskdn.errors import MaskdnError
 from maskdn.model import MaskedSwinIR, preset
 from maskdn.train import EMA, StepConfig, TrainConfig, learning_rate, train, train_step
-from maskdn.train.data import PatchSampler, augment
+from maskdn.geometry import dihedral, dihedral_inverse
+from maskdn.train.data import PatchSampler
 from maskdn.weights import load_model, read_metadata
 
 
@@ -54,10 +55,11 @@ def test_step_decreases_loss_on_a_fixed_batch(masked, factor):
     assert np.mean(losses[-5:]) < factor * np.mean(losses[:5])
 
 
-def test_augment_modes_are_the_dihedral_group():
+def test_dihedral_modes_are_distinct_and_invertible():
     x = torch.arange(12.0).view(1, 3, 4)
-    outs = {tuple(augment(x, m).flatten().tolist()) for m in range(8)}
+    outs = {tuple(dihedral(x, m).flatten().tolist()) for m in range(8)}
     assert len(outs) == 8
+    assert all(torch.equal(dihedral_inverse(dihedral(x, m), m), x) for m in range(8))
 
 
 def test_sampler_pads_small_images_and_is_seeded():

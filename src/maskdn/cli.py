@@ -122,6 +122,9 @@ def _parse_value(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maskdn", description="Generalizable image denoising by masked image training.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"maskdn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("denoise", help="denoise image files, folders or globs")

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .errors import MaskdnError
+from .geometry import dihedral, dihedral_inverse
 from .model import MaskedSwinIR
 
 __all__ = ["denoise", "denoise_tensor", "denoise_files", "check_tile_options"]
@@ -44,19 +45,6 @@ ModelLike = MaskedSwinIR | str | os.PathLike | None
 # --------------------------------------------------------------------------------------------------
 
 
-def _dihedral(x: Tensor, k: int) -> Tensor:
-    """The ``k``-th (0–7) element of the dihedral group on the last two dims: rotate, then maybe flip."""
-    y = torch.rot90(x, k % 4, dims=(-2, -1))
-    return y.flip(-1) if k >= 4 else y
-
-
-def _dihedral_inverse(y: Tensor, k: int) -> Tensor:
-    """Undo :func:`_dihedral`."""
-    if k >= 4:
-        y = y.flip(-1)
-    return torch.rot90(y, -(k % 4), dims=(-2, -1))
-
-
 def _run_model(
     model: MaskedSwinIR, x: Tensor, passes: int, self_ensemble: bool, generator: torch.Generator | None
 ) -> Tensor:
@@ -65,10 +53,10 @@ def _run_model(
     transforms = range(8) if self_ensemble else range(1)
     acc: Tensor | None = None
     for k in transforms:
-        xt = _dihedral(x, k) if k else x
+        xt = dihedral(x, k) if k else x
         for _ in range(n_passes):
             y = model(xt, generator=generator)
-            y = _dihedral_inverse(y, k) if k else y
+            y = dihedral_inverse(y, k) if k else y
             acc = y if acc is None else acc.add_(y)
     assert acc is not None
     n = len(transforms) * n_passes

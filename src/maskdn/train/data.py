@@ -7,12 +7,14 @@ checkpoints, so a resumed run draws the same patches as an uninterrupted one.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..errors import MaskdnError
+from ..geometry import dihedral
 from ..io import expand_inputs, read_image, to_float_rgb
 from ..model import reflect_pad
 
@@ -34,14 +36,9 @@ def load_clean_images(folder: str | Path) -> list[Tensor]:
     if not images:
         detail = f" ({skipped[0]})" if skipped else ""
         raise MaskdnError(f"{folder}: no readable training image{detail}")
+    if skipped:
+        warnings.warn(f"{folder}: skipped {len(skipped)} unreadable image(s), first: {skipped[0]}", stacklevel=2)
     return images
-
-
-def augment(x: Tensor, mode: int) -> Tensor:
-    """One of the 8 dihedral transforms of ``[..., H, W]``: ``mode`` 0–7 (4 rotations × optional flip)."""
-    if mode >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, mode % 4, dims=(-2, -1))
 
 
 class PatchSampler:
@@ -71,8 +68,8 @@ class PatchSampler:
             top = int(torch.randint(H - p + 1, (1,), generator=generator))
             left = int(torch.randint(W - p + 1, (1,), generator=generator))
             mode = int(torch.randint(8, (1,), generator=generator))
-            out.append(augment(img[:, top : top + p, left : left + p], mode))
+            out.append(dihedral(img[:, top : top + p, left : left + p], mode))
         return torch.stack(out).float().div_(255.0)
 
 
-__all__ = ["load_clean_images", "augment", "PatchSampler"]
+__all__ = ["load_clean_images", "PatchSampler"]
