@@ -46,23 +46,17 @@ def test_evaluate_scores_are_reproducible(folders, tiny_masked_model):
     assert "| Clean |" in scores_table(a)
 
 
-def test_identity_model_scores_the_noisy_input(folders):
-    """A model that returns its input must score exactly the noisy image's PSNR."""
-    clean, _ = folders
-
-    class Identity(torch.nn.Module):
-        masks_attention = False
-        config = type("C", (), {"window_size": 8, "in_chans": 3})()
-
-        def forward(self, x, generator=None):
-            return x
-
-    samples = load_dataset(clean)
+def test_no_model_scores_the_noisy_input(folders):
+    """model=None (the CLI's --model noisy) must score exactly the noisy image's PSNR."""
     from maskdn.noise import apply_noise
 
+    clean, pairs = folders
+    samples = load_dataset(clean)
     expected = np.mean([psnr(apply_noise(s.clean, "gaussian:25", seed=noise_seed(0, s.name, "gaussian:25")), s.clean) for s in samples])
-    got = evaluate(Identity(), [clean], ["gaussian:25"], progress=False)
+    real = np.mean([psnr(s.noisy, s.clean) for s in load_dataset(pairs)])
+    got = evaluate(None, [clean, pairs], ["gaussian:25"], progress=False)
     assert got["Clean"]["gaussian:25"] == round(float(expected), 2)
+    assert got["Pairs"]["real"] == round(float(real), 2)
 
 
 def test_noise_seed_depends_on_image_and_noise():

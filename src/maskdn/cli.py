@@ -56,8 +56,12 @@ def cmd_models(a: argparse.Namespace) -> int:
     for r in rows:
         t, s = r["training"], r["scores"]
         star = " (default)" if r["default"] else ""
-        print(f"{r['name']}{star}: preset {r['preset']}, {r['parameters']:,} parameters, "
-              f"attention mask {r['attn_mask_ratio']:g}, input mask {t.get('input_mask')}")
+        imask = t.get("input_mask")
+        masks = (f"attention mask {r['attn_mask_ratio']:.0%}, input mask "
+                 + (f"{imask[0]:.0%}–{imask[1]:.0%}" if imask else "off"))
+        if not imask and not r["attn_mask_ratio"]:
+            masks = "unmasked baseline (no input or attention mask)"
+        print(f"{r['name']}{star}: preset {r['preset']}, {r['parameters']:,} parameters, {masks}")
         if t:
             print(f"  trained on {t.get('data')} with {t.get('noise')}: {t.get('iterations')} iterations × "
                   f"batch {t.get('batch_size')} of {t.get('patch_size')}² patches ({t.get('patches_seen'):,} "
@@ -82,7 +86,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .weights import load_model, update_training_record
     from .zoo import resolve
 
-    model = load_model(a.model)
+    if a.model == "noisy" and a.record:
+        raise MaskdnError("--record needs a model file, not noisy")
+    model = None if a.model == "noisy" else load_model(a.model)
     scores = evaluate(model, a.data, a.noise, seed=a.seed, passes=a.passes, limit=a.limit, tile=a.tile)
     print(scores_table(scores))
     if a.record:
@@ -145,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_demo)
 
     v = sub.add_parser("evaluate", help="mean PSNR of a model per dataset and noise")
-    v.add_argument("--model", default=None, help="zoo name or weights file")
+    v.add_argument("--model", default=None, help="zoo name or weights file; 'noisy' scores the noisy input itself")
     v.add_argument("--data", nargs="+", required=True, help="folders of clean images or *_real/*_mean pairs")
     v.add_argument("--noise", nargs="+", default=["gaussian:15", "gaussian:25", "poisson:2", "speckle:0.03", "saltpepper:0.02"],
                    help="noises written name:level (real-noise folders ignore them)")

@@ -61,7 +61,7 @@ def noise_seed(seed: int, image: str, noise: str) -> int:
 
 
 def evaluate(
-    model: MaskedSwinIR,
+    model: MaskedSwinIR | None,
     folders: list[str | Path],
     noises: list[str],
     *,
@@ -71,7 +71,10 @@ def evaluate(
     tile: int | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Mean PSNR (dB) of ``model``'s output per dataset (folder name) and condition (noise or ``real``)."""
+    """Mean PSNR (dB) of ``model``'s output per dataset (folder name) and condition (noise or ``real``).
+
+    ``model=None`` scores the noisy input itself, the reference every denoiser must beat.
+    """
     for spec in noises:
         parse_noise(spec)
     scores: dict[str, dict[str, float]] = {}
@@ -85,8 +88,11 @@ def evaluate(
             conditions = [REAL] if is_real else noises
             for cond in conditions:
                 noisy = s.noisy if is_real else apply_noise(s.clean, cond, seed=noise_seed(seed, s.name, cond))
-                gen = torch.Generator().manual_seed(seed)
-                out = denoise_tensor(model, noisy[None], passes=passes, tile=tile, generator=gen)[0]
+                if model is None:
+                    out = noisy
+                else:
+                    gen = torch.Generator().manual_seed(seed)
+                    out = denoise_tensor(model, noisy[None], passes=passes, tile=tile, generator=gen)[0]
                 per.setdefault(cond, []).append(psnr(out, s.clean))
                 bar.update(1)
         scores[name] = {cond: round(float(np.mean(v)), 2) for cond, v in per.items()}
