@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -132,3 +133,16 @@ def test_train_rejects_unknown_setting(tmp_path, capsys):
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "maskdn", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "denoise" in r.stdout and "demo" in r.stdout
+
+
+def test_noise_command_writes_seeded_copies(tmp_path, photos, capsys):
+    out = tmp_path / "noisy"
+    args = ["noise", str(photos / "rgb.png"), str(photos / "gray.jpg"), "-o", str(out), "--noise", "poisson:2", "gaussian:25"]
+    assert main(args) == 0
+    first = {p.relative_to(out): read_image(p) for p in sorted(out.rglob("*.png"))}
+    assert sorted(str(k) for k in first) == ["gaussian_25/gray.png", "gaussian_25/rgb.png", "poisson_2/gray.png", "poisson_2/rgb.png"]
+    assert first[Path("poisson_2/gray.png")].shape == (12, 12)
+    assert main(args) == 0  # same seed: the same files
+    assert all(np.array_equal(read_image(out / k), v) for k, v in first.items())
+    assert main(["noise", str(photos), "-o", str(out), "--noise", "fog:1"]) == 1
+    assert "fog:1: unknown noise" in capsys.readouterr().err

@@ -8,7 +8,8 @@ import torch
 
 from maskdn.cli import main
 from maskdn.errors import MaskdnError
-from maskdn.evaluate import evaluate, load_dataset, noise_seed, scores_table
+from maskdn.evaluate import evaluate, load_dataset, scores_table
+from maskdn.noise import noise_seed
 from maskdn.io import write_image
 from maskdn.metrics import psnr
 from maskdn.weights import read_metadata, save_model

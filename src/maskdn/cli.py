@@ -43,6 +43,15 @@ def cmd_denoise(a: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_noise(a: argparse.Namespace) -> int:
+    from .noise import write_noisy_copies
+
+    failures = write_noisy_copies(a.inputs, a.output, a.noise, seed=a.seed, quantize=not a.float)
+    for _, message in failures:
+        print(f"maskdn: failed: {message}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def cmd_models(a: argparse.Namespace) -> int:
     from .zoo import describe
 
@@ -138,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     _add_denoise_options(d)
     d.set_defaults(func=cmd_denoise)
+
+    n = sub.add_parser("noise", help="write seeded noisy copies of images (one folder per noise)")
+    n.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    n.add_argument("-o", "--output", required=True, help="output folder")
+    n.add_argument("--noise", nargs="+", required=True, help="noises written name:level, e.g. poisson:2")
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--float", action="store_true", help="keep float values (16-bit PNG) instead of 8-bit quantizing")
+    n.set_defaults(func=cmd_noise)
 
     m = sub.add_parser("models", help="list the bundled models")
     m.add_argument("--json", action="store_true", help="machine-readable output")

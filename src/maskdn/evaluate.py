@@ -9,7 +9,6 @@ between models. This is the small evaluation that ``maskdn models`` reports; the
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from .inference import denoise_tensor
 from .io import expand_inputs, read_image, to_float_rgb
 from .metrics import psnr
 from .model import MaskedSwinIR
-from .noise import apply_noise, parse_noise
+from .noise import apply_noise, noise_seed, parse_noise
 
 REAL = "real"
 
@@ -53,11 +52,6 @@ def load_dataset(folder: str | Path, limit: int | None = None) -> list[Sample]:
         keys = sorted(real)[:limit]
         return [Sample(k, _load(means[k]), _load(real[k])) for k in keys]
     return [Sample(p.stem, _load(p)) for p in paths[:limit]]
-
-
-def noise_seed(seed: int, image: str, noise: str) -> int:
-    """A stable seed per (seed, image, noise): the same noisy image in every run and for every model."""
-    return (seed * 1_000_003 + zlib.crc32(f"{image}|{noise}".encode())) % (2**63)
 
 
 def evaluate(

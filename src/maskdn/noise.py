@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from .errors import MaskdnError
 
-__all__ = ["NOISES", "NoiseSpec", "parse_noise", "apply_noise", "MIXTURE_VERSION", "MIXTURE_LEVELS", "CAMERA_LEVELS"]
+__all__ = ["NOISES", "NoiseSpec", "parse_noise", "apply_noise", "noise_seed", "write_noisy_copies", "MIXTURE_VERSION", "MIXTURE_LEVELS", "CAMERA_LEVELS"]
 
 
 def _gaussian(x: Tensor, sigma: float, g: torch.Generator) -> Tensor:
@@ -319,3 +320,46 @@ def apply_noise(x: Tensor, spec: str | NoiseSpec, seed: int = 0, quantize: bool 
     if quantize:
         y = torch.round(y * 255.0) / 255.0
     return y.to(x.device)
+
+
+def noise_seed(seed: int, image: str, noise: str) -> int:
+    """A stable seed per (seed, image name, noise): the same noisy image in every run, for every model."""
+    return (seed * 1_000_003 + zlib.crc32(f"{image}|{noise}".encode())) % (2**63)
+
+
+def write_noisy_copies(
+    inputs: list[str],
+    out_dir: str,
+    specs: list[str],
+    seed: int = 0,
+    quantize: bool = True,
+    progress: bool = True,
+) -> list[tuple[str, str]]:
+    """Noisy copies of image files as ``out_dir/<name>_<level>/<stem>.png``; returns the failures.
+
+    Each copy keeps its input's bit depth, gray/RGB layout and alpha; gray images get the noise on their
+    one channel. The noise of an image depends only on (its file stem, the noise, ``seed``).
+    """
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .io import expand_inputs, from_float_rgb, read_image, to_float_rgb, write_image
+
+    parsed = [parse_noise(s) for s in specs]
+    paths = expand_inputs(inputs)
+    failures: list[tuple[str, str]] = []
+    jobs = [(p, n) for p in paths for n in parsed]
+    for path, spec in tqdm(jobs, desc="noise", unit="image", disable=not progress):
+        folder = Path(out_dir) / f"{spec.name}_{spec.level:g}"
+        try:
+            x, info = to_float_rgb(read_image(path))
+            clean = x[:1] if info.gray else x
+            noisy = apply_noise(clean, spec, seed=noise_seed(seed, path.stem, str(spec)), quantize=quantize)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_image(folder / f"{path.stem}.png", from_float_rgb(noisy.expand(3, -1, -1), info))
+        except MaskdnError as e:
+            failures.append((str(path), str(e)))
+        except OSError as e:
+            failures.append((str(path), f"{folder}: cannot create ({e.strerror or e})"))
+    return failures
