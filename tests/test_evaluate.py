@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from maskdn.cli import main
 from maskdn.errors import MaskdnError

@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 from .errors import MaskdnError
 
