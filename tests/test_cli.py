@@ -146,3 +146,21 @@ def test_noise_command_writes_seeded_copies(tmp_path, photos, capsys):
     assert all(np.array_equal(read_image(out / k), v) for k, v in first.items())
     assert main(["noise", str(photos), "-o", str(out), "--noise", "fog:1"]) == 1
     assert "fog:1: unknown noise" in capsys.readouterr().err
+
+
+def test_bench_command_end_to_end(tmp_path, photos, tiny_weights, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rgb.png").write_bytes((photos / "rgb.png").read_bytes())
+    write_image(data / "b.png", np.random.default_rng(1).integers(0, 256, (16, 24, 3), dtype=np.uint8))
+    out = tmp_path / "bench"
+    args = ["bench", "--data", str(data), "--model", str(tiny_weights), "--method", "noisy",
+            "--noise", "gaussian:25", "--passes", "2", "--out", str(out)]
+    assert main(args) == 0
+    assert "| noisy |" in capsys.readouterr().out.replace("**", "")
+    records = json.loads((out / "results.json").read_text())
+    assert len(records) == 2 * (1 + 2)  # images × (noisy + model at 1 and 2 passes)
+    for name in ("summary.csv", "summary.md", "curves.png", "gallery.png"):
+        assert (out / name).stat().st_size > 0
+    assert main(["bench", "--data", str(data), "--out", str(out)]) == 1
+    assert "at least one --model or --method" in capsys.readouterr().err

@@ -107,6 +107,20 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import PAPER_GRID, run_bench
+    from .report import summary_markdown
+
+    methods = [*a.model, *a.method]
+    if not methods:
+        raise MaskdnError("give at least one --model or --method")
+    records = run_bench(a.data, methods, a.noise or PAPER_GRID, a.out, seed=a.seed, passes=a.passes,
+                        limit=a.limit, device=a.device)
+    print(summary_markdown(records))
+    print(f"\nwrote {a.out}/ (results.json, summary.csv, summary.md, curves.png, gallery.png)")
+    return 0
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
@@ -177,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tile", type=int, default=None, help="denoise in tiles (bounded memory)")
     v.add_argument("--record", action="store_true", help="store the scores in the weights file's training record")
     v.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("bench", help="generalization benchmark: methods × noises × datasets, tables and plots")
+    b.add_argument("--data", nargs="+", required=True, help="folders of clean images or *_real/*_mean pairs")
+    b.add_argument("--model", nargs="*", default=[], help="zoo names or weights files")
+    b.add_argument("--method", nargs="*", default=[], help="built-in methods: noisy, nlm, bm3d")
+    b.add_argument("--noise", nargs="*", default=None, help="noises name:level (default: the paper grid)")
+    b.add_argument("--out", default="bench", help="output folder; an interrupted run resumes from it")
+    b.add_argument("--passes", type=int, default=4, help="K for the K-pass score of stochastic models")
+    b.add_argument("--limit", type=int, default=None, help="first N images per folder")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="cpu")
+    b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train", help="train a model on a folder of clean images (Gaussian σ=15)")
     t.add_argument("--data", required=True, help="folder of clean training images, e.g. CBSD432")

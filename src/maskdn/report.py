@@ -1,0 +1,249 @@
+"""Reports of benchmark records (see :mod:`maskdn.bench`): summary tables, curves and a crop gallery.
+
+Every file is written atomically. Records are dicts ``{dataset, image, method, passes, noise, level,
+psnr, ssim, seed}``; a condition is ``noise:level`` (``real`` for real-noise pairs).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import atomic_write
+
+__all__ = [
+    "condition_of",
+    "method_label",
+    "plot_curves",
+    "plot_gallery",
+    "summarize",
+    "write_reports",
+    "write_summary_csv",
+    "write_summary_md",
+]
+
+
+def condition_of(r: Mapping[str, Any]) -> str:
+    """``"gaussian:25"`` for a record of noise gaussian, level 25; ``"real"`` when there is no level."""
+    return r["noise"] if r.get("level") is None else f"{r['noise']}:{float(r['level']):g}"
+
+
+def method_label(method: str, passes: int) -> str:
+    """``model`` for one pass, ``model ×4`` for four averaged passes."""
+    return method if int(passes) == 1 else f"{method} ×{int(passes)}"
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """Mean PSNR and SSIM over images per (dataset, method, passes) × condition, in first-seen order.
+
+    Each row: ``{dataset, method, passes, label, noise, level, condition, images, psnr, ssim}``.
+    """
+    groups: dict[tuple, dict] = {}
+    for r in records:
+        key = (r["dataset"], r["method"], int(r["passes"]), condition_of(r))
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = {
+                "dataset": r["dataset"], "method": r["method"], "passes": int(r["passes"]),
+                "label": method_label(r["method"], r["passes"]), "noise": r["noise"],
+                "level": None if r.get("level") is None else float(r["level"]),
+                "condition": key[3], "_psnr": [], "_ssim": [],
+            }
+        g["_psnr"].append(float(r["psnr"]))
+        g["_ssim"].append(float(r["ssim"]))
+    rows = []
+    for g in groups.values():
+        p, s = g.pop("_psnr"), g.pop("_ssim")
+        rows.append({**g, "images": len(p), "psnr": _mean(p), "ssim": _mean(s)})
+    return rows
+
+
+def _write_text(path: str | Path, text: str) -> Path:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_summary_csv(records: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    """The summary as a long CSV: one row per dataset × method × condition (means over images)."""
+    fields = ["dataset", "method", "passes", "label", "noise", "level", "condition", "images", "psnr", "ssim"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for row in summarize(records):
+        w.writerow({**row, "level": "" if row["level"] is None else f"{row['level']:g}",
+                    "psnr": f"{row['psnr']:.4f}", "ssim": f"{row['ssim']:.5f}"})
+    return _write_text(path, buf.getvalue())
+
+
+def _tables(rows: list[dict]) -> dict[str, tuple[list[str], list[str], dict[tuple[str, str], dict]]]:
+    """Per dataset: (method labels, conditions, {(label, condition): row})."""
+    out: dict[str, tuple[list[str], list[str], dict]] = {}
+    for row in rows:
+        labels, conds, cells = out.setdefault(row["dataset"], ([], [], {}))
+        if row["label"] not in labels:
+            labels.append(row["label"])
+        if row["condition"] not in conds:
+            conds.append(row["condition"])
+        cells[(row["label"], row["condition"])] = row
+    return out
+
+
+def summary_markdown(records: Iterable[Mapping[str, Any]]) -> str:
+    """Markdown: one table per dataset, methods as rows, conditions as columns, best PSNR in bold."""
+    parts = ["# Benchmark summary", "", "Mean PSNR (dB) / SSIM over images; best PSNR per column in **bold**.", ""]
+    for dataset, (labels, conds, cells) in _tables(summarize(records)).items():
+        n = max((c["images"] for c in cells.values()), default=0)
+        parts += [f"## {dataset} ({n} image{'s' if n != 1 else ''})", ""]
+        parts.append("| method | " + " | ".join(conds) + " |")
+        parts.append("|---" * (len(conds) + 1) + "|")
+        best = {}
+        for c in conds:
+            vals = [cells[(lb, c)]["psnr"] for lb in labels if (lb, c) in cells and not math.isnan(cells[(lb, c)]["psnr"])]
+            best[c] = max(vals) if vals else None
+        for lb in labels:
+            row = []
+            for c in conds:
+                cell = cells.get((lb, c))
+                if cell is None:
+                    row.append("–")
+                    continue
+                text = f"{cell['psnr']:.2f} / {cell['ssim']:.3f}"
+                row.append(f"**{text}**" if best[c] is not None and cell["psnr"] == best[c] else text)
+            parts.append(f"| {lb} | " + " | ".join(row) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def write_summary_md(records: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write :func:`summary_markdown` to ``path`` atomically."""
+    return _write_text(path, summary_markdown(records))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    plt = _pyplot()
+    try:
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+            fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, dataset: str | None = None) -> Path:
+    """PSNR (top row) and SSIM (bottom row) against the level, one panel per noise type, one line per method.
+
+    Plots ``dataset`` (default: the first dataset with synthetic noise; its name is in the title).
+    """
+    plt = _pyplot()
+    rows = [r for r in summarize(records) if r["level"] is not None]
+    if dataset is None and rows:
+        dataset = rows[0]["dataset"]
+    rows = [r for r in rows if r["dataset"] == dataset]
+    noises = list(dict.fromkeys(r["noise"] for r in rows))
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    if not noises:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no synthetic-noise results to plot", ha="center", va="center")
+        return _save_figure(fig, path)
+    n = len(noises)
+    fig, axes = plt.subplots(2, n, figsize=(2.8 * n + 0.5, 5.2), squeeze=False)
+    for j, noise in enumerate(noises):
+        for i, metric in enumerate(("psnr", "ssim")):
+            ax = axes[i][j]
+            for lb in labels:
+                pts = sorted((r["level"], r[metric]) for r in rows if r["noise"] == noise and r["label"] == lb)
+                if pts:
+                    xs, ys = zip(*pts)
+                    ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=lb)
+            if i == 0:
+                ax.set_title(noise)
+            else:
+                ax.set_xlabel("level")
+            if j == 0:
+                ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM")
+            ax.grid(True, alpha=0.3)
+            ax.tick_params(labelsize=7)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    for ax in axes.flat:  # a legend with every method, wherever it appears
+        for h, nm in zip(*ax.get_legend_handles_labels()):
+            if nm not in names:
+                handles.append(h)
+                names.append(nm)
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), fontsize=8, frameon=False)
+    fig.suptitle(f"Dataset: {dataset}")
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    return _save_figure(fig, path)
+
+
+def plot_gallery(gallery: Mapping[str, Any], path: str | Path) -> Path:
+    """A grid of center crops: one row per condition (noisy input, then each method), PSNR under each.
+
+    ``gallery`` is what :func:`maskdn.bench.run_bench` collects for the first image: ``{"title": str,
+    "clean": uint8 HxWx3 or None, "rows": [{"condition": str, "panels": [(label, uint8 HxWx3, psnr or
+    None), ...]}, ...]}``. PSNRs are those of the whole image, not of the crop.
+    """
+    plt = _pyplot()
+    rows = list(gallery.get("rows") or [])
+    clean = gallery.get("clean")
+    if not rows:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no crops to show", ha="center", va="center")
+        return _save_figure(fig, path)
+    ncols = max(len(r["panels"]) for r in rows) + (clean is not None)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.9 * ncols, 2.2 * len(rows)), squeeze=False)
+    for i, row in enumerate(rows):
+        panels = list(row["panels"])
+        if clean is not None:
+            panels = [("clean", clean, None)] + panels
+        for j in range(ncols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(panels):
+                ax.axis("off")
+                continue
+            label, img, score = panels[j]
+            ax.imshow(np.asarray(img), interpolation="nearest")
+            ax.set_title(label, fontsize=8)
+            under = "" if score is None else ("∞ dB" if math.isinf(score) else f"{score:.2f} dB")
+            ax.set_xlabel(under, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(row["condition"], fontsize=8)
+    fig.suptitle(str(gallery.get("title", "")), fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def write_reports(records: Sequence[Mapping[str, Any]], out_dir: str | Path, gallery: Mapping[str, Any] | None = None) -> list[Path]:
+    """``summary.csv``, ``summary.md``, ``curves.png`` and (with ``gallery``) ``gallery.png`` in ``out_dir``."""
+    out = Path(out_dir)
+    paths = [
+        write_summary_csv(records, out / "summary.csv"),
+        write_summary_md(records, out / "summary.md"),
+        plot_curves(records, out / "curves.png"),
+    ]
+    if gallery is not None:
+        paths.append(plot_gallery(gallery, out / "gallery.png"))
+    return paths
