@@ -167,3 +167,15 @@ def test_unknown_method(data, tmp_path):
 def test_write_summary_md_atomic(tmp_path):
     with pytest.raises(MaskdnError):
         write_summary_md([], tmp_path / "missing" / "summary.md")
+
+
+def test_bm3d_method_when_installed():
+    pytest.importorskip("bm3d")
+    from maskdn.bench import resolve_method
+
+    torch.manual_seed(0)
+    clean = torch.full((3, 32, 32), 0.5)
+    noisy = (clean + 0.06 * torch.randn(3, 32, 32)).clamp(0, 1)
+    out = resolve_method("bm3d").fn(noisy, 1, None)
+    assert out.shape == noisy.shape
+    assert (out - clean).abs().mean() < 0.5 * (noisy - clean).abs().mean()
