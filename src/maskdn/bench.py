@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .errors import MaskdnError
 from .evaluate import REAL, load_dataset
-from .inference import denoise_tensor
+from .inference import check_passes, denoise_tensor
 from .io import atomic_write
 from .metrics import psnr, ssim
 from .noise import apply_noise, noise_seed, parse_noise
@@ -337,8 +337,7 @@ def run_bench(
     folder. Records already in ``OUT/results.json`` are kept and not recomputed (records of other runs,
     e.g. other methods or seeds, are kept too). With ``reports`` the summaries and plots are written.
     """
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise MaskdnError(f"passes must be an integer >= 1, not {passes!r}")
+    check_passes(passes)
     conds_noise = [str(parse_noise(n)) for n in noises]
     conds_noise = list(dict.fromkeys(conds_noise))
     resolved = _resolve_all(methods, passes, device)

@@ -25,8 +25,6 @@ def _add_denoise_options(p: argparse.ArgumentParser) -> None:
 
 
 def _denoise_options(a: argparse.Namespace) -> dict:
-    if a.passes < 1:
-        raise MaskdnError(f"--passes must be at least 1, not {a.passes}")
     return dict(passes=a.passes, self_ensemble=a.self_ensemble, tile=a.tile, tile_overlap=a.tile_overlap,
                 seed=a.seed, device=a.device)
 

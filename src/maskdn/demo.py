@@ -64,7 +64,8 @@ def run_demo(
     (out / "denoised").mkdir(parents=True, exist_ok=True)
     net = model if isinstance(model, MaskedSwinIR) else load_model(model)
     rows, panels = [], []
-    jobs = [(p, i, n) for p in sample_paths() for i, n in enumerate(noises)]
+    samples = sample_paths()
+    jobs = [(p, i, n) for p in samples for i, n in enumerate(noises)]
     for path, i, spec in tqdm(jobs, desc="demo", disable=not progress):
         arr = read_image(path)
         clean, info = to_float_rgb(arr)
@@ -77,7 +78,7 @@ def run_demo(
         write_image(out / "denoised" / name, den_img)
         row = {"image": path.stem, "noise": spec, "psnr_noisy": psnr(noisy, clean), "psnr_denoised": psnr(den, clean)}
         rows.append(row)
-        if path == sample_paths()[0]:
+        if path == samples[0]:
             panels.append([
                 _labelled(arr, "clean"),
                 _labelled(noisy_img, f"{spec}  {row['psnr_noisy']:.2f} dB"),
@@ -92,7 +93,7 @@ def run_demo(
                      f"{np.mean([r['psnr_denoised'] for r in sel]):.2f} |")
     table_md = "\n".join(table)
     with atomic_write(out / "psnr.md") as tmp:
-        tmp.write_text(f"Mean over {len(sample_paths())} sample photos, seed {seed}, {passes} pass(es).\n\n{table_md}\n")
+        tmp.write_text(f"Mean over {len(samples)} sample photos, seed {seed}, {passes} pass(es).\n\n{table_md}\n")
     with atomic_write(out / "psnr.json") as tmp:
         tmp.write_text(json.dumps({"seed": seed, "passes": passes, "rows": rows}, indent=2))
     return {"rows": rows, "table": table_md}

@@ -10,3 +10,9 @@ from __future__ import annotations
 
 class MaskdnError(Exception):
     """A user-facing error whose message is one line: ``"<what>: <problem>"``."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (or its type name), to quote inside a one-line error."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -35,7 +35,7 @@ from .errors import MaskdnError
 from .geometry import dihedral, dihedral_inverse
 from .model import MaskedSwinIR
 
-__all__ = ["denoise", "denoise_tensor", "denoise_files", "check_tile_options"]
+__all__ = ["denoise", "denoise_tensor", "denoise_files", "check_passes", "check_tile_options"]
 
 ModelLike = MaskedSwinIR | str | os.PathLike | None
 
@@ -101,7 +101,8 @@ def check_tile_options(tile: int | None, tile_overlap: int, window_size: int) ->
         raise MaskdnError(f"tile ({tile}) must be at least the model's window size ({window_size})")
 
 
-def _check_passes(passes: int) -> None:
+def check_passes(passes: int) -> None:
+    """Raise :class:`MaskdnError` unless ``passes`` is an integer >= 1."""
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise MaskdnError(f"passes must be an integer >= 1, not {passes!r}")
 
@@ -126,7 +127,7 @@ def denoise_tensor(
     only along sides longer than the tile. ``generator`` (on ``x``'s device) drives the masks in
     sequence, so a seeded generator gives a reproducible result. The output is not clamped.
     """
-    _check_passes(passes)
+    check_passes(passes)
     check_tile_options(tile, tile_overlap, model.config.window_size)
     if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
         desc = f"{x.dtype} tensor of shape {list(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
@@ -334,7 +335,7 @@ def denoise_files(
         inputs = [inputs]
     paths = expand_inputs(list(inputs))
     net = _resolve_model(model, denoise_options.get("device", "cpu"))
-    _check_passes(denoise_options.get("passes", 1))
+    check_passes(denoise_options.get("passes", 1))
     check_tile_options(denoise_options.get("tile"), denoise_options.get("tile_overlap", 32), net.config.window_size)
 
     input_set = {p.resolve() for p in paths}

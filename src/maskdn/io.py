@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import MaskdnError
+from .errors import MaskdnError, first_line
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -49,14 +49,8 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
 
-def _reason(e: BaseException) -> str:
-    """First line of an exception's message (messages we raise must stay one line)."""
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def _os_reason(e: OSError) -> str:
-    return e.strerror or _reason(e)
+    return e.strerror or first_line(e)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,13 +176,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except UnidentifiedImageError:
         raise MaskdnError(f"{path}: not an image or an unsupported format") from None
     except Image.DecompressionBombError as e:
-        raise MaskdnError(f"{path}: image too large ({_reason(e)})") from None
+        raise MaskdnError(f"{path}: image too large ({first_line(e)})") from None
     except MemoryError:
         raise MaskdnError(f"{path}: not enough memory to read the image") from None
     except PermissionError:
         raise MaskdnError(f"{path}: permission denied") from None
     except Exception as e:  # truncated data, bad chunks, decoder errors from Pillow, pypng or tifffile
-        raise MaskdnError(f"{path}: truncated or corrupt image ({_reason(e)})") from None
+        raise MaskdnError(f"{path}: truncated or corrupt image ({first_line(e)})") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,7 +290,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool =
     except MaskdnError:
         raise
     except Exception as e:  # encoder errors; OSErrors are already turned into MaskdnError by atomic_write
-        raise MaskdnError(f"{path}: cannot write ({_reason(e)})") from None
+        raise MaskdnError(f"{path}: cannot write ({first_line(e)})") from None
     return path
 
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .errors import MaskdnError
+from .errors import MaskdnError, first_line
 from .io import atomic_write, check_file
 from .model import MaskedSwinIR, ModelConfig, checkpoint_filter_fn, infer_config
 
@@ -66,12 +66,7 @@ def _safetensors_metadata(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except Exception as e:  # safetensors raises its own error type, OSError or ValueError
-        raise MaskdnError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+        raise MaskdnError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict]:
@@ -81,9 +76,9 @@ def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise MaskdnError(f"{path}: refused: not a plain tensor checkpoint ({_first_line(e)})") from None
+            raise MaskdnError(f"{path}: refused: not a plain tensor checkpoint ({first_line(e)})") from None
         except Exception as e:  # truncated zip, wrong magic, ...
-            raise MaskdnError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+            raise MaskdnError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
         if not isinstance(obj, dict):
             raise MaskdnError(f"{path}: holds a {type(obj).__name__}, not a state dict")
         return obj, {}
@@ -91,7 +86,7 @@ def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict]:
     try:
         return load_file(str(path)), meta
     except Exception as e:  # safetensors raises its own error type, OSError or ValueError
-        raise MaskdnError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+        raise MaskdnError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
 
 
 def load_model(
