@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import shared_path
 from maskdn.errors import MaskdnError
-from maskdn.model import MaskedSwinIR, ModelConfig, checkpoint_filter_fn, infer_config, preset
+from maskdn.model import ATTENTION_IMPLS, MaskedSwinIR, ModelConfig, checkpoint_filter_fn, infer_config, preset
 
 
 def _conformance(name: str):
@@ -22,8 +22,8 @@ def _conformance(name: str):
 
 
 @pytest.mark.parametrize("name", ["tiny", "paper"])
-@pytest.mark.parametrize("fused", [False, True], ids=["explicit", "fused"])
-def test_conformance_with_authors_outputs(name, fused):
+@pytest.mark.parametrize("impl", ATTENTION_IMPLS)
+def test_conformance_with_authors_outputs(name, impl):
     cfg, weights, io = _conformance(name)
     c = cfg["config"]
     config = ModelConfig(
@@ -33,7 +33,7 @@ def test_conformance_with_authors_outputs(name, fused):
     )
     model = MaskedSwinIR(config).eval()
     model.load_state_dict(checkpoint_filter_fn(weights), strict=True)
-    model.set_fused_attention(fused)
+    model.set_attention(impl)
     assert sum(p.numel() for p in model.parameters()) == cfg["n_params"]
     inputs = [k for k in io if k.startswith("input.")]
     assert len(inputs) == 2
@@ -92,14 +92,53 @@ def test_rejects_wrong_channel_count(tiny_model):
         tiny_model(torch.rand(1, 4, 16, 16))
 
 
-def test_fused_equals_explicit_with_masks_on(tiny_masked_model):
-    x = torch.rand(2, 3, 40, 24)
-    outs = []
-    for fused in (True, False):
-        tiny_masked_model.set_fused_attention(fused)
+@pytest.mark.parametrize("impl", ["fast", "sdpa"])
+@pytest.mark.parametrize("size", [(40, 24), (64, 64), (13, 37)], ids=str)
+def test_attention_paths_match_reference_with_masks_on(tiny_masked_model, impl, size):
+    """Same generator, same token masks: every path computes the reference's function (odd sizes pad)."""
+    x = torch.rand(2, 3, *size)
+    outs = {}
+    for name in ("reference", impl):
+        tiny_masked_model.set_attention(name)
         with torch.no_grad():
-            outs.append(tiny_masked_model(x, generator=torch.Generator().manual_seed(3)))
-    assert (outs[0] - outs[1]).abs().max().item() <= 1e-5
+            outs[name] = tiny_masked_model(x, generator=torch.Generator().manual_seed(3))
+    assert (outs["reference"] - outs[impl]).abs().max().item() <= 1e-4
+    tiny_masked_model.set_attention("fast")
+
+
+def test_fast_path_gradients_match_reference(tiny_masked_model):
+    """Training runs the autograd branch of the fast path: loss and every gradient agree."""
+    x = torch.rand(2, 3, 32, 32)
+    grads = {}
+    for name in ("reference", "fast"):
+        tiny_masked_model.set_attention(name).zero_grad()
+        out = tiny_masked_model.train()(x, generator=torch.Generator().manual_seed(5))
+        out.square().mean().backward()
+        grads[name] = {k: p.grad.clone() for k, p in tiny_masked_model.named_parameters()}
+    tiny_masked_model.eval().set_attention("fast")
+    for k, g in grads["reference"].items():
+        assert torch.allclose(grads["fast"][k], g, atol=1e-5, rtol=1e-4), k
+
+
+def test_unknown_attention_path_is_an_error(tiny_model):
+    with pytest.raises(MaskdnError, match="unknown attention path 'flash'.*reference"):
+        tiny_model.set_attention("flash")
+
+
+def test_shifted_window_layout_gathers_like_roll_and_partition():
+    from maskdn.model import shift_attention_mask, window_layout, window_partition
+
+    H, W, ws, shift = 24, 16, 8, 4
+    x = torch.rand(2, H, W, 5)
+    layout = window_layout(H, W, ws, shift, torch.device("cpu"))
+    rolled = window_partition(torch.roll(x, (-shift, -shift), (1, 2)), ws)
+    gathered = x.view(2, H * W, 5).index_select(1, layout.order).view(-1, ws * ws, 5)
+    assert torch.equal(gathered, rolled)
+    assert torch.equal(gathered.view(2, H * W, 5).index_select(1, layout.inverse), x.view(2, H * W, 5))
+    full = shift_attention_mask(H, W, ws, shift)
+    kept = layout.border_slot >= 0
+    assert torch.equal(full[kept], layout.border_mask) and not full[~kept].any()
+    assert kept.sum().item() == (H // ws) + (W // ws) - 1  # last window row and column
 
 
 def test_masked_eval_is_stochastic_but_seeded(tiny_masked_model):
@@ -147,15 +186,25 @@ def test_forward_intermediates_names(tiny_model):
         assert torch.allclose(feats["output"], tiny_model(x))
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["explicit", "fused"])
-def test_inference_window_chunks_change_nothing(tiny_masked_model, monkeypatch, fused):
+@pytest.mark.parametrize("impl", ["fast"])
+def test_inference_window_chunks_change_nothing(tiny_masked_model, monkeypatch, impl):
     """Without autograd, attention runs in groups of windows; groups must not cross images or masks."""
     from maskdn.model import WindowAttention
 
-    tiny_masked_model.set_fused_attention(fused)
+    tiny_masked_model.set_attention(impl)
     x = torch.rand(2, 3, 40, 24)  # 15 windows per image: chunks of 4 straddle nothing they should not
     with torch.no_grad():
         whole = tiny_masked_model(x, generator=torch.Generator().manual_seed(0))
         monkeypatch.setattr(WindowAttention, "INFERENCE_CHUNK", 4)
         chunked = tiny_masked_model(x, generator=torch.Generator().manual_seed(0))
     assert (whole - chunked).abs().max().item() <= 1e-6
+
+
+def test_window_layout_made_in_inference_mode_serves_training():
+    """The layout cache is process-wide: a layout first built under inference_mode must not break autograd."""
+    model = MaskedSwinIR(preset("tiny", attn_mask_ratio=0.0))
+    x = torch.rand(1, 3, 48, 40)  # a size no other test uses, so the cache is cold here
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()(x).mean().backward()
+    assert model.conv_first.weight.grad is not None

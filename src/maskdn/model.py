@@ -127,12 +127,12 @@ def relative_position_index(ws: int) -> Tensor:
     return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
 
 
-@functools.lru_cache(maxsize=32)
 def shift_attention_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
     """``[nW, ws², ws²]`` additive mask (0 or −100) for shifted windows of an ``H×W`` map.
 
     After the cyclic shift, a window at the border holds pixels from up to four image regions that are
-    not neighbours; tokens from different regions must not attend to each other. Cached per size.
+    not neighbours; tokens from different regions must not attend to each other. The reference path
+    computes it on every call, as the authors' code does; the fast path keeps a :class:`WindowLayout`.
     """
     region = torch.zeros(1, H, W, 1)
     cnt = 0
@@ -144,6 +144,51 @@ def shift_attention_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
     ids = window_partition(region, ws).squeeze(-1)  # [nW, N]
     diff = ids.unsqueeze(1) - ids.unsqueeze(2)
     return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
+
+@dataclass(frozen=True, eq=False)
+class WindowLayout:
+    """Everything the fast path derives from ``(H, W, window, shift)``, computed once and cached.
+
+    ``order`` gathers the tokens ``[B, H·W, C]`` straight into shifted windows (the cyclic roll and the
+    window partition as one copy) and ``inverse`` scatters them back. Only windows on the last window
+    row or column see more than one image region after the shift, so the shift mask is kept for those
+    alone: ``border_mask`` ``[n_border, N, N]``, and ``border_slot`` ``[nW]`` gives each window's row in
+    it (−1: no mask needed).
+    """
+
+    order: Tensor
+    inverse: Tensor
+    n_windows: int
+    border_slot: Tensor | None
+    border_mask: Tensor | None
+
+
+@functools.lru_cache(maxsize=32)
+def window_layout(H: int, W: int, ws: int, shift: int, device: torch.device) -> WindowLayout:
+    """The cached :class:`WindowLayout` of an ``H×W`` map (H, W multiples of ``ws``) on ``device``.
+
+    Built outside inference mode: a layout first made under ``torch.inference_mode`` must still serve
+    later training steps.
+    """
+    with torch.inference_mode(False):
+        return _build_window_layout(H, W, ws, shift, device)
+
+
+def _build_window_layout(H: int, W: int, ws: int, shift: int, device: torch.device) -> WindowLayout:
+    index = torch.arange(H * W).view(1, H, W, 1)
+    if shift:
+        index = torch.roll(index, shifts=(-shift, -shift), dims=(1, 2))
+    order = window_partition(index, ws).reshape(-1)
+    n_windows = (H // ws) * (W // ws)
+    slot = border_mask = None
+    if shift:
+        full = shift_attention_mask(H, W, ws, shift)
+        border = (full != 0).flatten(1).any(1).nonzero().squeeze(1)
+        slot = torch.full((n_windows,), -1, dtype=torch.long)
+        slot[border] = torch.arange(border.numel())
+        slot, border_mask = slot.to(device), full[border].to(device)
+    return WindowLayout(order.to(device), torch.argsort(order).to(device), n_windows, slot, border_mask)
 
 
 def reflect_pad(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
@@ -174,13 +219,23 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
+ATTENTION_IMPLS = ("fast", "reference", "sdpa")
+"""Interchangeable attention paths; all compute the same function (tests hold them to 1e-4)."""
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative-position bias.
 
-    ``forward`` takes tokens ``[B·nW, N, C]`` (``N = ws²``) and an optional additive shift mask
-    ``[nW, N, N]``; ``token_keep`` ``[B·nW, N, 1]`` (0 or 1) zeroes masked tokens before the qkv
-    projection. Two interchangeable paths: the explicit one (default) is the literal reference
-    computation; ``fused=True`` uses ``scaled_dot_product_attention``. They agree to float rounding.
+    Tokens ``[B·nW, N, C]`` (``N = ws²``); ``token_keep`` ``[B·nW, N, 1]`` (0 or 1) zeroes masked tokens
+    before the qkv projection. Three paths, chosen by ``impl``:
+
+    * ``reference``: the literal computation of the authors' code (scale, matmul, add the bias, add the
+      shift mask, softmax, matmul, each a separate pass); the yardstick for tests and benchmarks;
+    * ``fast`` (default): one head at a time over a contiguous ``[3, heads, B·nW, N, d]`` qkv, the bias
+      folded into the score matmul (``baddbmm``), the shift mask added to the border windows only and,
+      without autograd, cache-sized groups of windows with in-place softmax;
+    * ``sdpa``: ``scaled_dot_product_attention`` with bias and shift mask as one float mask (on CPU it
+      falls back to the math kernel; on GPU it can use a fused one).
     """
 
     INFERENCE_CHUNK = 256
@@ -195,9 +250,7 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        # On CPU, SDPA with a float mask takes its slow "math" fallback: the explicit path trains about
-        # 1.8x faster (measured: 0.46 vs 0.82 s per bf16 step of the small preset), so it is the default.
-        self.fused = False
+        self.impl = "fast"
 
     def relative_position_bias(self) -> Tensor:
         """``[heads, N, N]`` bias gathered from the table."""
@@ -205,46 +258,75 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(N, N, -1).permute(2, 0, 1)
 
-    def forward(self, x: Tensor, shift_mask: Tensor | None = None, token_keep: Tensor | None = None) -> Tensor:
+    def reference(self, x: Tensor, shift_mask: Tensor | None = None, token_keep: Tensor | None = None) -> Tensor:
+        """The literal path; ``shift_mask`` ``[nW, N, N]`` covers every window."""
+        B_, N, C = x.shape
+        if token_keep is not None:
+            x = x * token_keep
+        qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = attn + self.relative_position_bias().unsqueeze(0)
+        if shift_mask is not None:
+            nW = shift_mask.shape[0]
+            attn = attn.view(B_ // nW, nW, self.num_heads, N, N) + shift_mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, N, N)
+        attn = attn.softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B_, N, C))
+
+    def sdpa(self, x: Tensor, shift_mask: Tensor | None = None, token_keep: Tensor | None = None) -> Tensor:
+        """``scaled_dot_product_attention`` with the bias (and shift mask) as its float mask."""
         B_, N, C = x.shape
         if token_keep is not None:
             x = x * token_keep
         qkv = self.qkv(x).view(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B_, heads, N, d]
-        bias = self.relative_position_bias().to(q.dtype)
-        attend = self._fused if self.fused else self._explicit
-        if torch.is_grad_enabled() or B_ <= self.INFERENCE_CHUNK:
-            out = attend(q, k, v, bias, shift_mask)
-        else:  # inference on a large image: same math, in cache-sized groups of windows
-            out = torch.empty_like(q)
-            nW = B_ if shift_mask is None else shift_mask.shape[0]
-            for start in range(0, B_, nW):
-                for w0 in range(0, nW, self.INFERENCE_CHUNK):
-                    sl = slice(start + w0, start + min(w0 + self.INFERENCE_CHUNK, nW))
-                    mask = None if shift_mask is None else shift_mask[w0 : w0 + self.INFERENCE_CHUNK]
-                    out[sl] = attend(q[sl], k[sl], v[sl], bias, mask)
-        return self.proj(out.transpose(1, 2).reshape(B_, N, C))
-
-    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, shift_mask: Tensor | None) -> Tensor:
-        B_, heads, N, _ = q.shape
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        attn.add_(bias.unsqueeze(0))  # in place: the scores are a fresh tensor, and large
+        mask = self.relative_position_bias().to(q.dtype)
         if shift_mask is not None:
             nW = shift_mask.shape[0]
-            attn.view(B_ // nW, nW, heads, N, N).add_(shift_mask.to(attn.dtype).unsqueeze(1).unsqueeze(0))
-        return attn.softmax(dim=-1) @ v
+            mask = mask.unsqueeze(0) + shift_mask.to(q.dtype).unsqueeze(1)  # [nW, heads, N, N]
+            shape5 = (B_ // nW, nW, self.num_heads, N, C // self.num_heads)
+            q, k, v = q.reshape(shape5), k.reshape(shape5), v.reshape(shape5)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        return self.proj(out.reshape(B_, self.num_heads, N, -1).transpose(1, 2).reshape(B_, N, C))
 
-    def _fused(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, shift_mask: Tensor | None) -> Tensor:
-        B_, heads, N, d = q.shape
-        if shift_mask is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        nW = shift_mask.shape[0]
-        mask = bias.unsqueeze(0) + shift_mask.to(bias.dtype).unsqueeze(1)  # [nW, heads, N, N]
-        shape5 = (B_ // nW, nW, heads, N, d)
-        out = F.scaled_dot_product_attention(
-            q.reshape(shape5), k.reshape(shape5), v.reshape(shape5), attn_mask=mask, scale=self.scale
-        )
-        return out.view(B_, heads, N, d)
+    def fast(self, x: Tensor, layout: WindowLayout, token_keep: Tensor | None = None) -> Tensor:
+        """The default path; ``layout`` says which windows need the shift mask."""
+        B_, N, C = x.shape
+        heads, d = self.num_heads, C // self.num_heads
+        if token_keep is not None:
+            x = x * token_keep
+        # [3·heads, B_·N, d]: one plain 3-D transpose copy (a 5-D permute copies far slower)
+        qkv = self.qkv(x).view(B_ * N, 3 * heads, d).transpose(0, 1).contiguous().view(3, heads, B_, N, d)
+        bias = self.relative_position_bias().to(qkv.dtype)
+        if torch.is_grad_enabled():
+            out = torch.stack([self._scores(qkv, i, bias[i], 0, B_, layout).softmax(-1) @ qkv[2, i] for i in range(heads)])
+        else:  # cache-sized groups of windows through one reused score buffer (fresh pages fault)
+            out = torch.empty(heads, B_, N, d, dtype=qkv.dtype, device=x.device)
+            buffer = torch.empty(min(self.INFERENCE_CHUNK, B_), N, N, dtype=qkv.dtype, device=x.device)
+            for i in range(heads):
+                for s in range(0, B_, self.INFERENCE_CHUNK):
+                    e = min(s + self.INFERENCE_CHUNK, B_)
+                    attn = self._scores(qkv, i, bias[i], s, e, layout, out=buffer[: e - s])
+                    torch.bmm(torch.softmax(attn, dim=-1, out=attn), qkv[2, i, s:e], out=out[i, s:e])
+        out = out.view(heads, B_ * N, d).transpose(0, 1).reshape(B_, N, C)
+        return self.proj(out)
+
+    def _scores(
+        self, qkv: Tensor, i: int, bias: Tensor, s: int, e: int, layout: WindowLayout, out: Tensor | None = None
+    ) -> Tensor:
+        """Attention logits ``[e−s, N, N]`` of head ``i`` for windows ``s:e``: scaled ``q·k`` + bias + shift mask.
+
+        The shift mask is added in place to the border windows only; that is safe under autograd too,
+        because ``baddbmm``'s backward does not need its output.
+        """
+        q, k = qkv[0, i, s:e], qkv[1, i, s:e]
+        attn = torch.baddbmm(bias.expand(e - s, -1, -1), q, k.transpose(1, 2), alpha=self.scale, out=out)
+        if layout.border_slot is not None:
+            slot = layout.border_slot[torch.arange(s, e, device=attn.device) % layout.n_windows]
+            hit = (slot >= 0).nonzero().squeeze(1)
+            attn.index_add_(0, hit, layout.border_mask[slot[hit]].to(attn.dtype))
+        return attn
 
 
 class Mlp(nn.Module):
@@ -275,17 +357,22 @@ class SwinTransformerBlock(nn.Module):
         H, W = size
         B, L, C = x.shape
         ws, shift = self.window_size, self.shift_size
-        h = self.norm1(x).view(B, H, W, C)
-        if shift:
-            h = torch.roll(h, shifts=(-shift, -shift), dims=(1, 2))
-            shift_mask = shift_attention_mask(H, W, ws, shift).to(x.device)
-        else:
+        if self.attn.impl == "fast":
+            layout = window_layout(H, W, ws, shift, x.device)
+            windows = self.norm1(x).index_select(1, layout.order).view(-1, ws * ws, C)
+            h = self.attn.fast(windows, layout, token_keep).view(B, L, C).index_select(1, layout.inverse)
+        else:  # the literal sequence: roll, partition, attend, reverse, roll back
+            h = self.norm1(x).view(B, H, W, C)
             shift_mask = None
-        h = self.attn(window_partition(h, ws), shift_mask, token_keep)
-        h = window_reverse(h, ws, H, W)
-        if shift:
-            h = torch.roll(h, shifts=(shift, shift), dims=(1, 2))
-        x = x + h.reshape(B, L, C)
+            if shift:
+                h = torch.roll(h, shifts=(-shift, -shift), dims=(1, 2))
+                shift_mask = shift_attention_mask(H, W, ws, shift).to(device=x.device, dtype=x.dtype)
+            attend = self.attn.reference if self.attn.impl == "reference" else self.attn.sdpa
+            h = window_reverse(attend(window_partition(h, ws), shift_mask, token_keep), ws, H, W)
+            if shift:
+                h = torch.roll(h, shifts=(shift, shift), dims=(1, 2))
+            h = h.reshape(B, L, C)
+        x = x + h
         return x + self.mlp(self.norm2(x))
 
 
@@ -387,11 +474,14 @@ class MaskedSwinIR(nn.Module):
         c = self.config
         return c.attn_mask_ratio > 0 and (self.training or c.attn_mask_at_eval)
 
-    def set_fused_attention(self, fused: bool) -> None:
-        """Switch every window attention between the fused (SDPA) and the explicit reference path."""
+    def set_attention(self, impl: str) -> "MaskedSwinIR":
+        """Switch every window attention to ``impl`` (one of :data:`ATTENTION_IMPLS`); returns self."""
+        if impl not in ATTENTION_IMPLS:
+            raise MaskdnError(f"unknown attention path {impl!r} (valid: {', '.join(ATTENTION_IMPLS)})")
         for m in self.modules():
             if isinstance(m, WindowAttention):
-                m.fused = fused
+                m.impl = impl
+        return self
 
     def _token_keeps(self, B: int, H: int, W: int, x: Tensor, generator: torch.Generator | None) -> list[Tensor | None]:
         """One keep mask ``[B·nW, N, 1]`` per block (None when masking is off), drawn on ``x``'s device."""
