@@ -1,40 +1,137 @@
-"""Training core: schedule, EMA, the masked step, data sampling, resume and export."""
+"""Training: configs, schedules, EMA, the step, deterministic data, the loop (resume, NaN stop,
+validation), export and the CLI. The SIGKILL and DDP end-to-end tests are in test_train_e2e.py."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import maskdn.train.loop as loop
+import maskdn
+from maskdn.cli import main
 from maskdn.errors import MaskdnError
-from maskdn.model import MaskedSwinIR, preset
-from maskdn.train import EMA, StepConfig, TrainConfig, learning_rate, train, train_step
 from maskdn.geometry import dihedral, dihedral_inverse
-from maskdn.train.data import PatchSampler
+from maskdn.model import MaskedSwinIR, preset
+from maskdn.train import EMA, TrainConfig, export, learning_rate, load_config, loop, shipped_configs, train, train_step
+from maskdn.train.checkpoint import load_state
+from maskdn.train.config import to_toml
+from maskdn.train.data import INPUT_MASK_FILL, Batches, PatchSampler, batch_loader
 from maskdn.weights import load_model, read_metadata
 
 
-def test_learning_rate_warmup_and_cosine():
-    cfg = TrainConfig(data="x", out="y", lr=1e-3, warmup=10, iterations=110, min_lr_ratio=0.0)
-    assert learning_rate(cfg, 0) == pytest.approx(1e-4)
-    assert learning_rate(cfg, 9) == pytest.approx(1e-3)
-    assert learning_rate(cfg, 60) == pytest.approx(5e-4)
-    assert learning_rate(cfg, 110) == pytest.approx(0.0, abs=1e-12)
+def make_images(folder, sizes=((40, 48), (33, 29), (12, 20)), seed=0):
+    """Random RGB PNGs; the last default size is smaller than a 16×16 patch."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return make_images(tmp_path / "clean")
+
+
+def _cfg(folder, out, **kw) -> TrainConfig:
+    base = dict(data=str(folder), out=str(out), preset="tiny", patch_size=16, batch_size=2, iterations=4,
+                warmup=2, save_every=2, log_every=1, bf16=False, seed=0, tensorboard=False, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- config ------------------------------------------------------------------------------------
+
+
+def test_config_toml_round_trip_and_overrides(tmp_path):
+    cfg = load_config("paper", {"data": "d", "out": "o", "lr": 2, "noise": ["gaussian:15", "poisson:2"]})
+    assert cfg.lr == 2.0 and isinstance(cfg.lr, float) and cfg.noise == ("gaussian:15", "poisson:2")
+    assert (cfg.preset, cfg.patch_size, cfg.batch_size, cfg.schedule, cfg.iterations) == ("paper", 64, 64, "multistep", 200000)
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg))
+    assert load_config(path) == cfg
+    assert load_config(str(path), {"seed": 3}) == dataclasses.replace(cfg, seed=3)
+    assert load_config(None) == TrainConfig()  # no file: the defaults
+    base = load_config("baseline")
+    assert base.attn_mask_ratio == 0.0 and not base.input_mask
+    assert dataclasses.replace(base, attn_mask_ratio=0.75, input_mask=True) == load_config("paper")
+    assert set(shipped_configs()) >= {"paper", "baseline", "cpu-masked-small", "cpu-baseline-small"}
+    small = load_config("cpu-masked-small")
+    assert (small.patch_size, small.batch_size, small.lr, small.warmup, small.schedule, small.min_lr_ratio,
+            small.grad_clip, small.bf16, small.iterations, small.threads) == (48, 16, 1e-3, 100, "cosine", 0.01, 1.0, True, 6000, 1)
+
+
+def test_config_errors_name_the_file_and_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('preset = "tiny"\nlearning_rate = 1e-3\n')
+    with pytest.raises(MaskdnError, match=r"bad\.toml: unknown key 'learning_rate'"):
+        load_config(bad)
+    bad.write_text('lr = "fast"\n')
+    with pytest.raises(MaskdnError, match=r"bad\.toml: lr: expected float, got 'fast'"):
+        load_config(bad)
+    bad.write_text('input_mask_range = [0.8]\n')
+    with pytest.raises(MaskdnError, match=r"bad\.toml: input_mask_range: expected a list of 2"):
+        load_config(bad)
+    bad.write_text('noise = ["gaussian:15", "pink:3"]\n')
+    with pytest.raises(MaskdnError, match=r"bad\.toml: noise pink:3: unknown noise"):
+        load_config(bad)
+    bad.write_text('iterations = 1.5\n')
+    with pytest.raises(MaskdnError, match=r"bad\.toml: iterations: expected int"):
+        load_config(bad)
+    bad.write_text('lr = \n')
+    with pytest.raises(MaskdnError, match=r"bad\.toml: not valid TOML"):
+        load_config(bad)
+    with pytest.raises(MaskdnError, match=r"--set batch_size: expected int, got 'x'"):
+        load_config("paper", {"batch_size": "x"})
+    with pytest.raises(MaskdnError, match=r"--set bogus: unknown key"):
+        load_config("paper", {"bogus": 1})
+    with pytest.raises(MaskdnError, match=r"nosuch: no such config file or shipped config \(shipped: .*paper"):
+        load_config("nosuch")
+    with pytest.raises(MaskdnError, match=r"unknown preset 'huge'"):
+        TrainConfig(preset="huge")
+    with pytest.raises(MaskdnError, match=r"schedule must be one of"):
+        TrainConfig(schedule="linear")
+
+
+def test_learning_rate_schedules():
+    cos = TrainConfig(lr=1e-3, warmup=10, iterations=110, min_lr_ratio=0.0)
+    assert learning_rate(cos, 0) == pytest.approx(1e-4)
+    assert learning_rate(cos, 9) == pytest.approx(1e-3)
+    assert learning_rate(cos, 10) == pytest.approx(1e-3)
+    assert learning_rate(cos, 60) == pytest.approx(5e-4)
+    assert learning_rate(cos, 110) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(dataclasses.replace(cos, min_lr_ratio=0.01), 110) == pytest.approx(1e-5)
+    const = TrainConfig(lr=2e-4, warmup=0, schedule="constant", iterations=100)
+    assert [learning_rate(const, i) for i in (0, 50, 99)] == [2e-4] * 3
+    paper = load_config("paper")
+    assert learning_rate(paper, 0) == pytest.approx(1e-4)
+    assert learning_rate(paper, 99_999) == pytest.approx(1e-4)
+    assert learning_rate(paper, 100_000) == pytest.approx(5e-5)
+    assert learning_rate(paper, 150_000) == pytest.approx(2.5e-5)
+    assert learning_rate(paper, 199_999) == pytest.approx(6.25e-6)
+
+
+# ---- EMA, step, augmentation --------------------------------------------------------------------
 
 
 def test_ema_warms_up_and_tracks():
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 2)
+    start = model.weight.detach().clone()
     ema = EMA(model, decay=0.999)
     assert ema.current_decay() == pytest.approx(0.1)
     with torch.no_grad():
         model.weight.fill_(1.0)
     ema.update(model)
-    assert torch.allclose(ema.module.weight, 0.1 * torch.tensor(0.0) + 0.9 * model.weight, atol=0.5)
+    assert torch.allclose(ema.module.weight, 0.1 * start + 0.9 * model.weight)
     for _ in range(3000):
         ema.update(model)
     assert torch.allclose(ema.module.weight, model.weight, atol=1e-3)
@@ -49,10 +146,23 @@ def test_step_decreases_loss_on_a_fixed_batch(masked, factor):
     ramp = torch.linspace(0.1, 0.9, 16)
     clean = torch.stack([ramp[None, :, None].expand(3, 16, 16), ramp[None, None, :].expand(3, 16, 16),
                          torch.full((3, 16, 16), 0.3), torch.full((3, 16, 16), 0.7)])
-    cfg = StepConfig(input_mask_range=(0.8, 0.9) if masked else None)
     gen = torch.Generator().manual_seed(0)
-    losses = [train_step(model, opt, clean, cfg, gen) for _ in range(40)]
+    noisy = (clean + torch.randn(clean.shape, generator=gen) * 15 / 255).clamp(0, 1)
+    if masked:
+        noisy = maskdn.input_mask(noisy, (0.8, 0.9), INPUT_MASK_FILL, gen)[0]
+    losses = [train_step(model, opt, noisy, clean, generator=gen) for _ in range(40)]
     assert np.mean(losses[-5:]) < factor * np.mean(losses[:5])
+
+
+def test_step_refuses_a_nan_loss_before_touching_weights():
+    torch.manual_seed(0)
+    model = MaskedSwinIR(preset("tiny", attn_mask_ratio=0.0)).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.full((1, 3, 8, 8), float("nan"))
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        train_step(model, opt, x, x.nan_to_num(0.5))
+    assert _weights_equal(before, model.state_dict())
 
 
 def test_dihedral_modes_are_distinct_and_invertible():
@@ -62,33 +172,87 @@ def test_dihedral_modes_are_distinct_and_invertible():
     assert all(torch.equal(dihedral_inverse(dihedral(x, m), m), x) for m in range(8))
 
 
-def test_sampler_pads_small_images_and_is_seeded():
+# ---- data --------------------------------------------------------------------------------------
+
+
+def test_samples_are_a_pure_function_of_seed_iteration_and_index():
     imgs = [torch.randint(0, 256, (3, 10, 7), dtype=torch.uint8), torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8)]
-    s = PatchSampler(imgs, 16)
-    a = s.sample(6, torch.Generator().manual_seed(0))
-    b = s.sample(6, torch.Generator().manual_seed(0))
-    assert a.shape == (6, 3, 16, 16) and torch.equal(a, b)
-    assert 0 <= a.min() and a.max() <= 1
+    s = PatchSampler(imgs, 16, ["gaussian:15", "saltpepper:0.1"], (0.5, 0.6), seed=0)
+    noisy, clean = s.batch(3, range(8))
+    assert noisy.shape == clean.shape == (8, 3, 16, 16)
+    assert 0 <= clean.min() and clean.max() <= 1
+    again = PatchSampler(imgs, 16, ["gaussian:15", "saltpepper:0.1"], (0.5, 0.6), seed=0)
+    n2, c2 = again.batch(3, range(4, 8))  # a slice, drawn alone, equals the same samples of the full batch
+    assert torch.equal(n2, noisy[4:]) and torch.equal(c2, clean[4:])
+    assert not torch.equal(s.batch(4, range(8))[1], clean)  # another iteration differs
+    assert not torch.equal(PatchSampler(imgs, 16, seed=1).batch(3, range(8))[1], clean)  # another seed differs
+    hidden = (noisy == INPUT_MASK_FILL).all(dim=1).float().mean(dim=(1, 2))
+    assert ((hidden > 0.4) & (hidden < 0.7)).all()  # 50–60% of pixels hidden per sample
+    visible = noisy.permute(1, 0, 2, 3)[:, (noisy != INPUT_MASK_FILL).all(dim=1)]
+    assert 0 <= visible.min() and visible.max() <= 1  # clipped
+    assert not torch.equal(visible, (visible * 255).round() / 255)  # not quantized
 
 
-@pytest.fixture
-def image_folder(tmp_path):
-    folder = tmp_path / "clean"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i, (h, w) in enumerate([(40, 48), (33, 29), (12, 20)]):  # the last is smaller than a patch
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
+def test_noise_list_draws_each_spec():
+    img = [torch.full((3, 32, 32), 128, dtype=torch.uint8)]
+    s = PatchSampler(img, 8, ["gaussian:25", "saltpepper:0.5"], None)
+    noisy, clean = s.batch(0, range(32))
+    sp = ((noisy == 0) | (noisy == 1)).float().mean(dim=(1, 2, 3)) > 0.3
+    assert 4 < int(sp.sum()) < 28  # both specs drawn, about half each
+    assert torch.equal(clean, torch.full_like(clean, 128 / 255))
 
 
-def _cfg(folder, out, **kw):
-    base = dict(data=str(folder), out=str(out), preset="tiny", patch_size=16, batch_size=2, iterations=4,
-                warmup=2, save_every=2, log_every=1, bf16=False, seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
+def test_worker_processes_give_the_same_batches(image_folder):
+    from maskdn.train.data import load_clean_images
+
+    s = PatchSampler(load_clean_images(image_folder), 16, ["gaussian:15"], (0.8, 0.9), seed=5)
+    inline = list(batch_loader(Batches(s, 4, 2, 6), workers=0, seed=5))
+    workers = list(batch_loader(Batches(s, 4, 2, 6), workers=2, seed=5))
+    assert len(inline) == len(workers) == 4
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(inline, workers))
+    assert torch.equal(inline[0][0], s.batch(2, range(4))[0])
+    rank1 = list(batch_loader(Batches(s, 4, 2, 6, rank=1, world=2), workers=0, seed=5))
+    assert torch.equal(rank1[0][1], inline[0][1][2:])
+    with pytest.raises(MaskdnError, match="not divisible"):
+        Batches(s, 5, 0, 1, rank=0, world=2)
 
 
-def test_train_resume_equals_uninterrupted(image_folder, tmp_path, monkeypatch):
+def test_bad_data_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_text("not an image")
+    with pytest.raises(MaskdnError, match="bad: no readable training image"):
+        train(_cfg(bad, tmp_path / "o"), progress=False)
+    assert not (tmp_path / "o").exists()  # nothing written before the data is known good
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MaskdnError, match="empty: no images"):
+        train(_cfg(empty, tmp_path / "o2"), progress=False)
+    assert main(["train", "paper", "--data", str(bad), "--out", str(tmp_path / "o3")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("maskdn: error:") and "no readable training image" in err and "\n" not in err
+    assert main(["train", "paper", "--out", str(tmp_path / "o4")]) == 1
+    assert "set the training images" in capsys.readouterr().err
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["paper", "baseline", "cpu-masked-small", "cpu-baseline-small"])
+def test_each_shipped_config_trains(name, image_folder, tmp_path):
+    over = dict(data=str(image_folder), out=str(tmp_path / name), preset="tiny", patch_size=16, batch_size=4,
+                iterations=2, save_every=1, workers=0, tensorboard=False, device="cpu")
+    cfg = load_config(name, over)
+    path = train(cfg, progress=False)
+    state = load_state(tmp_path / name / "state.pt")
+    assert state["iteration"] == 2 and state["config"] == cfg.to_dict()
+    meta = read_metadata(path)
+    assert meta["config"]["attn_mask_ratio"] == cfg.attn_mask_ratio
+    assert meta["training"]["patches_seen"] == 8 and meta["training"]["schedule"] == cfg.schedule
+    assert load_config(tmp_path / name / "config.toml") == cfg  # the saved config reruns the run
+
+
+def test_resume_continues_and_refuses_a_changed_config(image_folder, tmp_path, monkeypatch):
     straight = train(_cfg(image_folder, tmp_path / "a"), progress=False)
 
     calls = {"n": 0}
@@ -104,36 +268,121 @@ def test_train_resume_equals_uninterrupted(image_folder, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(image_folder, tmp_path / "b"), progress=False)
     monkeypatch.setattr(loop, "train_step", real_step)
-    resumed = train(_cfg(image_folder, tmp_path / "b"), progress=False)
+    with pytest.raises(MaskdnError, match="different config.*lr"):
+        train(_cfg(image_folder, tmp_path / "b", lr=5e-3), progress=False)
+    resumed = train(_cfg(image_folder, tmp_path / "b", threads=1, log_every=2), progress=False)  # harmless changes
 
-    a, b = load_model(straight), load_model(resumed)
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(va, vb), k
+    assert _weights_equal(load_model(straight).state_dict(), load_model(resumed).state_dict())
     rec = read_metadata(resumed)["training"]
     assert rec["iterations"] == 4 and rec["patches_seen"] == 8 and rec["preset"] == "tiny"
-    rows = (tmp_path / "b" / "log.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("iteration") and rows[-1].startswith("4,")
+    rows = [r.split(",") for r in (tmp_path / "b" / "log.csv").read_text().strip().splitlines()]
+    assert rows[0] == loop.LOG_HEADER and [r[0] for r in rows[1:]] == ["1", "2", "4"]
 
 
-def test_resume_refuses_a_changed_config(image_folder, tmp_path):
-    train(_cfg(image_folder, tmp_path / "r", iterations=2), progress=False)
-    with pytest.raises(MaskdnError, match="different config.*lr"):
-        train(_cfg(image_folder, tmp_path / "r", iterations=2, lr=5e-3), progress=False)
+def _nan_at(call: int, after: bool):
+    """A train_step that poisons one weight with NaN at the given call (before or after the real step)."""
+    calls = {"n": 0}
+    real_step = loop.train_step
+
+    def step(model, *args, **kwargs):
+        calls["n"] += 1
+        poison = calls["n"] == call
+        if poison and not after:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("nan")
+        loss = real_step(model, *args, **kwargs)
+        if poison and after:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("inf")
+        return loss
+
+    return step
 
 
-def test_no_readable_image_is_a_clear_error(tmp_path):
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "x.png").write_text("not an image")
-    with pytest.raises(MaskdnError, match="no readable training image"):
-        train(_cfg(bad, tmp_path / "o"), progress=False)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(MaskdnError, match="empty: no images"):
-        train(_cfg(empty, tmp_path / "o2"), progress=False)
+@pytest.mark.parametrize("after, message, saved_at", [
+    (False, "training diverged at iteration 5 \\(loss is nan\\); stopped, last good checkpoint kept", 4),
+    (True, "weights became NaN/inf at iteration 4; stopped, last good checkpoint kept", 2),
+])
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(after, message, saved_at, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(loop, "train_step", _nan_at(5 if not after else 4, after))
+    with pytest.raises(MaskdnError, match=message) as e:
+        train(_cfg(image_folder, out, iterations=8), progress=False)
+    assert "\n" not in str(e.value)
+    state = load_state(out / "state.pt")
+    assert state["iteration"] == saved_at
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert all(torch.isfinite(v).all() for v in state["ema"]["module"].values())
+    assert not (out / "model.safetensors").exists()
 
 
-def test_config_masking_fields():
-    cfg = TrainConfig(data="d", out="o", preset="tiny", attn_mask_ratio=0.0, input_mask=False)
-    assert cfg.model_config().attn_mask_ratio == 0.0 and cfg.step_config().input_mask_range is None
-    assert dataclasses.replace(cfg, attn_mask_ratio=None).model_config().attn_mask_ratio == 0.75
+def test_validation_logs_psnr_and_keeps_the_best(image_folder, tmp_path):
+    val = make_images(tmp_path / "val", sizes=((30, 40), (24, 24)), seed=1)
+    cfg = _cfg(image_folder, tmp_path / "v", iterations=6, log_every=4, val_data=str(val), val_every=3,
+               val_noise="poisson:2", val_crop=16, val_limit=1)
+    train(cfg, progress=False)
+    rows = [r.split(",") for r in (tmp_path / "v" / "log.csv").read_text().strip().splitlines()]
+    assert rows[0] == ["iteration", "lr", "loss", "patches", "elapsed_s", "val_psnr"]
+    by_it = {int(r[0]): r for r in rows[1:]}
+    assert sorted(by_it) == [3, 4, 6] and by_it[4][5] == ""
+    scores = [float(by_it[i][5]) for i in (3, 6)]
+    assert all(0 < s < 60 for s in scores)
+    best = read_metadata(tmp_path / "v" / "best.safetensors")["training"]
+    assert best["val_psnr"] == pytest.approx(max(scores), abs=0.01) and best["val_noise"] == "poisson:2"
+    assert best["iterations"] == (3 if scores[0] >= scores[1] else 6)
+    # the logged PSNR is the EMA model's, one seeded pass on the center crop of the first image
+    from maskdn.train.data import load_validation_set
+
+    pairs = load_validation_set(val, "poisson:2", 0, crop=16, limit=1)
+    assert pairs[0][0].shape == (3, 16, 16)
+    final = load_model(tmp_path / "v" / "model.safetensors")
+    assert loop.validate(final, pairs, 0, torch.device("cpu")) == pytest.approx(scores[1], abs=1e-3)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorboard") is not None, reason="tensorboard installed")
+def test_tensorboard_missing_is_said_once(image_folder, tmp_path):
+    with pytest.warns(UserWarning, match=r"pip install 'maskdn\[tensorboard\]'") as record:
+        train(_cfg(image_folder, tmp_path / "t", iterations=2, tensorboard=True), progress=False)
+    assert sum("tensorboard" in str(w.message) for w in record) == 1
+
+
+# ---- export and the CLI ------------------------------------------------------------------------
+
+
+def test_export_loads_and_denoises(image_folder, tmp_path, capsys):
+    cfg = _cfg(image_folder, tmp_path / "run", iterations=3, attn_mask_ratio=0.5)
+    train(cfg, progress=False)
+    out = tmp_path / "released.safetensors"
+    assert main(["export", str(tmp_path / "run"), "-o", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    model = maskdn.load_model(out)
+    assert model.config == cfg.model_config()
+    ema = load_state(tmp_path / "run" / "state.pt")["ema"]["module"]
+    assert _weights_equal(model.state_dict(), ema)
+    rec = read_metadata(out)["training"]
+    assert rec["iterations"] == 3 and rec["patches_seen"] == 6 and rec["noise"] == "gaussian:15"
+    assert rec["input_mask"] == [0.8, 0.9] and rec["attn_mask_ratio"] == 0.5 and rec["data"] == "clean"
+    img = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    den = maskdn.denoise(img, model)
+    assert den.shape == img.shape and den.dtype == np.uint8
+    assert export(tmp_path / "run" / "state.pt", tmp_path / "b.safetensors").exists()
+    (tmp_path / "norun").mkdir()
+    assert main(["export", str(tmp_path / "norun"), "-o", str(tmp_path / "x.safetensors")]) == 1
+    assert "norun: no checkpoint (state.pt) in this folder" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_cli_train_lists_configs_and_applies_overrides(image_folder, tmp_path, capsys):
+    assert main(["train", "--list"]) == 0
+    assert capsys.readouterr().out.split() == shipped_configs()
+    cfg_file = tmp_path / "mine.toml"
+    cfg_file.write_text('preset = "tiny"\npatch_size = 16\nbatch_size = 2\niterations = 2\nbf16 = false\n'
+                        'tensorboard = false\ndevice = "cpu"\n')
+    args = ["train", str(cfg_file), "--data", str(image_folder), "--out", str(tmp_path / "r"),
+            "--set", "noise=[\"gaussian:25\", \"poisson:1\"]", "--set", "lr=0.002", "--set", "input_mask_range=[0.5,0.6]"]
+    assert main(args) == 0
+    saved = load_config(tmp_path / "r" / "config.toml")
+    assert saved.noise == ("gaussian:25", "poisson:1") and saved.lr == 0.002 and saved.input_mask_range == (0.5, 0.6)
+    assert main(["train", str(cfg_file), "--set", "lr=fast"]) == 1
+    assert "--set lr: expected float, got 'fast'" in capsys.readouterr().err
+    assert math.isclose(read_metadata(tmp_path / "r" / "model.safetensors")["training"]["lr"], 0.002)

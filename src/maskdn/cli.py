@@ -119,22 +119,42 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(a: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+def cmd_analyze(a: argparse.Namespace) -> int:
+    from .analysis import analyze, summary_markdown
 
+    result = analyze(a.model, a.data, a.noise, a.out, layers=a.layer, reference=a.reference, limit=a.limit,
+                     crop=a.crop, tokens=a.tokens, bins=a.bins, seed=a.seed, device=a.device)
+    print(summary_markdown(result))
+    print(f"\nwrote {a.out}/ (analysis.json, summary.md, cka.png, histograms_<model>.png)")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    import os
+
+    from .train import TrainConfig, load_config, shipped_configs, train
+
+    if a.list:
+        print("\n".join(shipped_configs()))
+        return 0
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    values: dict = {"data": a.data, "out": a.out}
+    overrides: dict = {}
     for item in a.set:
         key, sep, text = item.partition("=")
         if not sep or key not in fields:
             raise MaskdnError(f"--set {item}: expected key=value with key one of {', '.join(fields)}")
-        values[key] = _parse_value(text)
-    try:
-        cfg = TrainConfig(**values)
-    except TypeError as e:
-        raise MaskdnError(f"invalid training config: {e}") from None
-    path = train(cfg)
-    print(f"wrote {path}")
+        overrides[key] = text if fields[key].type == "str" else _parse_value(text)
+    overrides.update({k: v for k, v in (("data", a.data), ("out", a.out)) if v is not None})
+    path = train(load_config(a.config, overrides))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .train import export
+
+    print(f"wrote {export(a.run, a.output)}")
     return 0
 
 
@@ -202,12 +222,38 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.set_defaults(func=cmd_bench)
 
-    t = sub.add_parser("train", help="train a model on a folder of clean images (Gaussian σ=15)")
-    t.add_argument("--data", required=True, help="folder of clean training images, e.g. CBSD432")
-    t.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
+    y = sub.add_parser("analyze", help="feature statistics of models under several noises: histograms, distances, CKA")
+    y.add_argument("--model", action="append", required=True, help="zoo name or weights file (repeat for several)")
+    y.add_argument("--data", required=True, help="folder of images (or one image file)")
+    y.add_argument("--noise", nargs="+", default=None,
+                   help="noises name:level, the reference always added (default: gaussian:15 gaussian:50 poisson:2 "
+                        "speckle:0.03 saltpepper:0.02 mixture:3)")
+    y.add_argument("--reference", default=None, help="the noise compared against (default: gaussian:15, the training noise)")
+    y.add_argument("--layer", action="extend", nargs="+", default=None,
+                   help="feature points: embed, group0..groupN-1, body (default: all)")
+    y.add_argument("--out", default="analysis", help="output folder")
+    y.add_argument("--limit", type=int, default=None, help="first N images")
+    y.add_argument("--crop", type=int, default=256, help="center crop side in pixels (0: whole images)")
+    y.add_argument("--tokens", type=int, default=1024, help="token positions sampled per image")
+    y.add_argument("--bins", type=int, default=100, help="histogram bins over the reference's range")
+    y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--device", default="cpu")
+    y.set_defaults(func=cmd_analyze)
+
+    t = sub.add_parser("train", help="train a model from a TOML config (rerun to resume; torchrun for DDP)")
+    t.add_argument("config", nargs="?", default=None,
+                   help="config file or shipped config name (see --list); default: the TrainConfig defaults")
+    t.add_argument("--data", default=None, help="folder of clean training images, e.g. CBSD432 (same as --set data=...)")
+    t.add_argument("--out", default=None, help="run folder; rerun the same command to resume (same as --set out=...)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a TrainConfig field, e.g. --set preset=small --set attn_mask_ratio=0")
+                   help="override a config field (JSON values), e.g. --set preset=tiny --set noise='[\"gaussian:25\"]'")
+    t.add_argument("--list", action="store_true", help="list the shipped configs and exit")
     t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("export", help="write a training run's EMA weights, config and training record")
+    x.add_argument("run", help="run folder or its state.pt")
+    x.add_argument("-o", "--output", required=True, help="output weights file (.safetensors)")
+    x.set_defaults(func=cmd_export)
     return p
 
 

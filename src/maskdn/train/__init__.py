@@ -1,7 +1,14 @@
-"""Training: the core masked-training step, data sampling, EMA and a resumable loop."""
+"""Training: typed TOML configs, deterministic data, the masked step, EMA, a resumable (DDP) loop, export.
 
+    cfg = load_config("cpu-masked-small", {"data": "CBSD432", "out": "runs/x"})
+    train(cfg)                                  # rerun to resume; torchrun for several processes
+    export("runs/x", "model.safetensors")       # EMA weights + training record, for maskdn.load_model
+"""
+
+from .checkpoint import export
+from .config import TrainConfig, load_config, shipped_configs
 from .ema import EMA
-from .loop import TrainConfig, learning_rate, train
-from .step import StepConfig, make_noisy, train_step
+from .loop import learning_rate, train
+from .step import train_step
 
-__all__ = ["EMA", "StepConfig", "TrainConfig", "learning_rate", "make_noisy", "train", "train_step"]
+__all__ = ["EMA", "TrainConfig", "export", "learning_rate", "load_config", "shipped_configs", "train", "train_step"]

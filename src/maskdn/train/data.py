@@ -1,12 +1,17 @@
-"""Training patches: random crops of clean images with the 8 flip/rotation modes.
+"""Training samples as a pure function of (seed, iteration, sample index), and the validation set.
 
-Images are decoded once and kept in memory as uint8 (CBSD432 is about 200 MB decoded), so sampling a
-batch is a few tensor slices. All randomness comes from one ``torch.Generator`` whose state is saved in
-checkpoints, so a resumed run draws the same patches as an uninterrupted one.
+Sample ``j`` of iteration ``it`` is drawn by its own ``torch.Generator``, seeded from a hash of
+``(seed, it, j)``: it picks the image, the crop, one of the 8 flips/rotations, the noise spec, the
+noise and the input mask. So a batch never depends on what was drawn before it: a resumed run needs
+no data RNG state, worker processes are deterministic whatever their number, and the processes of a
+distributed run simply take their slice ``j ∈ [rank·b, (rank+1)·b)`` of the global batch.
+
+Images are decoded once and kept in memory as uint8 (CBSD432 is about 200 MB decoded).
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -14,15 +19,27 @@ import torch
 from torch import Tensor
 
 from ..errors import MaskdnError
+from ..evaluate import load_dataset
 from ..geometry import dihedral
 from ..io import expand_inputs, read_image, to_float_rgb
+from ..masking import input_mask
 from ..model import reflect_pad
+from ..noise import NoiseSpec, apply_noise, noise_seed, parse_noise
+
+INPUT_MASK_FILL = -0.1
+"""Value of hidden input pixels: the paper's −0.1, a value no image has."""
+
+
+def sample_seed(*keys: int) -> int:
+    """A 63-bit seed from a tuple of integers (BLAKE2b), e.g. ``(seed, iteration, j)``."""
+    digest = hashlib.blake2b(repr(tuple(int(k) for k in keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def load_clean_images(folder: str | Path) -> list[Tensor]:
     """Every readable image of ``folder`` as a uint8 ``[3, H, W]`` tensor (gray replicated to RGB).
 
-    Unreadable files are skipped; a folder with no readable image is a :class:`MaskdnError`.
+    Unreadable files are skipped with a warning; a folder with no readable image is a :class:`MaskdnError`.
     """
     images, skipped = [], []
     for path in expand_inputs([folder]):
@@ -42,14 +59,25 @@ def load_clean_images(folder: str | Path) -> list[Tensor]:
 
 
 class PatchSampler:
-    """Draws batches of random, augmented ``patch``×``patch`` crops as float ``[B, 3, p, p]`` in [0,1].
+    """Noisy/clean training pairs: ``patch``×``patch`` crops in [0,1], noisy ones clipped and masked.
 
-    Images smaller than a patch are reflection-padded up to it first.
+    Images smaller than a patch are reflection-padded up to it first. The noise is not quantized
+    (training sees the float noisy image, clipped to [0,1]); masked pixels are :data:`INPUT_MASK_FILL`.
     """
 
-    def __init__(self, images: list[Tensor], patch: int) -> None:
+    def __init__(
+        self,
+        images: list[Tensor],
+        patch: int,
+        noises: list[str] | tuple[str, ...] = ("gaussian:15",),
+        input_mask_range: tuple[float, float] | None = (0.8, 0.9),
+        seed: int = 0,
+    ) -> None:
         self.patch = patch
         self.images = [self._at_least(img, patch) for img in images]
+        self.noises: list[NoiseSpec] = [parse_noise(s) for s in noises]
+        self.input_mask_range = input_mask_range
+        self.seed = seed
 
     @staticmethod
     def _at_least(img: Tensor, p: int) -> Tensor:
@@ -58,18 +86,88 @@ class PatchSampler:
             return img
         return reflect_pad(img.float(), max(0, p - H), max(0, p - W)).to(torch.uint8)
 
-    def sample(self, batch: int, generator: torch.Generator) -> Tensor:
+    def sample(self, it: int, j: int) -> tuple[Tensor, Tensor]:
+        """``(noisy, clean)``, each ``[3, p, p]``: sample ``j`` of iteration ``it``."""
+        g = torch.Generator().manual_seed(sample_seed(self.seed, it, j))
         p = self.patch
-        idx = torch.randint(len(self.images), (batch,), generator=generator).tolist()
-        out = []
-        for i in idx:
-            img = self.images[i]
-            _, H, W = img.shape
-            top = int(torch.randint(H - p + 1, (1,), generator=generator))
-            left = int(torch.randint(W - p + 1, (1,), generator=generator))
-            mode = int(torch.randint(8, (1,), generator=generator))
-            out.append(dihedral(img[:, top : top + p, left : left + p], mode))
-        return torch.stack(out).float().div_(255.0)
+        img = self.images[int(torch.randint(len(self.images), (1,), generator=g))]
+        _, H, W = img.shape
+        top = int(torch.randint(H - p + 1, (1,), generator=g))
+        left = int(torch.randint(W - p + 1, (1,), generator=g))
+        mode = int(torch.randint(8, (1,), generator=g))
+        spec = self.noises[int(torch.randint(len(self.noises), (1,), generator=g))]
+        seed = int(torch.randint(2**62, (1,), generator=g))
+        clean = dihedral(img[:, top : top + p, left : left + p], mode).float().div_(255.0).contiguous()
+        noisy = apply_noise(clean, spec, seed=seed, quantize=False)
+        if self.input_mask_range is not None:
+            noisy = input_mask(noisy[None], self.input_mask_range, INPUT_MASK_FILL, g)[0][0]
+        return noisy, clean
+
+    def batch(self, it: int, indices: range | list[int]) -> tuple[Tensor, Tensor]:
+        """``(noisy, clean)`` batches ``[B, 3, p, p]`` of the samples ``indices`` of iteration ``it``."""
+        pairs = [self.sample(it, j) for j in indices]
+        return torch.stack([n for n, _ in pairs]), torch.stack([c for _, c in pairs])
 
 
-__all__ = ["load_clean_images", "PatchSampler"]
+class Batches(torch.utils.data.Dataset):
+    """Item ``k`` is this process's slice of the global batch of iteration ``start + k``.
+
+    Used with ``DataLoader(batch_size=None)``, so worker processes build whole batches ahead.
+    """
+
+    def __init__(self, sampler: PatchSampler, batch_size: int, start: int, stop: int, rank: int = 0, world: int = 1) -> None:
+        if batch_size % world:
+            raise MaskdnError(f"batch_size {batch_size} is not divisible by the {world} processes of the run")
+        local = batch_size // world
+        self.sampler, self.start, self.stop = sampler, start, stop
+        self.indices = range(rank * local, (rank + 1) * local)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, k: int) -> tuple[Tensor, Tensor]:
+        return self.sampler.batch(self.start + k, self.indices)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers only slice and add noise; threads would fight the training process
+
+
+def batch_loader(batches: Batches, workers: int, seed: int) -> torch.utils.data.DataLoader:
+    """Iterates ``batches`` in order, in ``workers`` processes (0: in this process).
+
+    The loader's own generator (used to seed each worker's torch RNG) is seeded from ``seed``, so it
+    leaves the global torch RNG alone; the samples themselves never touch worker RNG state.
+    """
+    return torch.utils.data.DataLoader(
+        batches, batch_size=None, shuffle=False, num_workers=workers, worker_init_fn=_worker_init,
+        generator=torch.Generator().manual_seed(seed), prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+
+
+def load_validation_set(folder: str | Path, noise: str, seed: int, crop: int = 0, limit: int = 0) -> list[tuple[Tensor, Tensor]]:
+    """``(noisy, clean)`` ``[3, H, W]`` pairs of ``folder``'s first ``limit`` images, center-cropped to ``crop``.
+
+    The noise follows the test protocol of ``maskdn evaluate`` (seeded per image, clipped, 8-bit
+    quantized); real-noise pair folders use their own noisy images.
+    """
+    samples = load_dataset(folder, limit or None)
+    if not samples:
+        raise MaskdnError(f"{folder}: no validation image")
+    pairs = []
+    for s in samples:
+        noisy = s.noisy if s.noisy is not None else apply_noise(s.clean, noise, seed=noise_seed(seed, s.name, noise))
+        pairs.append((_center_crop(noisy, crop), _center_crop(s.clean, crop)))
+    return pairs
+
+
+def _center_crop(x: Tensor, size: int) -> Tensor:
+    if not size:
+        return x
+    _, H, W = x.shape
+    top, left = max(0, (H - size) // 2), max(0, (W - size) // 2)
+    return x[:, top : top + size, left : left + size]
+
+
+__all__ = ["INPUT_MASK_FILL", "Batches", "PatchSampler", "batch_loader", "load_clean_images", "load_validation_set", "sample_seed"]

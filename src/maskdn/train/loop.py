@@ -1,78 +1,78 @@
-"""A minimal, resumable training loop around :func:`~maskdn.train.step.train_step`.
+"""The training loop: one function that reads top to bottom, single-process or under torchrun.
 
-One run folder holds ``config.json`` (the resolved :class:`TrainConfig`), ``log.csv``, ``state.pt`` (the
-latest full training state: model, EMA, optimizer, iteration and RNG state, written atomically) and,
-at the end, ``model.safetensors`` (the EMA weights with config and training record). Running the same
-config on the same folder resumes from ``state.pt``.
+A run folder holds ``config.toml`` (the resolved :class:`TrainConfig`, itself a valid config: rerun
+``maskdn train RUN/config.toml`` to resume), ``log.csv`` (iteration, lr, loss, patches, elapsed_s,
+val_psnr), ``state.pt`` (the full training state, replaced atomically every ``save_every``
+iterations), ``tb/`` (TensorBoard events, when installed), ``best.safetensors`` (the EMA weights with
+the best validation PSNR, when validating) and, at the end, ``model.safetensors`` (the final EMA
+weights with their config and training record).
+
+Running the same config on the same folder resumes from ``state.pt`` and ends with exactly the
+weights of an uninterrupted run: batches, noise and masks are pure functions of (seed, iteration),
+and the state holds everything else. A config that differs in anything but :data:`HARMLESS` fields
+is refused. Under ``torchrun`` every process trains on its slice of the global batch through
+DistributedDataParallel; only rank 0 logs, validates and saves.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
 import math
 import time
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from ..errors import MaskdnError
+from ..inference import denoise_tensor
 from ..io import atomic_write
-from ..model import MaskedSwinIR, preset
+from ..metrics import psnr
+from ..model import MaskedSwinIR
 from ..weights import save_model
-from .data import PatchSampler, load_clean_images
+from . import distributed
+from .checkpoint import STATE, load_state, rng_states, save_state, set_rng_states, training_record
+from .config import TrainConfig, to_toml
+from .data import Batches, PatchSampler, batch_loader, load_clean_images, load_validation_set, sample_seed
 from .ema import EMA
-from .step import StepConfig, train_step
+from .step import train_step
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a run depends on. ``attn_mask_ratio=None`` keeps the preset's ratio."""
-
-    data: str
-    out: str
-    preset: str = "small"
-    attn_mask_ratio: float | None = None
-    input_mask: bool = True
-    input_mask_range: tuple[float, float] = (0.8, 0.9)
-    sigma: float = 15.0
-    patch_size: int = 48
-    batch_size: int = 16
-    iterations: int = 2000
-    lr: float = 1e-3
-    warmup: int = 100
-    min_lr_ratio: float = 0.01
-    grad_clip: float | None = 1.0
-    ema_decay: float = 0.999
-    bf16: bool = True
-    seed: int = 0
-    threads: int | None = None
-    save_every: int = 200
-    log_every: int = 10
-
-    def model_config(self):
-        overrides = {} if self.attn_mask_ratio is None else {"attn_mask_ratio": self.attn_mask_ratio}
-        return preset(self.preset, **overrides)
-
-    def step_config(self) -> StepConfig:
-        return StepConfig(
-            sigma=self.sigma,
-            input_mask_range=tuple(self.input_mask_range) if self.input_mask else None,
-            grad_clip=self.grad_clip,
-            bf16=self.bf16,
-        )
+LOG_HEADER = ["iteration", "lr", "loss", "patches", "elapsed_s", "val_psnr"]
+_ATTENTION = 1  # stream id of the attention-mask seeds, apart from the data seeds (seed, it, j)
 
 
 def learning_rate(cfg: TrainConfig, it: int) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio·lr`` at the last iteration (pure in ``it``)."""
+    """The lr of iteration ``it`` (pure in ``it``): linear warm-up, then the config's schedule.
+
+    ``constant``: ``lr``; ``multistep``: ``lr·gamma^k`` after ``k`` milestones; ``cosine``: from ``lr``
+    down to ``min_lr_ratio·lr`` at the last iteration.
+    """
     if it < cfg.warmup:
         return cfg.lr * (it + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "multistep":
+        return cfg.lr * cfg.gamma ** sum(it >= m for m in cfg.milestones)
     t = (it - cfg.warmup) / max(1, cfg.iterations - cfg.warmup)
     lo = cfg.lr * cfg.min_lr_ratio
     return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+@torch.no_grad()
+def validate(model: MaskedSwinIR, pairs: list, seed: int, device: torch.device) -> float:
+    """Mean PSNR of one seeded pass of ``model`` (masks as at test time) over ``(noisy, clean)`` pairs."""
+    scores = []
+    for noisy, clean in pairs:
+        gen = torch.Generator(device).manual_seed(seed)
+        out = denoise_tensor(model, noisy[None].to(device), generator=gen)[0]
+        scores.append(psnr(out.float().cpu(), clean))
+    return sum(scores) / len(scores)
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(torch.isfinite(v).all() for v in model.state_dict().values() if v.dtype.is_floating_point)
 
 
 def _log_rows_until(path: Path, iteration: int) -> list[list[str]]:
@@ -84,95 +84,154 @@ def _log_rows_until(path: Path, iteration: int) -> list[list[str]]:
     return [r for r in rows if r and int(r[0]) <= iteration]
 
 
+def _tensorboard(cfg: TrainConfig, out: Path, it: int):
+    """A TensorBoard writer (events after ``it`` from an interrupted run purged), or None."""
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        warnings.warn("tensorboard is not installed, so no TensorBoard events are written "
+                      "(pip install 'maskdn[tensorboard]', or set tensorboard = false)", stacklevel=3)
+        return None
+    return SummaryWriter(str(out / "tb"), purge_step=it)
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
-    """Train (or resume) the run in ``cfg.out``; returns the path of the exported EMA weights."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Train (or resume) the run in ``cfg.out``; returns the path of the final EMA weights.
+
+    Under torchrun (``WORLD_SIZE`` > 1) this process joins the group and leaves it at the end.
+    """
+    if not cfg.data or not cfg.out:
+        raise MaskdnError("set the training images and the run folder (--data and --out, or data and out in the config)")
+    own_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    ctx = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, ctx, progress)
+    finally:
+        if own_group:
+            distributed.teardown()
+
+
+def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
+    out, dev, main = Path(cfg.out), ctx.device, ctx.is_main
+    state_path = out / STATE
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    saved_cfg = out / "config.json"
-    cfg_dict = dataclasses.asdict(cfg)
-    if saved_cfg.exists():
-        before = json.loads(saved_cfg.read_text())
-        changed = sorted(k for k in cfg_dict if k not in ("threads",) and json.dumps(before.get(k)) != json.dumps(cfg_dict[k]))
-        if changed and (out / "state.pt").exists():
-            raise MaskdnError(f"{out}: holds a run with a different config ({', '.join(changed)}); use a new folder")
-    with atomic_write(saved_cfg) as tmp:
-        tmp.write_text(json.dumps(cfg_dict, indent=2))
 
+    # data first: a bad folder fails before anything is written
+    sampler = PatchSampler(load_clean_images(cfg.data), cfg.patch_size, cfg.noise,
+                           cfg.input_mask_range if cfg.input_mask else None, cfg.seed)
+    val_pairs = (load_validation_set(cfg.val_data, cfg.val_noise, cfg.seed, cfg.val_crop, cfg.val_limit)
+                 if cfg.val_data and main else None)
+
+    # model, EMA, optimizer; then the saved state, if this folder holds a run
     torch.manual_seed(cfg.seed)
-    model = MaskedSwinIR(cfg.model_config()).train()
+    model = MaskedSwinIR(cfg.model_config()).to(dev).train()
     ema = EMA(model, cfg.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    it, elapsed = 0, 0.0
-    state_path = out / "state.pt"
+    it, elapsed, best_val, last_val = 0, 0.0, -math.inf, None
     if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = load_state(state_path)
+        try:
+            before = TrainConfig.from_dict(state["config"], str(state_path))
+        except MaskdnError as e:
+            raise MaskdnError(f"{out}: holds a run this version cannot resume ({e}); use a new folder") from None
+        changed = cfg.changed(before)
+        if changed:
+            raise MaskdnError(f"{out}: holds a run with a different config ({', '.join(changed)}); "
+                              "use a new folder or the run's own config.toml")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        it, elapsed = state["iteration"], state["elapsed"]
+        set_rng_states(state["rng"])
+        it, elapsed, last_val = state["iteration"], state["elapsed"], state["val_psnr"]
+        best_val = state["best_val_psnr"]
+        del state
+    net = model
+    if ctx.world_size > 1:  # a collective: no process starts (and rank 0 saves nothing) before all loaded
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
+    loader = batch_loader(Batches(sampler, cfg.batch_size, it, cfg.iterations, ctx.rank, ctx.world_size),
+                          cfg.workers, cfg.seed)
 
-    sampler = PatchSampler(load_clean_images(cfg.data), cfg.patch_size)
-    step_cfg = cfg.step_config()
-    log_path = out / "log.csv"
-    kept = _log_rows_until(log_path, it)  # rows logged after the last checkpoint are redone
-    log = open(log_path, "w", newline="")
-    writer = csv.writer(log)
-    writer.writerow(["iteration", "lr", "loss", "patches", "elapsed_s"])
-    writer.writerows(kept)
+    def snapshot() -> dict:
+        return {"iteration": it, "elapsed": elapsed, "val_psnr": last_val, "best_val_psnr": best_val,
+                "world_size": ctx.world_size, "threads": torch.get_num_threads()}
 
-    def save_state() -> None:
-        state = {
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "iteration": it, "elapsed": elapsed, "config": cfg_dict,
-        }
-        with atomic_write(state_path) as tmp:
-            torch.save(state, tmp)
+    def save() -> None:
+        if not _finite(model):
+            raise MaskdnError(f"{out}: weights became NaN/inf at iteration {it}; stopped, "
+                              f"last good checkpoint kept in {state_path}")
+        state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                 "config": cfg.to_dict(), "rng": rng_states(), **snapshot()}
+        save_state(state_path, state)
 
-    bar = tqdm(total=cfg.iterations, initial=it, disable=not progress, unit="it", dynamic_ncols=True)
-    running = None
-    t0 = time.perf_counter() - elapsed
+    # logs: CSV (rows after the last checkpoint are redone), TensorBoard, progress bar; rank 0 only
+    log = tb = None
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / "config.toml") as tmp:
+            tmp.write_text(to_toml(cfg))
+        kept = _log_rows_until(out / "log.csv", it)
+        log = open(out / "log.csv", "w", newline="")
+        writer = csv.writer(log)
+        writer.writerows([LOG_HEADER, *kept])
+        tb = _tensorboard(cfg, out, it)
+    bar = tqdm(total=cfg.iterations, initial=it, disable=not (progress and main), unit="it", dynamic_ncols=True)
+    start_it, t_start = it, time.perf_counter()
+    t0 = t_start - elapsed
+    losses: list[float] = []
     try:
-        while it < cfg.iterations:
+        for noisy, clean in loader:
+            lr = learning_rate(cfg, it)
             for g in opt.param_groups:
-                g["lr"] = learning_rate(cfg, it)
-            clean = sampler.sample(cfg.batch_size, gen)
+                g["lr"] = lr
+            gen = torch.Generator(dev).manual_seed(sample_seed(cfg.seed, it, ctx.rank, _ATTENTION))
             try:
-                loss = train_step(model, opt, clean, step_cfg, gen, ema)
+                loss = train_step(net, opt, noisy.to(dev), clean.to(dev), generator=gen, bf16=cfg.bf16,
+                                  grad_clip=cfg.grad_clip, ema=ema)
             except FloatingPointError as e:
-                raise MaskdnError(f"{out}: training diverged at iteration {it} ({e}); last good state kept in {state_path}") from None
+                kept = f"last good checkpoint kept in {state_path}" if state_path.exists() else "no checkpoint was written"
+                raise MaskdnError(f"{out}: training diverged at iteration {it + 1} ({e}); stopped, {kept}") from None
             it += 1
             elapsed = time.perf_counter() - t0
-            running = loss if running is None else 0.95 * running + 0.05 * loss
-            if it % cfg.log_every == 0 or it == cfg.iterations:
-                writer.writerow([it, f"{learning_rate(cfg, it - 1):.3e}", f"{loss:.5f}", it * cfg.batch_size, f"{elapsed:.1f}"])
-                log.flush()
-                bar.set_postfix(loss=f"{running:.4f}", patches_s=f"{it * cfg.batch_size / max(elapsed, 1e-9):.1f}")
             bar.update(1)
+            if not main:
+                continue
+            losses.append(loss)
+
+            val = None
+            if val_pairs and (it % cfg.val_every == 0 or it == cfg.iterations):
+                val = last_val = validate(ema.module, val_pairs, cfg.seed, dev)
+                if val > best_val:
+                    best_val = val
+                    save_model(ema.module, out / "best.safetensors", training=training_record(cfg, snapshot()))
+            if it % cfg.log_every == 0 or val is not None or it == cfg.iterations:
+                mean_loss = sum(losses) / len(losses)
+                writer.writerow([it, f"{lr:.4e}", f"{mean_loss:.5f}", it * cfg.batch_size, f"{elapsed:.1f}",
+                                 "" if val is None else f"{val:.3f}"])
+                log.flush()
+                if tb is not None:
+                    tb.add_scalar("train/loss", mean_loss, it)
+                    tb.add_scalar("train/lr", lr, it)
+                    if val is not None:
+                        tb.add_scalar("val/psnr", val, it)
+                rate = (it - start_it) * cfg.batch_size / max(time.perf_counter() - t_start, 1e-9)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", patches_s=f"{rate:.1f}", refresh=False)
+                losses = []
             if it % cfg.save_every == 0 or it == cfg.iterations:
-                save_state()
+                save()
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
+        if tb is not None:
+            tb.close()
 
-    record = {
-        "preset": cfg.preset,
-        "data": Path(cfg.data).name,
-        "noise": f"gaussian:{cfg.sigma:g}",
-        "input_mask": list(cfg.input_mask_range) if cfg.input_mask else None,
-        "attn_mask_ratio": cfg.model_config().attn_mask_ratio,
-        "iterations": it,
-        "batch_size": cfg.batch_size,
-        "patch_size": cfg.patch_size,
-        "patches_seen": it * cfg.batch_size,
-        "lr": cfg.lr,
-        "bf16": cfg.bf16,
-        "wall_time_s": round(elapsed, 1),
-        "threads": torch.get_num_threads(),
-    }
-    return save_model(ema.module, out / "model.safetensors", training=record)
+    path = out / "model.safetensors"
+    if main:
+        save_model(ema.module, path, training=training_record(cfg, snapshot()))
+    return path
+
+
+__all__ = ["LOG_HEADER", "learning_rate", "train", "validate"]

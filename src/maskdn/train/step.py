@@ -1,60 +1,55 @@
 """The core step of masked image training, as library code.
 
-clean patches → Gaussian noise (clipped to [0,1]) → input mask → model (attention mask on in train mode)
-→ L1 loss against the clean patches → optimizer step → EMA update.
+noisy (already input-masked) patches → model (attention mask on in train mode, drawn from
+``generator``) → L1 loss against the clean patches → optimizer step → EMA update.
+
+In a distributed run the loss is averaged over the processes before it is checked, so every process
+sees the same value and a non-finite loss stops them all at the same iteration, before the weights
+are touched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..masking import input_mask
 from .ema import EMA
-
-
-@dataclass(frozen=True)
-class StepConfig:
-    """What one training step does to a clean batch. ``input_mask_range=None`` disables input masking."""
-
-    sigma: float = 15.0
-    input_mask_range: tuple[float, float] | None = (0.8, 0.9)
-    input_mask_fill: float = -0.1
-    grad_clip: float | None = None
-    bf16: bool = False
-
-
-def make_noisy(clean: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
-    """Clean ``[B, C, H, W]`` in [0,1] plus N(0, (σ/255)²), clipped to [0,1] as the paper trains."""
-    noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
-    return (clean + noise * (sigma / 255.0)).clamp_(0.0, 1.0)
 
 
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    noisy: Tensor,
     clean: Tensor,
-    cfg: StepConfig,
+    *,
     generator: torch.Generator | None = None,
+    bf16: bool = False,
+    grad_clip: float = 0.0,
     ema: EMA | None = None,
 ) -> float:
-    """One optimisation step on a clean batch; returns the L1 loss. The model must be in train mode."""
-    noisy = make_noisy(clean, cfg.sigma, generator)
-    if cfg.input_mask_range is not None:
-        noisy, _ = input_mask(noisy, cfg.input_mask_range, cfg.input_mask_fill, generator)
-    with torch.autocast(clean.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+    """One optimisation step; returns the L1 loss (averaged over processes). The model must be in train mode.
+
+    Raises ``FloatingPointError`` on a NaN/inf loss, before any weight changes.
+    """
+    with torch.autocast(noisy.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(noisy, generator=generator)
     loss = F.l1_loss(out.float(), clean)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()}")
+    value = loss.detach().clone()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    value = value.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss is {value}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if cfg.grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     if ema is not None:
-        ema.update(model)
-    return loss.item()
+        ema.update(getattr(model, "module", model))  # DDP wraps the model
+    return value

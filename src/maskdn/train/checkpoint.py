@@ -1,0 +1,117 @@
+"""The training state file and the slim weights export.
+
+``state.pt`` (one per run folder, replaced atomically at every save) holds everything a resumed run
+needs to continue exactly as if it had never stopped: model, EMA, optimizer, iteration (the learning
+rate is a pure function of it), elapsed wall time, best validation PSNR, the config, and every RNG
+state (torch CPU and CUDA, NumPy, Python). Batches and masks are pure functions of (seed, iteration),
+so no data-RNG state is needed. It is read with ``torch.load(weights_only=True)``.
+
+:func:`export` turns a state file into a release file: the EMA weights with the model config and
+the training record in the safetensors metadata, loadable by :func:`maskdn.load_model`.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MaskdnError, first_line
+from ..io import atomic_write
+from ..model import MaskedSwinIR
+from ..weights import save_model
+from .config import TrainConfig
+
+STATE = "state.pt"
+
+
+def rng_states() -> dict:
+    """Every global RNG state, in types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Write ``state`` atomically: a reader (or a resumed run) never sees a half-written file."""
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+
+
+def find_state(source: str | Path) -> Path:
+    """The state file of a run folder, or ``source`` itself if it is a file."""
+    source = Path(source)
+    path = source / STATE if source.is_dir() else source
+    if not path.is_file():
+        where = f"{source}: no checkpoint ({STATE}) in this folder" if source.is_dir() else f"{source}: no such file"
+        raise MaskdnError(where)
+    return path
+
+
+def load_state(path: str | Path) -> dict:
+    """A state file written by :func:`save_state`, with a one-line error if it is not one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:
+        raise MaskdnError(f"{path}: not a readable training state ({first_line(e)})") from None
+    if not isinstance(state, dict) or not {"ema", "config", "iteration"} <= set(state):
+        raise MaskdnError(f"{path}: not a maskdn training state")
+    return state
+
+
+def training_record(cfg: TrainConfig, state: dict) -> dict:
+    """The record stored with exported weights: recipe, amount of training, wall time, validation."""
+    it = state["iteration"]
+    return {
+        "preset": cfg.preset,
+        "data": Path(cfg.data).name,
+        "noise": ", ".join(cfg.noise),
+        "input_mask": list(cfg.input_mask_range) if cfg.input_mask else None,
+        "attn_mask_ratio": cfg.attn_mask_ratio,
+        "iterations": it,
+        "batch_size": cfg.batch_size,
+        "patch_size": cfg.patch_size,
+        "patches_seen": it * cfg.batch_size,
+        "lr": cfg.lr,
+        "schedule": cfg.schedule,
+        "ema_decay": cfg.ema_decay,
+        "bf16": cfg.bf16,
+        "seed": cfg.seed,
+        "processes": state.get("world_size", 1),
+        "wall_time_s": round(state.get("elapsed", 0.0), 1),
+        "threads": state.get("threads", torch.get_num_threads()),
+        **({"val_psnr": round(state["val_psnr"], 2), "val_data": Path(cfg.val_data).name, "val_noise": cfg.val_noise}
+           if state.get("val_psnr") is not None else {}),
+    }
+
+
+def export(source: str | Path, dest: str | Path) -> Path:
+    """Write the EMA weights of a run folder or state file to ``dest`` (safetensors), atomically."""
+    path = find_state(source)
+    state = load_state(path)
+    cfg = TrainConfig.from_dict(state["config"], str(path))
+    model = MaskedSwinIR(cfg.model_config())
+    model.load_state_dict(state["ema"]["module"])
+    return save_model(model, dest, training=training_record(cfg, state))
+
+
+__all__ = ["STATE", "export", "find_state", "load_state", "rng_states", "save_state", "set_rng_states", "training_record"]

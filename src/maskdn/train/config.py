@@ -1,0 +1,219 @@
+"""The training config: one typed, frozen dataclass, read from TOML and overridden key by key.
+
+A run depends on nothing but its :class:`TrainConfig`. Configs are flat TOML files whose keys are the
+field names (see ``maskdn/configs/*.toml``, the shipped ones); ``maskdn train CONFIG --set key=value``
+overrides any field. Every field has a TOML-expressible value (no ``None``): "off" is written ``0`` or
+``""`` where a field can be off. Unknown keys and wrong types are one-line :class:`MaskdnError` naming
+the source (file or ``--set``) and the key, so a typo never trains the wrong model silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..errors import MaskdnError, first_line
+from ..model import ModelConfig, preset
+from ..noise import parse_noise
+
+SCHEDULES = ("constant", "multistep", "cosine")
+
+#: Fields that may change between a run and its resumption: they do not change what is computed.
+HARMLESS = frozenset({"out", "threads", "workers", "device", "log_every", "save_every", "tensorboard"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on (defaults: the small CPU recipe of ``cpu-masked-small``)."""
+
+    # data: clean images, cropped, flipped/rotated, made noisy (one spec drawn per sample) and masked
+    data: str = ""  # folder of clean training images (required)
+    out: str = ""  # run folder (required); rerunning the same config on it resumes
+    noise: tuple[str, ...] = ("gaussian:15",)  # noise-zoo specs; each sample draws one uniformly
+    patch_size: int = 48
+    batch_size: int = 16  # the global batch: split evenly over the processes of a distributed run
+    workers: int = 0  # data-loading processes; 0 loads in the training process
+    # model and masks
+    preset: str = "small"  # a maskdn.model preset: paper, small, tiny
+    attn_mask_ratio: float = 0.75  # fraction of attention tokens masked (0 = off), also at test time
+    input_mask: bool = True
+    input_mask_range: tuple[float, float] = (0.8, 0.9)  # per-sample fraction of input pixels hidden
+    # optimisation: Adam on the L1 loss, EMA of the weights
+    iterations: int = 6000
+    lr: float = 1e-3
+    schedule: str = "cosine"  # constant | multistep | cosine, after a linear warm-up
+    warmup: int = 100
+    min_lr_ratio: float = 0.01  # cosine: the final lr as a fraction of lr
+    milestones: tuple[int, ...] = ()  # multistep: iterations at which the lr is multiplied by gamma
+    gamma: float = 0.5
+    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
+    ema_decay: float = 0.999
+    bf16: bool = True  # bf16 autocast of the forward pass
+    # validation of the EMA model on an out-of-distribution set ("" = none)
+    val_data: str = ""
+    val_noise: str = "poisson:2"
+    val_every: int = 1000
+    val_crop: int = 256  # center crop side; 0 = whole images
+    val_limit: int = 8  # first N images; 0 = all
+    # run
+    seed: int = 0
+    device: str = "auto"  # auto (cuda if available), cpu, cuda
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    save_every: int = 200
+    log_every: int = 10
+    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name))
+        problems = []
+        for spec in (*self.noise, self.val_noise):
+            try:
+                parse_noise(spec)
+            except MaskdnError as e:
+                problems.append(f"noise {e}")
+        if not self.noise:
+            problems.append("noise: give at least one noise spec")
+        for name in ("patch_size", "batch_size", "val_every", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, not {getattr(self, name)}")
+        for name in ("iterations", "warmup", "workers", "threads", "val_crop", "val_limit"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, not {getattr(self, name)}")
+        lo, hi = self.input_mask_range
+        if not 0.0 <= lo <= hi < 1.0:
+            problems.append(f"input_mask_range must satisfy 0 <= lo <= hi < 1, not {list(self.input_mask_range)}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        if list(self.milestones) != sorted(self.milestones):
+            problems.append(f"milestones must be increasing, not {list(self.milestones)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            problems.append(f"lr must be a positive number, not {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append(f"ema_decay must be in [0, 1), not {self.ema_decay}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if problems:
+            raise MaskdnError("; ".join(problems))
+        self.model_config()  # unknown preset or bad attn_mask_ratio: raises here, not mid-run
+
+    def model_config(self) -> ModelConfig:
+        return preset(self.preset, attn_mask_ratio=self.attn_mask_ratio)
+
+    def to_dict(self) -> dict:
+        """Plain JSON/TOML-ready dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys and bad values are errors naming ``source``."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise MaskdnError(f"{source}: unknown key {unknown[0]!r} (valid: {', '.join(names)})")
+        try:
+            return cls(**d)
+        except MaskdnError as e:
+            raise MaskdnError(f"{source}: {e}") from None
+
+    def changed(self, other: TrainConfig) -> list[str]:
+        """Fields, other than :data:`HARMLESS` ones, whose values differ from ``other``'s."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in HARMLESS and a[k] != b[k]]
+
+
+def _coerce(value, hint, key: str):
+    """``value`` checked against the type ``hint`` (lists become tuples, ints become floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if isinstance(value, str) and args[-1] is Ellipsis:  # --set noise=poisson:2 → ("poisson:2",)
+            value = [value]
+        if not isinstance(value, (list, tuple)) or (args[-1] is not Ellipsis and len(value) != len(args)):
+            n = "a list" if args[-1] is Ellipsis else f"a list of {len(args)}"
+            raise MaskdnError(f"{key}: expected {n}, got {value!r}")
+        kinds = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        return tuple(_coerce(v, k, key) for v, k in zip(value, kinds))
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError("TrainConfig fields must not be unions")  # kept TOML-expressible: no None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise MaskdnError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+# ---- files and overrides ---------------------------------------------------------------------------
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped in ``maskdn/configs`` (``maskdn train NAME`` uses one)."""
+    folder = resources.files("maskdn") / "configs"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_toml(source: str | Path) -> dict:
+    """The key/value table of a config file path or a shipped config name."""
+    path = Path(source)
+    if path.is_file():
+        text, name = None, str(path)
+    elif str(source) in shipped_configs():
+        text, name = (resources.files("maskdn") / "configs" / f"{source}.toml").read_text(), f"{source}.toml"
+    else:
+        raise MaskdnError(f"{source}: no such config file or shipped config (shipped: {', '.join(shipped_configs())})")
+    try:
+        table = tomllib.loads(text) if text is not None else tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise MaskdnError(f"{name}: not valid TOML ({first_line(e)})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MaskdnError(f"{name}: cannot read ({first_line(e)})") from None
+    nested = [k for k, v in table.items() if isinstance(v, dict)]
+    if nested:
+        raise MaskdnError(f"{name}: unknown key {nested[0]!r} (configs are flat key = value tables)")
+    return table
+
+
+def load_config(source: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from a TOML file or shipped name (``None``: the defaults), then ``overrides``.
+
+    Errors name the file and key, or ``--set key`` for a bad override.
+    """
+    values = {} if source is None else read_toml(source)
+    name = "config" if source is None else (str(source) if Path(source).is_file() else f"{source}.toml")
+    base = TrainConfig.from_dict(values, name)
+    if not overrides:
+        return base
+    hints = typing.get_type_hints(TrainConfig)
+    for key, v in overrides.items():
+        if key not in hints:
+            raise MaskdnError(f"--set {key}: unknown key (valid: {', '.join(hints)})")
+        try:
+            _coerce(v, hints[key], key)
+        except MaskdnError as e:
+            raise MaskdnError(f"--set {e}") from None
+    return TrainConfig.from_dict({**base.to_dict(), **overrides}, f"{name} with --set {', '.join(overrides)}")
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """``cfg`` as a flat TOML table that :func:`load_config` reads back to an equal config."""
+
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, float):
+            return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+        return json.dumps(v) if isinstance(v, str) else str(v)
+
+    return "".join(f"{k} = {value(v)}\n" for k, v in cfg.to_dict().items())
+
+
+__all__ = ["HARMLESS", "SCHEDULES", "TrainConfig", "load_config", "read_toml", "shipped_configs", "to_toml"]
