@@ -55,7 +55,7 @@ def _run_model(
     for k in transforms:
         xt = dihedral(x, k) if k else x
         for _ in range(n_passes):
-            y = model(xt, generator=generator)
+            y = model(xt, generator=generator).to(x.dtype)
             y = dihedral_inverse(y, k) if k else y
             acc = y if acc is None else acc.add_(y)
     assert acc is not None
@@ -117,6 +117,7 @@ def denoise_tensor(
     tile_overlap: int = 32,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    bf16: bool = False,
 ) -> Tensor:
     """Denoise a float batch ``[B, C, H, W]`` (``C = model.config.in_chans``, values in [0, 1]).
 
@@ -125,7 +126,9 @@ def denoise_tensor(
     ``self_ensemble`` averages the 8 flips/rotations, each with its ``passes``; ``tile`` processes
     overlapping ``tile``×``tile`` tiles (stride ``tile - tile_overlap``) blended with a ramp window,
     only along sides longer than the tile. ``generator`` (on ``x``'s device) drives the masks in
-    sequence, so a seeded generator gives a reproducible result. The output is not clamped.
+    sequence, so a seeded generator gives a reproducible result. ``bf16`` runs the network under bfloat16
+    autocast (about 1.7x faster on CPUs with bf16 matrix units, within 0.05 dB; see docs/performance.md).
+    The output is not clamped and keeps ``x``'s dtype.
     """
     check_passes(passes)
     check_tile_options(tile, tile_overlap, model.config.window_size)
@@ -135,7 +138,7 @@ def denoise_tensor(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
             if tile is None:
                 return _run_model(model, x, passes, self_ensemble, generator)
             return _denoise_tiled(model, x, passes, self_ensemble, generator, tile, tile_overlap, progress)
@@ -254,6 +257,7 @@ def denoise(
     seed: int | None = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    bf16: bool = False,
 ) -> Any:
     """Denoise ``image`` and return the same kind of object.
 
@@ -277,7 +281,7 @@ def denoise(
     net = _resolve_model(model, device)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     options = dict(passes=passes, self_ensemble=self_ensemble, tile=tile, tile_overlap=tile_overlap,
-                   generator=generator, progress=progress)
+                   generator=generator, progress=progress, bf16=bf16)
     return convert(net, image, device, options)
 
 

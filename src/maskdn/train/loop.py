@@ -31,6 +31,7 @@ from ..inference import denoise_tensor
 from ..io import atomic_write
 from ..metrics import psnr
 from ..model import MaskedSwinIR
+from ..runtime import keep_freed_memory
 from ..weights import save_model
 from . import distributed
 from .checkpoint import STATE, load_state, rng_states, save_state, set_rng_states, training_record
@@ -104,6 +105,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """
     if not cfg.data or not cfg.out:
         raise MaskdnError("set the training images and the run folder (--data and --out, or data and out in the config)")
+    keep_freed_memory()  # fresh activation buffers would page-fault every step (docs/performance.md)
     own_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     ctx = distributed.setup(cfg.device)
     try:

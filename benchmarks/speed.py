@@ -1,0 +1,276 @@
+"""Speed of the literal reference attention path against maskdn's fast path: prints a table, writes JSON.
+
+Workloads (masks on, as in masked training and testing):
+  (a) forward pass on one 768×512 RGB image (inference mode);
+  (b) one training step on 16 patches of 64×64: forward, L1 loss, backward, Adam;
+  (c) tiled denoise of a 6000×4000 image (tile 256, overlap 32): time and peak resident memory.
+Each configuration runs in its own process, so the allocator setting (glibc default, or maskdn's
+``keep_freed_memory``) and the peak memory are its own. Rows: path × allocator × dtype, so the table
+shows where the time goes; "maskdn default" is the fast path with ``keep_freed_memory``. Achieved
+GFLOP/s count the reference path's matrix FLOPs (torch's FlopCounterMode) against a matmul measured in
+the same run with the same threads.
+
+    python benchmarks/speed.py                       # both presets, all rows (about 20 min on 2 cores)
+    python benchmarks/speed.py --presets small --quick
+    python benchmarks/speed.py --device cuda         # on a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+IMAGE = (512, 768)  # (a): H, W
+BATCH, PATCH = 16, 64  # (b)
+BIG = (4000, 6000)  # (c): H, W
+TILE, OVERLAP = 256, 32
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker: one configuration in a fresh process
+# --------------------------------------------------------------------------------------------------
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str, repeats: int) -> float:
+    """Best of ``repeats`` timed runs after one warm-up (which fills caches and the allocator)."""
+    fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _model(preset_name: str, impl: str, device: str):
+    from maskdn.model import MaskedSwinIR, preset
+
+    torch.manual_seed(0)
+    return MaskedSwinIR(preset(preset_name)).to(device).set_attention(impl)
+
+
+def _forward(model, device: str, bf16: bool, repeats: int) -> float:
+    x = torch.rand(1, 3, *IMAGE, device=device)
+    model.eval()
+
+    def run():
+        with torch.inference_mode(), torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+            model(x, generator=torch.Generator(device).manual_seed(0))
+
+    return _timed(run, device, repeats)
+
+
+def _train_step(model, device: str, bf16: bool, repeats: int) -> float:
+    from maskdn.masking import input_mask
+
+    g = torch.Generator(device).manual_seed(0)
+    clean = torch.rand(BATCH, 3, PATCH, PATCH, device=device, generator=g)
+    noisy, _ = input_mask((clean + 0.06 * torch.randn(clean.shape, device=device, generator=g)).clamp(0, 1), generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+
+    def run():
+        with torch.autocast(clean.device.type, torch.bfloat16, enabled=bf16):
+            out = model(noisy, generator=g)
+        loss = (out.float() - clean).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return _timed(run, device, repeats)
+
+
+def _tiled(model, device: str, bf16: bool) -> float:
+    from maskdn.inference import denoise_tensor
+
+    x = torch.rand(1, 3, *BIG, device=device, generator=torch.Generator(device).manual_seed(0))
+    t = time.perf_counter()
+    denoise_tensor(model, x, tile=TILE, tile_overlap=OVERLAP, generator=torch.Generator(device).manual_seed(0), bf16=bf16)
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def worker(args: argparse.Namespace) -> dict:
+    if args.keep_memory:
+        from maskdn.runtime import keep_freed_memory
+
+        keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    model = _model(args.preset, args.impl, args.device)
+    if args.task == "tiled":
+        return {"tiled_s": _tiled(model, args.device, args.bf16), "peak_rss_gib": _peak_rss_gib(),
+                "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None}
+    return {"forward_s": _forward(model, args.device, args.bf16, args.repeats),
+            "train_step_s": _train_step(model, args.device, args.bf16, args.repeats)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Reference numbers measured in the parent: FLOPs and the matmul peak
+# --------------------------------------------------------------------------------------------------
+
+
+def count_flops(preset_name: str) -> dict:
+    """Matrix FLOPs of the two workloads on the reference path (the useful work, path-independent)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _model(preset_name, "reference", "cpu")
+    counts = {}
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model.eval()(torch.rand(1, 3, *IMAGE))
+    counts["forward"] = fc.get_total_flops()
+    x = torch.rand(BATCH, 3, PATCH, PATCH)
+    with FlopCounterMode(display=False) as fc:
+        model.train()(x).mean().backward()
+    counts["train_step"] = fc.get_total_flops()
+    return counts
+
+
+def matmul_peak(device: str, threads: int, dtype: torch.dtype, n: int = 2048) -> float:
+    """GFLOP/s of an ``n×n`` matmul with ``threads`` threads (best of five)."""
+    torch.set_num_threads(threads)
+    a = torch.rand(n, n, device=device, dtype=dtype)
+    b = torch.rand(n, n, device=device, dtype=dtype)
+    seconds = _timed(lambda: a @ b, device, 5)
+    return 2 * n**3 / seconds / 1e9
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------------
+
+
+ROWS = [  # (path, keep_memory, label)
+    ("reference", False, "reference, glibc malloc"),
+    ("reference", True, "reference, keep_freed_memory"),
+    ("fast", False, "fast, glibc malloc"),
+    ("fast", True, "fast, keep_freed_memory (maskdn default)"),
+]
+
+
+def _run_worker(task: str, preset_name: str, impl: str, keep: bool, bf16: bool, a: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--worker", task, "--preset", preset_name, "--impl", impl,
+           "--threads", str(a.threads), "--device", a.device, "--repeats", str(a.repeats)]
+    cmd += ["--keep-memory"] if keep else []
+    cmd += ["--bf16"] if bf16 else []
+    env = dict(os.environ, MASKDN_KEEP_FREED_MEMORY="1" if keep else "0")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"worker failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _fmt(v, spec: str = ".2f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--presets", nargs="+", default=["paper", "small"])
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up; the best counts")
+    p.add_argument("--quick", action="store_true", help="only the reference and maskdn-default rows, no tiled run")
+    p.add_argument("--tiled-presets", nargs="*", default=["small"], help="presets for the 6000×4000 run (slow)")
+    p.add_argument("--out", default=str(ROOT / "results" / "speed.json"))
+    p.add_argument("--worker", choices=["steps", "tiled"], help=argparse.SUPPRESS)
+    p.add_argument("--preset", help=argparse.SUPPRESS)
+    p.add_argument("--impl", help=argparse.SUPPRESS)
+    p.add_argument("--keep-memory", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        a.task = a.worker
+        print(json.dumps(worker(a)))
+        return 0
+
+    rows = [ROWS[0], ROWS[3]] if a.quick else ROWS
+    peaks = {str(dt).removeprefix("torch."): matmul_peak(a.device, a.threads, dt) for dt in (torch.float32, torch.bfloat16)}
+    print(f"matmul peak, {a.threads} thread(s) on {a.device}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    results = []
+    for preset_name in a.presets:
+        flops = count_flops(preset_name)
+        for impl, keep, label in rows:
+            for bf16 in (False, True):
+                dtype = "bfloat16" if bf16 else "float32"
+                r = _run_worker("steps", preset_name, impl, keep, bf16, a)
+                r.update(preset=preset_name, path=impl, keep_freed_memory=keep, label=label, dtype=dtype,
+                         forward_gflops=flops["forward"] / r["forward_s"] / 1e9,
+                         train_gflops=flops["train_step"] / r["train_step_s"] / 1e9)
+                if not a.quick and preset_name in a.tiled_presets and keep:
+                    r.update(_run_worker("tiled", preset_name, impl, keep, bf16, a))
+                results.append(r)
+                print(f"{preset_name:6} {label:42} {dtype:8}  fwd {r['forward_s']:7.2f} s  train {r['train_step_s']:7.2f} s"
+                      + (f"  tiled {r['tiled_s']:6.0f} s {r['peak_rss_gib']:.2f} GiB" if "tiled_s" in r else ""), flush=True)
+
+    def find(preset_name, impl, keep, dtype):
+        return next((r for r in results if (r["preset"], r["path"], r["keep_freed_memory"], r["dtype"]) == (preset_name, impl, keep, dtype)), None)
+
+    speedups = {}
+    for preset_name in a.presets:
+        ref, fast = find(preset_name, "reference", False, "float32"), find(preset_name, "fast", True, "float32")
+        fast_bf16 = find(preset_name, "fast", True, "bfloat16")
+        speedups[preset_name] = {
+            "fast_fp32_vs_reference_forward": ref["forward_s"] / fast["forward_s"],
+            "fast_fp32_vs_reference_train": ref["train_step_s"] / fast["train_step_s"],
+            "bf16_vs_fp32_forward": fast["forward_s"] / fast_bf16["forward_s"],
+            "bf16_vs_fp32_train": fast["train_step_s"] / fast_bf16["train_step_s"],
+        }
+
+    lines = [
+        f"| preset | path, allocator | dtype | (a) forward 768×512 s | GFLOP/s | % peak | (b) train step 16×64² s | GFLOP/s | % peak | (c) tiled 6000×4000 s | peak RSS GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        peak = peaks[r["dtype"]]
+        lines.append(
+            f"| {r['preset']} | {r['label']} | {r['dtype']} | {r['forward_s']:.2f} | {r['forward_gflops']:.1f} | "
+            f"{100 * r['forward_gflops'] / peak:.0f} | {r['train_step_s']:.2f} | {r['train_gflops']:.1f} | "
+            f"{100 * r['train_gflops'] / peak:.0f} | {_fmt(r.get('tiled_s'), '.0f')} | {_fmt(r.get('peak_rss_gib'))} |"
+        )
+    lines.append("")
+    lines.append("| preset | fast fp32 vs reference: forward | train step | bf16 vs fp32 (fast): forward | train step |")
+    lines.append("|---|---|---|---|---|")
+    for name, s in speedups.items():
+        lines.append(f"| {name} | {s['fast_fp32_vs_reference_forward']:.2f}× | {s['fast_fp32_vs_reference_train']:.2f}× | "
+                     f"{s['bf16_vs_fp32_forward']:.2f}× | {s['bf16_vs_fp32_train']:.2f}× |")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "threads": a.threads, "device": a.device, "torch": torch.__version__},
+        "command": " ".join([Path(sys.executable).name, "benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
+        "matmul_peak_gflops": peaks, "results": results, "speedups": speedups, "table_md": table,
+    }
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(out)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
