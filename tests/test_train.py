@@ -386,3 +386,20 @@ def test_cli_train_lists_configs_and_applies_overrides(image_folder, tmp_path, c
     assert main(["train", str(cfg_file), "--set", "lr=fast"]) == 1
     assert "--set lr: expected float, got 'fast'" in capsys.readouterr().err
     assert math.isclose(read_metadata(tmp_path / "r" / "model.safetensors")["training"]["lr"], 0.002)
+
+
+def test_init_starts_from_given_weights_and_checks_the_architecture(image_folder, tmp_path):
+    from maskdn.model import MaskedSwinIR, preset
+    from maskdn.weights import load_model, save_model
+
+    torch.manual_seed(123)
+    source = MaskedSwinIR(preset("tiny", attn_mask_ratio=0.0))
+    save_model(source, tmp_path / "start.safetensors")
+    path = train(_cfg(image_folder, tmp_path / "run", iterations=1, init=str(tmp_path / "start.safetensors"),
+                      lr=1e-12, warmup=0, ema_decay=0.0), progress=False)
+    trained = load_model(path).state_dict()
+    for k, v in source.state_dict().items():
+        assert torch.allclose(trained[k], v, atol=1e-6), k  # a 1e-12 step barely moves the given weights
+    save_model(MaskedSwinIR(preset("small")), tmp_path / "other.safetensors")
+    with pytest.raises(MaskdnError, match="architecture differs.*embed_dim 32 vs 24"):
+        train(_cfg(image_folder, tmp_path / "run2", iterations=1, init=str(tmp_path / "other.safetensors")), progress=False)

@@ -42,6 +42,7 @@ class TrainConfig:
     workers: int = 0  # data-loading processes; 0 loads in the training process
     # model and masks
     preset: str = "small"  # a maskdn.model preset: paper, small, tiny
+    init: str = ""  # start from these weights (zoo name or file, same architecture); "" = random init
     attn_mask_ratio: float = 0.75  # fraction of attention tokens masked (0 = off), also at test time
     input_mask: bool = True
     input_mask_range: tuple[float, float] = (0.8, 0.9)  # per-sample fraction of input pixels hidden

@@ -115,6 +115,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             distributed.teardown()
 
 
+def _load_init(model: MaskedSwinIR, init: str) -> None:
+    """Copy the weights of ``init`` (zoo name or file) into ``model``; the architectures must match."""
+    from ..weights import load_model
+
+    source = load_model(init)
+    masking = {"attn_mask_ratio": 0.0, "attn_mask_at_eval": True}
+    theirs, ours = source.config.to_dict() | masking, model.config.to_dict() | masking
+    if theirs != ours:
+        diff = ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in ours if theirs[k] != ours[k])
+        raise MaskdnError(f"init {init}: architecture differs from the configured preset ({diff})")
+    model.load_state_dict(source.state_dict())
+
+
 def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
     out, dev, main = Path(cfg.out), ctx.device, ctx.is_main
     state_path = out / STATE
@@ -130,6 +143,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
     # model, EMA, optimizer; then the saved state, if this folder holds a run
     torch.manual_seed(cfg.seed)
     model = MaskedSwinIR(cfg.model_config()).to(dev).train()
+    if cfg.init and not state_path.exists():
+        _load_init(model, cfg.init)
     ema = EMA(model, cfg.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     it, elapsed, best_val, last_val = 0, 0.0, -math.inf, None
