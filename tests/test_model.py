@@ -162,7 +162,8 @@ def test_attn_mask_at_eval_switch():
 
 
 def test_token_masking_zeroes_tokens_before_qkv(tiny_masked_model):
-    """The qkv projection's input has about 75% all-zero tokens."""
+    """Reference path: the qkv projection's input has about 75% all-zero tokens. Fast path: only the
+    kept quarter of the tokens reaches the projection at all."""
     attn = tiny_masked_model.layers[0].residual_group.blocks[0].attn
     seen = {}
 
@@ -170,11 +171,15 @@ def test_token_masking_zeroes_tokens_before_qkv(tiny_masked_model):
         seen["x"] = inputs[0]
 
     handle = attn.qkv.register_forward_hook(hook)
+    x = torch.rand(1, 3, 32, 32)  # 1024 tokens
     with torch.no_grad():
-        tiny_masked_model(torch.rand(1, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+        tiny_masked_model.set_attention("reference")(x, generator=torch.Generator().manual_seed(0))
+        zero_tokens = (seen["x"].abs().sum(-1) == 0).float().mean().item()
+        tiny_masked_model.set_attention("fast")(x, generator=torch.Generator().manual_seed(0))
     handle.remove()
-    zero_tokens = (seen["x"].abs().sum(-1) == 0).float().mean().item()
     assert 0.68 < zero_tokens < 0.82  # 75% of 1024 tokens, Bernoulli
+    assert seen["x"].shape[0] == round(1024 * (1 - zero_tokens))  # same masks, kept tokens only
+    assert (seen["x"].abs().sum(-1) > 0).all()
 
 
 def test_forward_intermediates_names(tiny_model):

@@ -231,7 +231,8 @@ class WindowAttention(nn.Module):
 
     * ``reference``: the literal computation of the authors' code (scale, matmul, add the bias, add the
       shift mask, softmax, matmul, each a separate pass); the yardstick for tests and benchmarks;
-    * ``fast`` (default): one head at a time over a contiguous ``[3, heads, B·nW, N, d]`` qkv, the bias
+    * ``fast`` (default): the qkv projection of kept tokens only (a zeroed token projects to the bias),
+      one head at a time over a contiguous ``[3, heads, B·nW, N, d]`` qkv, the bias
       folded into the score matmul (``baddbmm``), the shift mask added to the border windows only and,
       without autograd, cache-sized groups of windows with in-place softmax;
     * ``sdpa``: ``scaled_dot_product_attention`` with bias and shift mask as one float mask (on CPU it
@@ -294,10 +295,9 @@ class WindowAttention(nn.Module):
         """The default path; ``layout`` says which windows need the shift mask."""
         B_, N, C = x.shape
         heads, d = self.num_heads, C // self.num_heads
-        if token_keep is not None:
-            x = x * token_keep
+        qkv = self.qkv(x) if token_keep is None else self._visible_qkv(x, token_keep)
         # [3·heads, B_·N, d]: one plain 3-D transpose copy (a 5-D permute copies far slower)
-        qkv = self.qkv(x).view(B_ * N, 3 * heads, d).transpose(0, 1).contiguous().view(3, heads, B_, N, d)
+        qkv = qkv.view(B_ * N, 3 * heads, d).transpose(0, 1).contiguous().view(3, heads, B_, N, d)
         bias = self.relative_position_bias().to(qkv.dtype)
         if torch.is_grad_enabled():
             out = torch.stack([self._scores(qkv, i, bias[i], 0, B_, layout).softmax(-1) @ qkv[2, i] for i in range(heads)])
@@ -311,6 +311,14 @@ class WindowAttention(nn.Module):
                     torch.bmm(torch.softmax(attn, dim=-1, out=attn), qkv[2, i, s:e], out=out[i, s:e])
         out = out.view(heads, B_ * N, d).transpose(0, 1).reshape(B_, N, C)
         return self.proj(out)
+
+    def _visible_qkv(self, x: Tensor, token_keep: Tensor) -> Tensor:
+        """``qkv(x · keep)`` projecting only the kept tokens: a zeroed token's q, k and v are the bias."""
+        flat = x.reshape(-1, x.shape[-1])
+        kept = token_keep.reshape(-1).nonzero().squeeze(1)
+        projected = self.qkv(flat.index_select(0, kept))
+        out = self.qkv.bias.to(projected.dtype).expand(flat.shape[0], -1).clone()
+        return out.index_copy(0, kept, projected)
 
     def _scores(
         self, qkv: Tensor, i: int, bias: Tensor, s: int, e: int, layout: WindowLayout, out: Tensor | None = None
