@@ -179,3 +179,238 @@ def test_bm3d_method_when_installed():
     out = resolve_method("bm3d").fn(noisy, 1, None)
     assert out.shape == noisy.shape
     assert (out - clean).abs().mean() < 0.5 * (noisy - clean).abs().mean()
+
+
+# --------------------------------------------------------------------------------------------------
+# BM3D with the true σ
+# --------------------------------------------------------------------------------------------------
+
+
+def test_true_sigma():
+    from maskdn.classical import defined_for, true_sigma
+
+    assert true_sigma("gaussian:25") == 25 / 255
+    assert true_sigma("correlated:45") == pytest.approx(45 / 255 / 3)
+    assert [true_sigma(c) for c in ("poisson:2", "speckle:0.03", "mixture:3", "jpeg:10", "camera:1", "real")] == [None] * 6
+    assert defined_for("bm3d-oracle", "gaussian:15") and not defined_for("bm3d-oracle", "poisson:2")
+    assert defined_for("bm3d", "poisson:2") and defined_for("nlm", "real")
+    # the correlated noise's added std is what true_sigma says (unclipped, unquantized)
+    x = torch.full((3, 128, 128), 0.5)
+    n = apply_noise(x, "correlated:45", seed=3, quantize=False) - x
+    assert float(n.std()) == pytest.approx(true_sigma("correlated:45"), rel=0.05)
+
+
+def test_bm3d_oracle_only_where_sigma_is_defined(data, tmp_path):
+    pytest.importorskip("bm3d")
+    out = tmp_path / "oracle"
+    recs = run_bench(data["dirs"], ["bm3d", "bm3d-oracle"], ["gaussian:25", "poisson:2"], out, limit=1,
+                     progress=False, lpips=False)
+    got = {(r["dataset"], r["method"], r["noise"]) for r in recs}
+    assert got == {("tinyset", "bm3d", "gaussian"), ("tinyset", "bm3d", "poisson"),
+                   ("tinyset", "bm3d-oracle", "gaussian"), ("tinyreal", "bm3d", "real")}
+    md = (out / "summary.md").read_text()
+    assert "bm3d-oracle is BM3D given the true noise std" in md
+    assert "| bm3d-oracle | " in md and "–" in md.split("| bm3d-oracle |")[1].splitlines()[0]
+    by = {(r["method"], r["noise"]): r for r in recs if r["dataset"] == "tinyset"}
+    # with the true σ BM3D is at least as good as with a (wavelet-MAD) estimate, up to a small margin
+    assert by[("bm3d-oracle", "gaussian")]["psnr"] > by[("bm3d", "gaussian")]["psnr"] - 0.5
+    from maskdn.classical import denoise_classical
+
+    with pytest.raises(MaskdnError, match="no true σ for noise poisson:2"):
+        denoise_classical("bm3d-oracle", torch.rand(3, 16, 16), "poisson:2")
+
+
+# --------------------------------------------------------------------------------------------------
+# --jobs: worker processes for the built-in methods
+# --------------------------------------------------------------------------------------------------
+
+
+def test_jobs_give_identical_records_and_resume(data, tmp_path):
+    methods = ["noisy", "nlm", str(data["model"])]
+    one = run_bench(data["dirs"], methods, NOISES, tmp_path / "j1", passes=2, progress=False, reports=False, jobs=1)
+    two = run_bench(data["dirs"], methods, NOISES, tmp_path / "j2", passes=2, progress=False, reports=False, jobs=2)
+    assert two == one
+    assert (tmp_path / "j2" / "results.json").read_text() == (tmp_path / "j1" / "results.json").read_text()
+    # resume with workers: drop some built-in records, they alone are recomputed, in plan order
+    stored = json.loads((tmp_path / "j2" / "results.json").read_text())
+    kept = [r for r in stored if not (r["method"] == "nlm" and r["image"] == "a")]
+    assert len(kept) < len(stored)
+    (tmp_path / "j2" / "results.json").write_text(json.dumps(kept))
+    again = run_bench(data["dirs"], methods, NOISES, tmp_path / "j2", passes=2, progress=False, reports=False, jobs=2)
+    assert again == one
+    with pytest.raises(MaskdnError, match="jobs must be an integer >= 1"):
+        run_bench(data["dirs"], methods, NOISES, tmp_path / "j3", jobs=0, progress=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# LPIPS: availability, the reason it is absent, and parity with the lpips package
+# --------------------------------------------------------------------------------------------------
+
+
+def test_lpips_absent_without_package(data, tmp_path, monkeypatch):
+    from maskdn import perceptual
+
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips → ImportError
+    status = perceptual.lpips_status()
+    assert not status.available
+    assert status.reason == ("LPIPS not computed: the lpips package is not installed: "
+                             "pip install 'maskdn[lpips]' (the lpips package with a torchvision matching torch)")
+    out = tmp_path / "nolpips"
+    recs = run_bench(data["dirs"][:1], ["noisy"], ["gaussian:25"], out, limit=1, progress=False)
+    assert "lpips" not in recs[0]
+    md = (out / "summary.md").read_text().splitlines()
+    assert [line for line in md if "LPIPS" in line] == [f"- {status.reason}."]
+    assert "lpips" not in (out / "summary.csv").read_text().splitlines()[0]
+    # lpips=False: neither the column nor a note
+    recs = run_bench(data["dirs"][:1], ["noisy"], ["gaussian:25"], tmp_path / "off", limit=1, progress=False, lpips=False)
+    assert "LPIPS" not in (tmp_path / "off" / "summary.md").read_text()
+
+
+def test_lpips_absent_without_backbone(tmp_path, monkeypatch):
+    from maskdn import perceptual
+
+    monkeypatch.setattr(perceptual, "_import_lpips", lambda: (object(), ""))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    status = perceptual.lpips_status()
+    want = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    assert perceptual.hub_backbone_path() == want
+    assert not status.available and status.reason == (
+        f"LPIPS not computed: no AlexNet backbone weights offline; put torchvision's alexnet-owt-7be5be79.pth "
+        f"at {want} or pass --lpips-backbone FILE")
+    with pytest.raises(MaskdnError, match="no such LPIPS backbone weights file"):
+        perceptual.lpips_status(tmp_path / "missing.pth")
+    want.parent.mkdir(parents=True)
+    want.write_bytes(b"")
+    assert perceptual.lpips_status().available and perceptual.lpips_status().backbone == want
+
+
+def test_lpips_import_error_is_one_line(monkeypatch):
+    from maskdn import perceptual
+
+    class Broken:
+        def find_spec(self, name, path=None, target=None):
+            if name == "lpips":  # anything else: None, the next finder
+                raise RuntimeError("operator torchvision::nms does not exist\nmore")
+
+    monkeypatch.delitem(sys.modules, "lpips", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    reason = perceptual.lpips_status().reason
+    assert "does not import (RuntimeError: operator torchvision::nms does not exist)" in reason and "\n" not in reason
+
+
+def _alexnet_features() -> torch.nn.Sequential:
+    """torchvision's AlexNet ``features`` layout (what LPIPS-alex slices), randomly initialised."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+    )
+
+
+def test_lpips_parity_with_package(tmp_path, monkeypatch):
+    """Our wrapper (explicit file and hub cache) vs lpips.LPIPS loading the same backbone its own way.
+
+    torchvision is replaced by a stand-in whose ``alexnet`` has torchvision's layout and, when
+    pretrained, loads the hub cache file as torchvision does; the backbone is random weights we save.
+    """
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("lpips") is None:
+        pytest.skip("the lpips package is not installed")
+    from maskdn import perceptual
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    torch.manual_seed(1)
+    state = {f"features.{k}": v for k, v in _alexnet_features().state_dict().items()}
+    state["classifier.1.weight"] = torch.zeros(2, 2)  # a full torchvision file has more than the features
+    hub_file = perceptual.hub_backbone_path()
+    hub_file.parent.mkdir(parents=True)
+    torch.save(state, hub_file)
+    explicit = tmp_path / "alexnet.pth"
+    torch.save(state, explicit)
+
+    class AlexNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = _alexnet_features()
+
+    def alexnet(pretrained: bool = False, weights=None, **kwargs) -> AlexNet:
+        net = AlexNet()
+        if pretrained or weights is not None:
+            net.load_state_dict({k: v for k, v in torch.load(hub_file, weights_only=True).items()
+                                 if k.startswith("features.")})
+        return net
+
+    tv = types.ModuleType("torchvision")
+    tv.models = types.SimpleNamespace(alexnet=alexnet, AlexNet_Weights=types.SimpleNamespace(IMAGENET1K_V1="v1"))
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setitem(sys.modules, "torchvision.models", tv.models)
+    for name in [n for n in sys.modules if n == "lpips" or n.startswith("lpips.")]:
+        monkeypatch.delitem(sys.modules, name)
+    try:
+        _check_lpips_parity(perceptual, hub_file, explicit, tmp_path)
+    finally:  # the lpips modules imported over the stand-in torchvision must not outlive the test
+        for name in [n for n in sys.modules if n == "lpips" or n.startswith("lpips.")]:
+            del sys.modules[name]
+
+
+def _check_lpips_parity(perceptual, hub_file, explicit, tmp_path) -> None:
+    import lpips
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 64, 72, generator=gen)
+    b = (a + 0.1 * torch.randn(3, 64, 72, generator=gen)).clamp(0, 1)
+    direct = lpips.LPIPS(net="alex", verbose=False).eval()
+    with torch.no_grad():
+        scale = lambda x: (torch.round(x * 255) / 127.5 - 1)[None]  # 8-bit levels → [-1, 1]
+        want = float(direct(scale(a), scale(b)).item())
+    ours_hub = perceptual.LpipsScorer()
+    ours_file = perceptual.LpipsScorer(explicit)
+    assert ours_hub.backbone == hub_file and ours_file.backbone == explicit
+    assert ours_file(a, b) == pytest.approx(want, rel=1e-6, abs=1e-7)
+    assert ours_hub(a, b) == pytest.approx(want, rel=1e-6, abs=1e-7)
+    assert ours_file(a, a) == 0.0 and want > 0
+    # a file that is not AlexNet weights: one line naming it
+    bad = tmp_path / "bad.pth"
+    torch.save({"x": torch.zeros(1)}, bad)
+    with pytest.raises(MaskdnError, match=r"bad.pth: not torchvision AlexNet weights \(no features.0.weight\)"):
+        perceptual.LpipsScorer(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# The command: progress with ETA, --jobs, --limit, resume, one-line errors
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cli_bench_progress_jobs_limit_resume_errors(data, tmp_path, capsys):
+    from maskdn.cli import main
+
+    out = tmp_path / "cli"
+    args = ["bench", "--data", str(data["dirs"][0]), "--method", "noisy", "nlm", "--noise", "gaussian:25",
+            "--limit", "1", "--jobs", "2", "--out", str(out), "--no-lpips"]
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    assert "| nlm |" in cap.out.replace("**", "")
+    assert "bench: 100%" in cap.err and "<00:00" in cap.err  # tqdm bar with elapsed<remaining (the ETA)
+    records = json.loads((out / "results.json").read_text())
+    assert [(r["image"], r["method"]) for r in records] == [("a", "noisy"), ("a", "nlm")]
+    assert main(args) == 0  # resumed: nothing recomputed
+    assert "2 resumed" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text()) == records
+    # bad inputs: one line each, exit 1
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"not a png")
+    for argv, msg in [
+        (["bench", "--data", str(bad), "--method", "noisy", "--out", str(tmp_path / "o")], "x.png"),
+        (["bench", "--data", str(data["dirs"][0]), "--method", "noisy", "--jobs", "0", "--out", str(tmp_path / "o")], "jobs must be"),
+        (["bench", "--data", str(data["dirs"][0]), "--method", "noisy", "--lpips-backbone", str(tmp_path / "no.pth"),
+          "--out", str(tmp_path / "o")], "no such LPIPS backbone weights file"),
+    ]:
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("maskdn: error: ") and msg in err[0]

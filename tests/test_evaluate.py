@@ -8,9 +8,9 @@ import pytest
 from maskdn.cli import main
 from maskdn.errors import MaskdnError
 from maskdn.evaluate import evaluate, load_dataset, scores_table
-from maskdn.noise import noise_seed
 from maskdn.io import write_image
 from maskdn.metrics import psnr
+from maskdn.noise import noise_seed
 from maskdn.weights import read_metadata, save_model
 
 
@@ -73,3 +73,17 @@ def test_cli_evaluate_records_scores(folders, tmp_path, tiny_model, capsys):
     assert rec["scores_protocol"]["passes"] == 1
     assert main(["evaluate", "--model", str(path), "--data", str(clean), "--noise", "blur:1"]) == 1
     assert "blur:1: unknown noise" in capsys.readouterr().err
+
+
+def test_evaluate_is_the_bench_loop(folders, tiny_masked_model, tmp_path):
+    """evaluate's scores are the means of run_bench's records (one loop), keyed as the noises were written."""
+    from maskdn.bench import model_method, run_bench
+
+    clean, pairs = folders
+    got = evaluate(tiny_masked_model, [clean, pairs], ["gaussian:15.0"], passes=2, progress=False)
+    assert set(got["Clean"]) == {"gaussian:15.0"}
+    method = model_method(tiny_masked_model, "m", [2])
+    records = run_bench([clean, pairs], [method], ["gaussian:15"], tmp_path / "b", progress=False, reports=False)
+    for name in ("Clean", "Pairs"):
+        want = round(float(np.mean([r["psnr"] for r in records if r["dataset"] == name])), 2)
+        assert list(got[name].values()) == [want]

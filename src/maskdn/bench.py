@@ -1,28 +1,39 @@
-"""The benchmark runner: PSNR/SSIM of denoising methods over datasets × noise conditions.
+"""The benchmark runner: PSNR/SSIM (and LPIPS) of denoising methods over datasets × noise conditions.
 
 For every dataset × image × condition (each noise of the grid for folders of clean images; ``real``
 for real-noise pair folders) × method (× pass count for stochastic models) one record is written:
-``{dataset, image, method, passes, noise, level, psnr, ssim, seed}``. Noisy inputs are the pure
-functions :func:`~maskdn.noise.apply_noise` of (image name, noise, seed), so every method sees the
-same noisy image and runs are reproducible.
+``{dataset, image, method, passes, noise, level, psnr, ssim, [lpips,] seed}``. Noisy inputs are the
+pure functions :func:`~maskdn.noise.apply_noise` of (image name, noise, seed) and every model run uses
+a generator seeded with ``seed``, so every method sees the same noisy image and runs are
+reproducible. ``maskdn evaluate`` is a thin layer over the same loop.
 
-``OUT/results.json`` is rewritten atomically after each image and a rerun resumes: records already
-there (same dataset, image, method, passes, noise, level, seed) are not recomputed. The summaries
-(``summary.csv``, ``summary.md``), the curves (``curves.png``) and a gallery of center crops of the
-first image (``gallery.png``) are written at the end by :mod:`maskdn.report`.
+``OUT/results.json`` is rewritten atomically every few seconds and at the end, and a rerun resumes:
+records already there (same dataset, image, method, passes, noise, level, seed) are not recomputed.
+The summaries (``summary.csv``, ``summary.md``), the curves (``curves.png``) and a gallery of center
+crops of the first image (``gallery.png``) are written at the end by :mod:`maskdn.report`.
 
 A method is a name and a callable on a float ``[3, H, W]`` noisy image returning its estimate.
-Built-ins: ``noisy`` (identity, the reference), ``nlm`` (scikit-image non-local means), ``bm3d`` (the
-optional ``bm3d`` package); any other name is a maskdn zoo model or weights file. Stochastic models
-(test-time attention masking) are scored both single-pass and with ``passes`` averaged passes.
+Built-ins (:mod:`maskdn.classical`): ``noisy`` (identity, the reference), ``nlm``, ``bm3d`` (σ
+estimated from the noisy image) and ``bm3d-oracle`` (the true σ, only where one is defined: no record
+elsewhere); any other name is a maskdn zoo model or weights file. Stochastic models (test-time
+attention masking) are scored both single-pass and with ``passes`` averaged passes.
+
+``jobs > 1`` runs the built-in methods (single-threaded CPU work, noisy input included) in that many
+worker processes, one work item per (method, image, condition), while models run in this process on
+torch's own threads; the records are the same for any ``jobs``. LPIPS (:mod:`maskdn.perceptual`) is
+scored when its weights are available offline; otherwise ``summary.md`` says why it is absent.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +43,14 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .classical import (
+    CLASSICAL_METHODS,
+    check_available,
+    defined_for,
+    denoise_classical,
+)
 from .errors import MaskdnError
-from .evaluate import REAL, load_dataset
+from .evaluate import REAL, Sample, load_dataset
 from .inference import check_passes, denoise_tensor
 from .io import atomic_write
 from .metrics import psnr, ssim
@@ -47,6 +64,7 @@ __all__ = [
     "PAPER_GRID",
     "Method",
     "load_results",
+    "model_method",
     "record_key",
     "resolve_method",
     "run_bench",
@@ -64,15 +82,19 @@ PAPER_GRID: list[str] = (
     + [f"camera:{k}" for k in (1, 3, 5)]
 )
 
-BUILTIN_METHODS = ("noisy", "nlm", "bm3d")
+BUILTIN_METHODS = CLASSICAL_METHODS
 #: Side of the gallery's center crop (smaller when the image is).
 GALLERY_CROP = 96
 #: How many conditions of the first image the gallery shows.
 GALLERY_NOISES = 4
+#: Seconds between two rewrites of ``results.json`` (also rewritten at the end and on an error).
+WRITE_EVERY_S = 2.0
 
 _RESULTS = "results.json"
 _GALLERY_CACHE = "gallery_crops.npz"
 _KEY_FIELDS = ("dataset", "image", "method", "passes", "noise", "level", "seed")
+_ORACLE_NOTE = ("bm3d-oracle is BM3D given the true noise std, defined for gaussian (σ/255) and correlated "
+                "(σ/255/3) noise only: – elsewhere.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -84,61 +106,37 @@ _KEY_FIELDS = ("dataset", "image", "method", "passes", "noise", "level", "seed")
 class Method:
     """A named denoiser: ``fn(noisy [3, H, W], passes, generator) -> estimate [3, H, W]``.
 
-    ``pass_counts`` lists the pass counts it is scored with (``[1]`` unless stochastic).
+    ``pass_counts`` lists the pass counts it is scored with (``[1]`` unless stochastic). ``classical``
+    marks a built-in of :mod:`maskdn.classical`, run by name (in worker processes when ``jobs > 1``).
     """
 
     name: str
     fn: Callable[[Tensor, int, torch.Generator | None], Tensor]
     pass_counts: list[int] = field(default_factory=lambda: [1])
-
-
-def _to_hwc(x: Tensor) -> np.ndarray:
-    return x.detach().cpu().double().clamp(0, 1).permute(1, 2, 0).numpy()
-
-
-def _from_hwc(a: np.ndarray, like: Tensor) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).to(like.dtype)
-
-
-def _sigma(img: np.ndarray) -> float:
-    """Noise std of an HxWx3 float image: scikit-image ``estimate_sigma`` (wavelet MAD), channel mean."""
-    from skimage.restoration import estimate_sigma
-
-    return float(estimate_sigma(img, channel_axis=-1, average_sigmas=True))
-
-
-def _nlm(x: Tensor) -> Tensor:
-    from skimage.restoration import denoise_nl_means
-
-    img = _to_hwc(x)
-    sigma = _sigma(img)
-    if not sigma > 0:
-        return x.clone()
-    out = denoise_nl_means(
-        img, h=0.8 * sigma, sigma=sigma, fast_mode=True, patch_size=5, patch_distance=6, channel_axis=-1
-    )
-    return _from_hwc(out, x)
-
-
-def _bm3d_module():
-    try:
-        import bm3d  # type: ignore[import-not-found]
-    except ImportError:
-        raise MaskdnError("method bm3d needs the optional bm3d package: pip install bm3d (non-commercial licence)") from None
-    return bm3d
-
-
-def _bm3d(x: Tensor) -> Tensor:
-    bm3d = _bm3d_module()
-    img = _to_hwc(x)
-    sigma = _sigma(img)
-    if not sigma > 0:
-        return x.clone()
-    return _from_hwc(np.asarray(bm3d.bm3d_rgb(img, sigma), dtype=np.float64), x)
+    classical: bool = False
 
 
 def _plain(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor, int, torch.Generator | None], Tensor]:
     return lambda x, passes, generator: fn(x)
+
+
+def _classical_method(name: str) -> Method:
+    check_available(name)  # fail now (e.g. no bm3d package), before any work
+    return Method(name, _plain(lambda x: denoise_classical(name, x)), classical=True)
+
+
+def model_method(
+    model, name: str, pass_counts: Sequence[int], *, tile: int | None = None, device: str | torch.device = "cpu"
+) -> Method:
+    """A :class:`Method` running a loaded :class:`~maskdn.model.MaskedSwinIR` with each of ``pass_counts``."""
+
+    def run(x: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
+        y = denoise_tensor(model, x[None].to(device), passes=k, tile=tile, generator=generator)
+        return y[0].cpu()
+
+    for k in pass_counts:
+        check_passes(k)
+    return Method(name, run, list(pass_counts))
 
 
 def resolve_method(method: str | tuple[str, Callable[[Tensor], Tensor]] | Method, passes: int = 4, device: str | torch.device = "cpu") -> Method:
@@ -158,13 +156,8 @@ def resolve_method(method: str | tuple[str, Callable[[Tensor], Tensor]] | Method
     if not isinstance(method, (str, os.PathLike)):
         raise MaskdnError(f"method {method!r}: expected a name, a weights path or a (name, callable) pair")
     name = str(method)
-    if name == "noisy":
-        return Method(name, _plain(lambda x: x))
-    if name == "nlm":
-        return Method(name, _plain(_nlm))
-    if name == "bm3d":
-        _bm3d_module()  # fail now, before any work
-        return Method(name, _plain(_bm3d))
+    if name in CLASSICAL_METHODS:
+        return _classical_method(name)
     from .weights import load_model
 
     try:
@@ -173,14 +166,9 @@ def resolve_method(method: str | tuple[str, Callable[[Tensor], Tensor]] | Method
         raise MaskdnError(
             f"method {name}: not a built-in ({', '.join(BUILTIN_METHODS)}) nor a loadable model ({e})"
         ) from None
-
-    def run(x: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
-        y = denoise_tensor(model, x[None].to(device), passes=k, generator=generator)
-        return y[0].cpu()
-
     counts = [1, passes] if model.masks_attention and passes > 1 else [1]
     label = Path(name).stem if (os.sep in name or name.endswith((".safetensors", ".pth"))) else name
-    return Method(label, run, counts)
+    return model_method(model, label, counts, device=device)
 
 
 def _resolve_all(methods: Any, passes: int, device: str | torch.device) -> list[Method]:
@@ -311,39 +299,91 @@ def _condition(cond: str) -> tuple[str, float | None]:
     return spec.name, float(spec.level)
 
 
-def _noisy_input(sample, cond: str, seed: int) -> Tensor:
+def _noisy_input(sample: Sample, cond: str, seed: int) -> Tensor:
     if sample.noisy is not None:
         return sample.noisy
     return apply_noise(sample.clean, cond, seed=noise_seed(seed, sample.name, cond))
+
+
+def _scores(est: Tensor, clean: Tensor, with_ssim: bool) -> dict[str, float]:
+    out = {"psnr": psnr(est, clean)}
+    if with_ssim:
+        out["ssim"] = ssim(est, clean)
+    return out
+
+
+def _classical_unit(
+    method: str, sample: Sample, cond: str, seed: int, box: tuple[int, int, int] | None, want_est: bool, with_ssim: bool
+) -> tuple[dict[str, float], np.ndarray | None, Tensor | None]:
+    """One built-in (method, image, condition): (scores, gallery crop or None, 8-bit estimate or None).
+
+    A pure function of its arguments, run here or in a worker process (the same result either way).
+    """
+    est = denoise_classical(method, _noisy_input(sample, cond, seed), cond).float()
+    crop = None if box is None else _crop_u8(est, box)
+    est8 = torch.round(est.clamp(0, 1) * 255).to(torch.uint8) if want_est else None
+    return _scores(est, sample.clean, with_ssim), crop, est8
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # one work item per process: threads inside it only contend
+
+
+@dataclass
+class _Unit:
+    """One record to compute: ``rec`` holds its identity fields, the rest what computing it needs."""
+
+    key: tuple
+    rec: dict
+    sample: Sample
+    cond: str
+    method: Method
+    passes: int
+    box: tuple[int, int, int] | None  # its crop goes to the gallery
+
+
+def _check_jobs(jobs: int) -> None:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise MaskdnError(f"jobs must be an integer >= 1, not {jobs!r}")
 
 
 def run_bench(
     data_dirs: Sequence[str | Path],
     methods: Sequence[str | tuple[str, Callable[[Tensor], Tensor]] | Method] | Mapping[str, Any],
     noises: Sequence[str] = PAPER_GRID,
-    out_dir: str | Path = "bench",
+    out_dir: str | Path | None = "bench",
     *,
     seed: int = 0,
     passes: int = 4,
     limit: int | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     device: str | torch.device = "cpu",
     reports: bool = True,
+    jobs: int = 1,
+    lpips: bool | None = None,
+    lpips_backbone: str | Path | None = None,
+    with_ssim: bool = True,
 ) -> list[dict]:
     """Benchmark ``methods`` on ``data_dirs`` under ``noises``; returns all records of ``OUT/results.json``.
 
-    ``methods``: names (``noisy``, ``nlm``, ``bm3d``, a zoo model, a weights path), ``(name, callable)``
-    pairs, :class:`Method` objects, or a mapping name → callable/name. ``limit`` caps the images per
-    folder. Records already in ``OUT/results.json`` are kept and not recomputed (records of other runs,
-    e.g. other methods or seeds, are kept too). With ``reports`` the summaries and plots are written.
+    ``methods``: names (``noisy``, ``nlm``, ``bm3d``, ``bm3d-oracle``, a zoo model, a weights path),
+    ``(name, callable)`` pairs, :class:`Method` objects, or a mapping name → callable/name. ``limit``
+    caps the images per folder. Records already in ``OUT/results.json`` are kept and not recomputed
+    (records of other runs, e.g. other methods or seeds, are kept too). With ``reports`` the summaries
+    and plots are written. ``out_dir=None`` keeps everything in memory (no resume, files or reports).
+
+    ``jobs``: worker processes for the built-in methods. ``lpips``: True/None (automatic) scores LPIPS
+    when :func:`~maskdn.perceptual.lpips_status` finds its weights (``lpips_backbone`` or the torch hub
+    cache), else the reason goes into ``summary.md``; False never. ``with_ssim=False`` skips SSIM.
+    ``progress``: a tqdm bar (with ETA) on stderr; a string is its label.
     """
     check_passes(passes)
-    conds_noise = [str(parse_noise(n)) for n in noises]
-    conds_noise = list(dict.fromkeys(conds_noise))
+    _check_jobs(jobs)
+    conds_noise = list(dict.fromkeys(str(parse_noise(n)) for n in noises))
     resolved = _resolve_all(methods, passes, device)
     if not data_dirs:
         raise MaskdnError("no dataset folders given")
-    datasets = []
+    datasets: list[tuple[str, list[Sample]]] = []
     for d in data_dirs:
         samples = load_dataset(d, limit)
         if not samples:
@@ -355,90 +395,155 @@ def run_bench(
     if not conds_noise and any(all(s.noisy is None for s in samples) for _, samples in datasets):
         raise MaskdnError("no noises given for the clean-image folders")
 
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MaskdnError(f"{out}: cannot create ({e.strerror or e})") from None
-    results_path = out / _RESULTS
-    previous = load_results(results_path)
+    notes: list[str] = []
+    scorer = None
+    if lpips is not False:
+        from .perceptual import LpipsScorer, lpips_status
+
+        status = lpips_status(lpips_backbone)
+        if status.available:
+            scorer = LpipsScorer(status.backbone, device=device)
+        else:
+            notes.append(status.reason + ".")
+
+    out = None if out_dir is None else Path(out_dir)
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MaskdnError(f"{out}: cannot create ({e.strerror or e})") from None
+    results_path = None if out is None else out / _RESULTS
+    previous = [] if results_path is None else load_results(results_path)
     done: dict[tuple, dict] = {record_key(r): r for r in previous}
 
-    def conditions_of(samples) -> list[str]:
+    def conditions_of(samples: list[Sample]) -> list[str]:
         return [REAL] if any(s.noisy is not None for s in samples) else conds_noise
 
-    # the plan, in order: (dataset index, sample, condition, method, passes)
-    units_per_image = {n: len(conditions_of(s)) * sum(len(m.pass_counts) for m in resolved) for n, s in datasets}
-    total = sum(units_per_image[n] * len(s) for n, s in datasets)
-    planned: list[tuple] = []
-    new: dict[tuple, dict] = {}
-
     first_name, first_samples = datasets[0]
-    gallery = _Gallery(out / _GALLERY_CACHE, first_name, first_samples[0].name, seed)
+    first = first_samples[0]
     gallery_conds = conditions_of(first_samples)[:GALLERY_NOISES]
+    gallery = None if out is None else _Gallery(out / _GALLERY_CACHE, first_name, first.name, seed)
+    box = _crop_box(*first.clean.shape[-2:])
     method_labels = [method_label(m.name, k) for m in resolved for k in m.pass_counts if m.name != "noisy"]
+
+    # the plan, in order; a built-in not defined under a condition (bm3d-oracle) has no record there
+    plan: list[_Unit] = []
+    for dname, samples in datasets:
+        for idx, s in enumerate(samples):
+            for cond in conditions_of(samples):
+                noise, level = _condition(cond)
+                show = gallery is not None and dname == first_name and idx == 0 and cond in gallery_conds
+                for m in resolved:
+                    if m.classical and not defined_for(m.name, cond):
+                        if m.name == "bm3d-oracle" and _ORACLE_NOTE not in notes:
+                            notes.append(_ORACLE_NOTE)
+                        continue
+                    for k in m.pass_counts:
+                        rec = {"dataset": dname, "image": s.name, "method": m.name, "passes": k,
+                               "noise": noise, "level": level}
+                        key = record_key({**rec, "seed": seed})
+                        plan.append(_Unit(key, rec, s, cond, m, k, box if show and m.name != "noisy" else None))
+    planned = [u.key for u in plan]
+    order = {k: i for i, k in enumerate(planned)}
+    # resumed records are never recomputed (their gallery crops come from the cache) unless LPIPS is
+    # scored now and they lack it
+    todo = [u for u in plan if u.key not in done or (scorer is not None and "lpips" not in done[u.key])]
+    new: dict[tuple, dict] = {}
 
     def merged() -> list[dict]:
         keys = set(planned)
         ordered = [new.get(k) or done[k] for k in planned if k in new or k in done]
         return ordered + [r for r in previous if record_key(r) not in keys and record_key(r) not in new]
 
-    bar = tqdm(total=total, desc="bench", unit="run", disable=not progress, dynamic_ncols=True)
-    try:
-        for dname, samples in datasets:
-            for idx, s in enumerate(samples):
-                is_first = dname == first_name and idx == 0
-                if is_first:
-                    box = _crop_box(*s.clean.shape[-2:])
-                    gallery.clean = _crop_u8(s.clean, box)
-                changed = False
-                for cond in conditions_of(samples):
-                    noise, level = _condition(cond)
-                    noisy: Tensor | None = None
-                    show = is_first and cond in gallery_conds
-                    for m in resolved:
-                        for k in m.pass_counts:
-                            rec = {"dataset": dname, "image": s.name, "method": m.name, "passes": k,
-                                   "noise": noise, "level": level}
-                            key = record_key({**rec, "seed": seed})
-                            planned.append(key)
-                            label = method_label(m.name, k)
-                            if key in done:  # resumed: never recomputed (its gallery crop comes from the cache)
-                                bar.update(1)
-                                continue
-                            if noisy is None:
-                                noisy = _noisy_input(s, cond, seed)
-                                if show:
-                                    gallery.add(cond, "noisy input", _crop_u8(noisy, box), psnr(noisy, s.clean))
-                            gen = torch.Generator().manual_seed(seed)
-                            est = m.fn(noisy.clone(), k, gen)
-                            if not isinstance(est, Tensor) or est.shape != s.clean.shape:
-                                got = tuple(est.shape) if isinstance(est, Tensor) else type(est).__name__
-                                raise MaskdnError(f"method {m.name}: returned {got}, expected {tuple(s.clean.shape)}")
-                            est = est.detach().cpu().float()
-                            p = psnr(est, s.clean)
-                            new[key] = {**rec, "psnr": p, "ssim": ssim(est, s.clean), "seed": seed}
-                            changed = True
-                            if show and m.name != "noisy":
-                                gallery.add(cond, label, _crop_u8(est, box), p)
-                            bar.update(1)
-                    if show and noisy is None and "noisy input" not in gallery.panels.get(cond, {}):
-                        noisy = _noisy_input(s, cond, seed)
-                        gallery.add(cond, "noisy input", _crop_u8(noisy, box), psnr(noisy, s.clean))
-                        changed = True
-                if changed:
-                    _write_results(results_path, merged())
-                    if is_first:
-                        gallery.save()
-    finally:
-        bar.close()
-        if new:  # keep whatever finished, also on an interrupt
+    state = {"written": time.monotonic(), "dirty": False}
+
+    def flush(force: bool = False) -> None:
+        if results_path is None or not state["dirty"]:
+            return
+        if force or time.monotonic() - state["written"] >= WRITE_EVERY_S:
             _write_results(results_path, merged())
+            if gallery is not None:
+                gallery.save()
+            state.update(written=time.monotonic(), dirty=False)
+
+    label = progress if isinstance(progress, str) else "bench"
+    bar = tqdm(total=len(todo), desc=label, unit="run", disable=not progress, dynamic_ncols=True)
+    if len(plan) > len(todo):
+        bar.set_postfix_str(f"{len(plan) - len(todo)} resumed")
+
+    def finish(u: _Unit, scores: dict[str, float], est: Tensor | None, crop: np.ndarray | None) -> None:
+        rec = {**u.rec, **scores}
+        if scorer is not None:
+            rec["lpips"] = scorer(est, u.sample.clean)
+        rec["seed"] = seed
+        new[u.key] = rec
+        if crop is not None and gallery is not None:
+            gallery.add(u.cond, method_label(u.method.name, u.passes), crop, scores["psnr"])
+        state["dirty"] = True
+        bar.update(1)
+        flush()
+
+    if gallery is not None:
+        gallery.clean = _crop_u8(first.clean, box)
+        for cond in gallery_conds:
+            if "noisy input" not in gallery.panels.get(cond, {}):
+                noisy = _noisy_input(first, cond, seed)
+                gallery.add(cond, "noisy input", _crop_u8(noisy, box), psnr(noisy, first.clean))
+                state["dirty"] = True
+
+    pool: ProcessPoolExecutor | None = None
+    pending: dict[Future, _Unit] = {}
+
+    def payload(u: _Unit) -> tuple:
+        return (u.method.name, u.sample, u.cond, seed, u.box, scorer is not None, with_ssim)
+
+    def drain(block: bool) -> None:
+        ready = wait_futures(list(pending), return_when="FIRST_COMPLETED")[0] if block else [f for f in pending if f.done()]
+        for f in sorted(ready, key=lambda f: order[pending[f].key]):  # finished together: plan order
+            u = pending.pop(f)
+            scores, crop, est8 = f.result()
+            finish(u, scores, None if est8 is None else est8.float() / 255, crop)
+
+    ok = False
+    try:
+        if jobs > 1 and any(u.method.classical for u in todo):
+            pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+            for u in todo:
+                if u.method.classical:
+                    pending[pool.submit(_classical_unit, *payload(u))] = u
+        cached: tuple[tuple, Tensor] | None = None  # the noisy input of the last (dataset, image, condition)
+        for u in todo:
+            if u.method.classical:
+                if pool is None:  # the same function as in a worker: the same record
+                    scores, crop, est8 = _classical_unit(*payload(u))
+                    finish(u, scores, None if est8 is None else est8.float() / 255, crop)
+                continue
+            bar.set_postfix_str(f"{u.method.name} {u.rec['dataset']}/{u.sample.name} {u.cond}", refresh=False)
+            ident = (u.rec["dataset"], u.sample.name, u.cond)
+            if cached is None or cached[0] != ident:
+                cached = (ident, _noisy_input(u.sample, u.cond, seed))
+            generator = torch.Generator(device=device).manual_seed(seed)
+            est = u.method.fn(cached[1].clone(), u.passes, generator)
+            if not isinstance(est, Tensor) or est.shape != u.sample.clean.shape:
+                got = tuple(est.shape) if isinstance(est, Tensor) else type(est).__name__
+                raise MaskdnError(f"method {u.method.name}: returned {got}, expected {tuple(u.sample.clean.shape)}")
+            est = est.detach().cpu().float()
+            finish(u, _scores(est, u.sample.clean, with_ssim), est, None if u.box is None else _crop_u8(est, u.box))
+            drain(block=False)
+        while pending:
+            drain(block=True)
+        ok = True
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=ok, cancel_futures=True)
+        bar.close()
+        flush(force=True)  # keep whatever finished, also on an error or an interrupt
     records = merged()
-    if not new and not results_path.exists():
+    if results_path is not None and not results_path.exists():
         _write_results(results_path, records)
-    if reports:
+    if reports and out is not None:
         from . import report
 
-        report.write_reports(records, out, gallery.as_dict(gallery_conds, method_labels))
+        gal = gallery.as_dict(gallery_conds, method_labels) if gallery is not None else None
+        report.write_reports(records, out, gal, notes=notes)
     return records

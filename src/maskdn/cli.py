@@ -108,15 +108,21 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .bench import PAPER_GRID, run_bench
-    from .report import summary_markdown
 
     methods = [*a.model, *a.method]
     if not methods:
         raise MaskdnError("give at least one --model or --method")
+    lpips = True if a.lpips_backbone else a.lpips
     records = run_bench(a.data, methods, a.noise or PAPER_GRID, a.out, seed=a.seed, passes=a.passes,
-                        limit=a.limit, device=a.device)
-    print(summary_markdown(records))
+                        limit=a.limit, device=a.device, jobs=a.jobs, lpips=lpips, lpips_backbone=a.lpips_backbone)
+    summary = (Path(a.out) / "summary.md").read_text(encoding="utf-8")
+    print(summary)
+    if lpips and not any("lpips" in r for r in records):
+        why = next((line[2:] for line in summary.splitlines() if line.startswith("- LPIPS not computed")), "")
+        print(f"maskdn: warning: {why or 'LPIPS not computed'}", file=sys.stderr)
     print(f"\nwrote {a.out}/ (results.json, summary.csv, summary.md, curves.png, gallery.png)")
     return 0
 
@@ -215,13 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="generalization benchmark: methods × noises × datasets, tables and plots")
     b.add_argument("--data", nargs="+", required=True, help="folders of clean images or *_real/*_mean pairs")
     b.add_argument("--model", nargs="*", default=[], help="zoo names or weights files")
-    b.add_argument("--method", nargs="*", default=[], help="built-in methods: noisy, nlm, bm3d")
+    b.add_argument("--method", nargs="*", default=[],
+                   help="built-in methods: noisy, nlm, bm3d (σ estimated), bm3d-oracle (true σ, gaussian/correlated only)")
     b.add_argument("--noise", nargs="*", default=None, help="noises name:level (default: the paper grid)")
     b.add_argument("--out", default="bench", help="output folder; an interrupted run resumes from it")
     b.add_argument("--passes", type=int, default=4, help="K for the K-pass score of stochastic models")
     b.add_argument("--limit", type=int, default=None, help="first N images per folder")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device", default="cpu")
+    b.add_argument("--jobs", type=int, default=1,
+                   help="worker processes for the built-in methods (models use torch threads); same results for any N")
+    b.add_argument("--lpips", action=argparse.BooleanOptionalAction, default=None,
+                   help="score LPIPS (default: when the lpips package and AlexNet weights are available offline)")
+    b.add_argument("--lpips-backbone", default=None, metavar="FILE",
+                   help="torchvision AlexNet weights (alexnet-owt-7be5be79.pth) for LPIPS; default: the torch hub cache")
     b.set_defaults(func=cmd_bench)
 
     y = sub.add_parser("analyze", help="feature statistics of models under several noises: histograms, distances, CKA")

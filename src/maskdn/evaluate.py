@@ -4,7 +4,7 @@ A folder is either clean images (noise is added, seeded per image) or real-noise
 ``*_real.*`` / ``*_mean.*`` (as PolyU), scored under the condition ``real``. The noisy image of a clean
 one is a pure function of (image name, noise, seed), so scores are reproducible and comparable
 between models. This is the small evaluation that ``maskdn models`` reports; the full benchmark
-(SSIM, classical baselines, plots) builds on it.
+(SSIM, LPIPS, classical baselines, plots) is :mod:`maskdn.bench`, whose loop this one runs.
 """
 
 from __future__ import annotations
@@ -13,16 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from .errors import MaskdnError
-from .inference import denoise_tensor
 from .io import expand_inputs, read_image, to_float_rgb
-from .metrics import psnr
 from .model import MaskedSwinIR
-from .noise import apply_noise, noise_seed, parse_noise
+from .noise import parse_noise
 
 REAL = "real"
 
@@ -65,33 +61,25 @@ def evaluate(
     tile: int | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Mean PSNR (dB) of ``model``'s output per dataset (folder name) and condition (noise or ``real``).
+    """Mean PSNR (dB, 2 decimals) of ``model``'s output per dataset (folder name) and condition.
 
-    ``model=None`` scores the noisy input itself, the reference every denoiser must beat.
+    Conditions are keyed as given in ``noises`` (``real`` for real-noise folders). ``model=None``
+    scores the noisy input itself, the reference every denoiser must beat. The records come from
+    :func:`maskdn.bench.run_bench` in memory (the benchmark's loop: the same noisy inputs and the same
+    seeded model runs), without SSIM, LPIPS or files.
     """
-    for spec in noises:
-        parse_noise(spec)
-    scores: dict[str, dict[str, float]] = {}
-    datasets = [(Path(f).name, load_dataset(f, limit)) for f in folders]
-    total = sum(len(s) * (1 if any(x.noisy is not None for x in s) else len(noises)) for _, s in datasets)
-    bar = tqdm(total=total, desc="evaluate", unit="image", disable=not progress)
-    for name, samples in datasets:
-        is_real = any(s.noisy is not None for s in samples)
-        per: dict[str, list[float]] = {}
-        for s in samples:
-            conditions = [REAL] if is_real else noises
-            for cond in conditions:
-                noisy = s.noisy if is_real else apply_noise(s.clean, cond, seed=noise_seed(seed, s.name, cond))
-                if model is None:
-                    out = noisy
-                else:
-                    gen = torch.Generator().manual_seed(seed)
-                    out = denoise_tensor(model, noisy[None], passes=passes, tile=tile, generator=gen)[0]
-                per.setdefault(cond, []).append(psnr(out, s.clean))
-                bar.update(1)
-        scores[name] = {cond: round(float(np.mean(v)), 2) for cond, v in per.items()}
-    bar.close()
-    return scores
+    from .bench import model_method, resolve_method, run_bench
+    from .report import condition_of
+
+    spelled = {str(parse_noise(n)): n for n in noises}  # canonical name:level → as the caller wrote it
+    method = resolve_method("noisy") if model is None else model_method(model, "model", [passes], tile=tile)
+    records = run_bench(folders, [method], list(noises), None, seed=seed, passes=passes, limit=limit,
+                        progress="evaluate" if progress else False, lpips=False, with_ssim=False)
+    per: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        cond = condition_of(r)
+        per.setdefault(r["dataset"], {}).setdefault(spelled.get(cond, cond), []).append(float(r["psnr"]))
+    return {name: {cond: round(float(np.mean(v)), 2) for cond, v in conds.items()} for name, conds in per.items()}
 
 
 def scores_table(scores: dict[str, dict[str, float]]) -> str:

@@ -1,7 +1,8 @@
 """Reports of benchmark records (see :mod:`maskdn.bench`): summary tables, curves and a crop gallery.
 
 Every file is written atomically. Records are dicts ``{dataset, image, method, passes, noise, level,
-psnr, ssim, seed}``; a condition is ``noise:level`` (``real`` for real-noise pairs).
+psnr, ssim, [lpips,] seed}``; a condition is ``noise:level`` (``real`` for real-noise pairs). A metric
+is summarized for a group only when every record of the group has it (LPIPS may be absent).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "plot_curves",
     "plot_gallery",
     "summarize",
+    "summary_markdown",
     "write_reports",
     "write_summary_csv",
     "write_summary_md",
@@ -43,10 +45,15 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict]:
-    """Mean PSNR and SSIM over images per (dataset, method, passes) × condition, in first-seen order.
+#: The per-image metrics a record may carry, in table order.
+METRICS = ("psnr", "ssim", "lpips")
 
-    Each row: ``{dataset, method, passes, label, noise, level, condition, images, psnr, ssim}``.
+
+def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """Mean PSNR, SSIM (and LPIPS) over images per (dataset, method, passes) × condition, first-seen order.
+
+    Each row: ``{dataset, method, passes, label, noise, level, condition, images, psnr, ssim, lpips}``;
+    a metric missing from any record of the group is NaN (``lpips`` is None when no record has it).
     """
     groups: dict[tuple, dict] = {}
     for r in records:
@@ -57,14 +64,19 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict]:
                 "dataset": r["dataset"], "method": r["method"], "passes": int(r["passes"]),
                 "label": method_label(r["method"], r["passes"]), "noise": r["noise"],
                 "level": None if r.get("level") is None else float(r["level"]),
-                "condition": key[3], "_psnr": [], "_ssim": [],
+                "condition": key[3], "_n": 0, "_values": {m: [] for m in METRICS},
             }
-        g["_psnr"].append(float(r["psnr"]))
-        g["_ssim"].append(float(r["ssim"]))
+        g["_n"] += 1
+        for m in METRICS:
+            if r.get(m) is not None:
+                g["_values"][m].append(float(r[m]))
     rows = []
     for g in groups.values():
-        p, s = g.pop("_psnr"), g.pop("_ssim")
-        rows.append({**g, "images": len(p), "psnr": _mean(p), "ssim": _mean(s)})
+        n, values = g.pop("_n"), g.pop("_values")
+        means = {m: _mean(v) if len(v) == n else math.nan for m, v in values.items()}
+        if not values["lpips"]:
+            means["lpips"] = None
+        rows.append({**g, "images": n, **means})
     return rows
 
 
@@ -76,13 +88,18 @@ def _write_text(path: str | Path, text: str) -> Path:
 
 def write_summary_csv(records: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     """The summary as a long CSV: one row per dataset × method × condition (means over images)."""
+    rows = summarize(records)
     fields = ["dataset", "method", "passes", "label", "noise", "level", "condition", "images", "psnr", "ssim"]
+    if any(r["lpips"] is not None for r in rows):
+        fields.append("lpips")
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
-    for row in summarize(records):
+    for row in rows:
+        lp = row["lpips"]
         w.writerow({**row, "level": "" if row["level"] is None else f"{row['level']:g}",
-                    "psnr": f"{row['psnr']:.4f}", "ssim": f"{row['ssim']:.5f}"})
+                    "psnr": f"{row['psnr']:.4f}", "ssim": f"{row['ssim']:.5f}",
+                    "lpips": "" if lp is None or math.isnan(lp) else f"{lp:.4f}"})
     return _write_text(path, buf.getvalue())
 
 
@@ -99,10 +116,18 @@ def _tables(rows: list[dict]) -> dict[str, tuple[list[str], list[str], dict[tupl
     return out
 
 
-def summary_markdown(records: Iterable[Mapping[str, Any]]) -> str:
-    """Markdown: one table per dataset, methods as rows, conditions as columns, best PSNR in bold."""
-    parts = ["# Benchmark summary", "", "Mean PSNR (dB) / SSIM over images; best PSNR per column in **bold**.", ""]
-    for dataset, (labels, conds, cells) in _tables(summarize(records)).items():
+def summary_markdown(records: Iterable[Mapping[str, Any]], notes: Sequence[str] = ()) -> str:
+    """Markdown: one table per dataset, methods as rows, conditions as columns, best PSNR in bold.
+
+    ``notes`` (one line each, e.g. why LPIPS is absent) are listed under the heading.
+    """
+    rows = summarize(records)
+    has_lpips = any(r["lpips"] is not None for r in rows)
+    what = "PSNR (dB) / SSIM / LPIPS (lower is better)" if has_lpips else "PSNR (dB) / SSIM"
+    parts = ["# Benchmark summary", "", f"Mean {what} over images; best PSNR per column in **bold**.", ""]
+    if notes:
+        parts += [f"- {n}" for n in notes] + [""]
+    for dataset, (labels, conds, cells) in _tables(rows).items():
         n = max((c["images"] for c in cells.values()), default=0)
         parts += [f"## {dataset} ({n} image{'s' if n != 1 else ''})", ""]
         parts.append("| method | " + " | ".join(conds) + " |")
@@ -119,15 +144,18 @@ def summary_markdown(records: Iterable[Mapping[str, Any]]) -> str:
                     row.append("–")
                     continue
                 text = f"{cell['psnr']:.2f} / {cell['ssim']:.3f}"
+                if has_lpips:
+                    lp = cell["lpips"]
+                    text += " / –" if lp is None or math.isnan(lp) else f" / {lp:.3f}"
                 row.append(f"**{text}**" if best[c] is not None and cell["psnr"] == best[c] else text)
             parts.append(f"| {lb} | " + " | ".join(row) + " |")
         parts.append("")
     return "\n".join(parts)
 
 
-def write_summary_md(records: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+def write_summary_md(records: Iterable[Mapping[str, Any]], path: str | Path, notes: Sequence[str] = ()) -> Path:
     """Write :func:`summary_markdown` to ``path`` atomically."""
-    return _write_text(path, summary_markdown(records))
+    return _write_text(path, summary_markdown(records, notes))
 
 
 def _pyplot():
@@ -236,12 +264,15 @@ def plot_gallery(gallery: Mapping[str, Any], path: str | Path) -> Path:
     return _save_figure(fig, path)
 
 
-def write_reports(records: Sequence[Mapping[str, Any]], out_dir: str | Path, gallery: Mapping[str, Any] | None = None) -> list[Path]:
-    """``summary.csv``, ``summary.md``, ``curves.png`` and (with ``gallery``) ``gallery.png`` in ``out_dir``."""
+def write_reports(
+    records: Sequence[Mapping[str, Any]], out_dir: str | Path, gallery: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> list[Path]:
+    """``summary.csv``, ``summary.md`` (with ``notes``), ``curves.png`` and (with ``gallery``) ``gallery.png``."""
     out = Path(out_dir)
     paths = [
         write_summary_csv(records, out / "summary.csv"),
-        write_summary_md(records, out / "summary.md"),
+        write_summary_md(records, out / "summary.md", notes),
         plot_curves(records, out / "curves.png"),
     ]
     if gallery is not None:

@@ -1,0 +1,121 @@
+"""LPIPS (Zhang et al. 2018) through the maintained ``lpips`` package, where it can run offline.
+
+LPIPS needs two sets of weights: the linear calibration layers, which ship inside the ``lpips`` wheel,
+and the ImageNet backbone (AlexNet, ``alexnet-owt-7be5be79.pth``), which torchvision downloads into the
+torch hub cache on first use. These machines have no network, so the backbone is taken from a file
+given explicitly (``--lpips-backbone``) or from the hub cache, and never downloaded. When the package
+or the file is missing, :func:`lpips_status` says why in one line and the benchmark leaves the column
+out.
+
+Convention (the package's defaults, as papers report LPIPS): ``net='alex'``, ``version='0.1'``, inputs
+scaled to [-1, 1], the spatial mean of the distance, one score per image (lower is better). Images are
+rounded to 8 bits first, like PSNR and SSIM in :mod:`maskdn.metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import MaskdnError
+from .metrics import to_uint8_levels
+
+__all__ = ["ALEXNET_FILE", "LpipsScorer", "LpipsStatus", "hub_backbone_path", "lpips_status"]
+
+#: The torchvision AlexNet weights file LPIPS-alex is defined on (its name in the torch hub cache).
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+_INSTALL = "pip install 'maskdn[lpips]' (the lpips package with a torchvision matching torch)"
+
+
+@dataclass(frozen=True)
+class LpipsStatus:
+    """Whether LPIPS can be scored here: the backbone file to use, or the one-line reason it cannot."""
+
+    available: bool
+    backbone: Path | None = None
+    reason: str = ""
+
+
+def hub_backbone_path() -> Path:
+    """Where torchvision caches the AlexNet weights: ``<torch hub dir>/checkpoints/alexnet-owt-7be5be79.pth``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+
+
+def _import_lpips():
+    """The ``lpips`` module, or a one-line reason (it imports torchvision, which may be absent or mismatched)."""
+    try:
+        import lpips  # type: ignore[import-not-found]
+    except ImportError as e:
+        missing = getattr(e, "name", None) or "lpips"
+        return None, f"the {missing} package is not installed: {_INSTALL}"
+    except Exception as e:  # noqa: BLE001  a torchvision built for another torch raises RuntimeError
+        return None, f"the lpips package does not import ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): {_INSTALL}"
+    return lpips, ""
+
+
+def lpips_status(backbone: str | Path | None = None) -> LpipsStatus:
+    """Can LPIPS run offline? Needs the ``lpips`` package and the AlexNet weights file.
+
+    ``backbone``: the weights file to use (a missing file is an error: it was asked for); default the
+    torch hub cache's :data:`ALEXNET_FILE`.
+    """
+    if backbone is not None:
+        path = Path(backbone)
+        if not path.is_file():
+            raise MaskdnError(f"{path}: no such LPIPS backbone weights file (torchvision's {ALEXNET_FILE})")
+    else:
+        path = hub_backbone_path()
+    _, why = _import_lpips()
+    if why:
+        return LpipsStatus(False, None, f"LPIPS not computed: {why}")
+    if not path.is_file():
+        return LpipsStatus(
+            False, None,
+            f"LPIPS not computed: no AlexNet backbone weights offline; put torchvision's {ALEXNET_FILE} at {path} "
+            f"or pass --lpips-backbone FILE",
+        )
+    return LpipsStatus(True, path)
+
+
+def _backbone_state(path: Path, slices: torch.nn.Module) -> dict[str, Tensor]:
+    """torchvision AlexNet keys ``features.I.*`` → the lpips slice keys ``sliceN.I.*``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  any unreadable file is the same one-line error
+        raise MaskdnError(f"{path}: cannot read LPIPS backbone weights ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    out = {}
+    for key in slices.state_dict():
+        _, rest = key.split(".", 1)  # "slice2.3.weight" → "3.weight"
+        src = f"features.{rest}"
+        if src not in state:
+            raise MaskdnError(f"{path}: not torchvision AlexNet weights (no {src})")
+        out[key] = state[src]
+    return out
+
+
+class LpipsScorer:
+    """LPIPS-alex v0.1 of ``[3, H, W]`` images in [0, 1] (8-bit rounded first); lower is more similar."""
+
+    def __init__(self, backbone: str | Path | None = None, device: str | torch.device = "cpu") -> None:
+        status = lpips_status(backbone)
+        if not status.available:
+            raise MaskdnError(status.reason)
+        lpips, _ = _import_lpips()
+        net = lpips.LPIPS(pretrained=True, net="alex", version="0.1", pnet_rand=True, verbose=False)
+        net.net.load_state_dict(_backbone_state(status.backbone, net.net), strict=True)
+        self.net = net.eval().to(device)
+        self.device = torch.device(device)
+        self.backbone = status.backbone
+
+    @torch.inference_mode()
+    def __call__(self, output: Tensor, target: Tensor) -> float:
+        if output.shape != target.shape or output.ndim != 3 or output.shape[0] != 3:
+            raise ValueError(f"lpips needs two RGB images [3, H, W] of one shape, got {tuple(output.shape)} and {tuple(target.shape)}")
+        a = (to_uint8_levels(output).float() / 127.5 - 1.0)[None].to(self.device)
+        b = (to_uint8_levels(target).float() / 127.5 - 1.0)[None].to(self.device)
+        return float(self.net(a, b).item())
