@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from .errors import MaskdnError
 from .evaluate import load_dataset
+from .io import make_output_dir
 from .model import MaskedSwinIR
 from .noise import apply_noise, noise_seed, parse_noise
 
@@ -400,10 +401,7 @@ def analyze(
     names = _layers(resolved, layers)
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MaskdnError(f"{out}: cannot create ({e.strerror or e})") from None
+        make_output_dir(out)
 
     images = [(s.name, _center_crop(s.clean, crop)) for s in samples]
     positions = {name: _token_positions(x.shape[-2] * x.shape[-1], tokens, seed, name) for name, x in images}

@@ -52,7 +52,7 @@ from .classical import (
 from .errors import MaskdnError
 from .evaluate import REAL, Sample, load_dataset
 from .inference import check_passes, denoise_tensor
-from .io import atomic_write
+from .io import atomic_write, make_output_dir
 from .metrics import psnr, ssim
 from .noise import apply_noise, noise_seed, parse_noise
 from .report import method_label
@@ -408,10 +408,7 @@ def run_bench(
 
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MaskdnError(f"{out}: cannot create ({e.strerror or e})") from None
+        make_output_dir(out)
     results_path = None if out is None else out / _RESULTS
     previous = [] if results_path is None else load_results(results_path)
     done: dict[tuple, dict] = {record_key(r): r for r in previous}

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from .errors import MaskdnError
 from .geometry import dihedral, dihedral_inverse
+from .io import make_output_dir
 from .model import MaskedSwinIR
 
 __all__ = ["denoise", "denoise_tensor", "denoise_files", "check_passes", "check_tile_options"]
@@ -290,13 +291,6 @@ def denoise(
 # --------------------------------------------------------------------------------------------------
 
 
-def _mkdir(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MaskdnError(f"{folder}: cannot create the output folder ({e.strerror or type(e).__name__})") from None
-
-
 def _output_paths(paths: list[Path], output: Path) -> Iterator[tuple[Path, Path]]:
     """Pairs (input, output path): one file → a named output file, else a folder of same-named files."""
     from .io import IMAGE_SUFFIXES
@@ -305,12 +299,12 @@ def _output_paths(paths: list[Path], output: Path) -> Iterator[tuple[Path, Path]
     if output.suffix.lower() in suffixes and not output.is_dir():
         if len(paths) != 1:
             raise MaskdnError(f"{output}: {len(paths)} inputs need an output folder, not an image file")
-        _mkdir(output.parent)
+        make_output_dir(output.parent)
         yield paths[0], output
         return
     if output.exists() and not output.is_dir():
         raise MaskdnError(f"{output}: exists and is not a folder")
-    _mkdir(output)
+    make_output_dir(output)
     for p in paths:
         yield p, output / p.name
 

@@ -37,6 +37,7 @@ __all__ = [
     "check_file",
     "expand_inputs",
     "from_float_rgb",
+    "make_output_dir",
     "read_image",
     "to_float_rgb",
     "write_image",
@@ -188,6 +189,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------------
+
+
+def make_output_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and parents) for outputs; a failure is a one-line :class:`MaskdnError`."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MaskdnError(f"{folder}: cannot create the output folder ({e.strerror or type(e).__name__})") from None
+    return folder
 
 
 def _create_temp(path: Path) -> Path:
