@@ -3,7 +3,8 @@
 Workloads (masks on, as in masked training and testing):
   (a) forward pass on one 768×512 RGB image (inference mode);
   (b) one training step on 16 patches of 64×64: forward, L1 loss, backward, Adam;
-  (c) tiled denoise of a 6000×4000 image (tile 256, overlap 32): time and peak resident memory.
+  (c) tiled denoise of a 6000×4000 image (tile 256, overlap 32): time and peak resident memory, on the
+      maskdn default rows (``--tiled-all``: every row).
 Each configuration runs in its own process, so the allocator setting (glibc default, or maskdn's
 ``keep_freed_memory``) and the peak memory are its own. Rows: path × allocator × dtype, so the table
 shows where the time goes; "maskdn default" is the fast path with ``keep_freed_memory``. Achieved
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up; the best counts")
     p.add_argument("--quick", action="store_true", help="only the reference and maskdn-default rows, no tiled run")
     p.add_argument("--tiled-presets", nargs="*", default=["small"], help="presets for the 6000×4000 run (slow)")
+    p.add_argument("--tiled-all", action="store_true",
+                   help="tiled run for every row, not only the maskdn default (the reference takes about 10 min)")
     p.add_argument("--out", default=str(ROOT / "results" / "speed.json"))
     p.add_argument("--worker", choices=["steps", "tiled"], help=argparse.SUPPRESS)
     p.add_argument("--preset", help=argparse.SUPPRESS)
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 r.update(preset=preset_name, path=impl, keep_freed_memory=keep, label=label, dtype=dtype,
                          forward_gflops=flops["forward"] / r["forward_s"] / 1e9,
                          train_gflops=flops["train_step"] / r["train_step_s"] / 1e9)
-                if not a.quick and preset_name in a.tiled_presets and keep:
+                if not a.quick and preset_name in a.tiled_presets and (keep or a.tiled_all) and (impl == "fast" or a.tiled_all):
                     r.update(_run_worker("tiled", preset_name, impl, keep, bf16, a))
                 results.append(r)
                 print(f"{preset_name:6} {label:42} {dtype:8}  fwd {r['forward_s']:7.2f} s  train {r['train_step_s']:7.2f} s"
