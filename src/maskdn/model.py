@@ -299,8 +299,16 @@ class WindowAttention(nn.Module):
         # [3·heads, B_·N, d]: one plain 3-D transpose copy (a 5-D permute copies far slower)
         qkv = qkv.view(B_ * N, 3 * heads, d).transpose(0, 1).contiguous().view(3, heads, B_, N, d)
         bias = self.relative_position_bias().to(qkv.dtype)
-        if torch.is_grad_enabled():
-            out = torch.stack([self._scores(qkv, i, bias[i], 0, B_, layout).softmax(-1) @ qkv[2, i] for i in range(heads)])
+        if torch.is_grad_enabled():  # all heads at once: per-head slices would each back-propagate a full zero qkv
+            q, k, v = qkv.unbind(0)  # each [heads, B_, N, d]
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn.add_(bias.unsqueeze(1))  # in place is safe: matmul's backward does not need its output
+            if layout.border_slot is not None:
+                slot = layout.border_slot[torch.arange(B_, device=attn.device) % layout.n_windows]
+                hit = (slot >= 0).nonzero().squeeze(1)
+                border = layout.border_mask[slot[hit]].to(attn.dtype)
+                attn.index_add_(1, hit, border.unsqueeze(0).expand(heads, -1, -1, -1))
+            out = attn.softmax(-1) @ v
         else:  # cache-sized groups of windows through one reused score buffer (fresh pages fault)
             out = torch.empty(heads, B_, N, d, dtype=qkv.dtype, device=x.device)
             buffer = torch.empty(min(self.INFERENCE_CHUNK, B_), N, N, dtype=qkv.dtype, device=x.device)
