@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from PIL import Image
 
 import maskdn
@@ -66,7 +67,10 @@ def test_config_toml_round_trip_and_overrides(tmp_path):
     assert set(shipped_configs()) >= {"paper", "baseline", "cpu-masked-small", "cpu-baseline-small"}
     small = load_config("cpu-masked-small")
     assert (small.patch_size, small.batch_size, small.lr, small.warmup, small.schedule, small.min_lr_ratio,
-            small.grad_clip, small.bf16, small.iterations, small.threads) == (48, 16, 1e-3, 100, "cosine", 0.01, 1.0, True, 6000, 1)
+            small.grad_clip, small.bf16, small.iterations, small.threads) == (48, 16, 1e-3, 100, "cosine", 0.01, 1.0, True, 8000, 1)
+    assert tuple(small.input_mask_range) == (0.0, 0.9) and small.attn_mask_ratio == 0.75
+    twin = load_config("cpu-baseline-small")  # the same recipe with both masks off
+    assert dataclasses.replace(twin, attn_mask_ratio=0.75, input_mask=True, input_mask_range=small.input_mask_range) == small
 
 
 def test_config_errors_name_the_file_and_key(tmp_path):
@@ -252,6 +256,15 @@ def test_each_shipped_config_trains(name, image_folder, tmp_path):
     assert load_config(tmp_path / name / "config.toml") == cfg  # the saved config reruns the run
 
 
+def test_compiled_training_computes_the_same_run(image_folder, tmp_path):
+    """compile=true trains through torch.compile; the saved weights keep plain key names and match eager."""
+    eager = train(_cfg(image_folder, tmp_path / "eager", iterations=2), progress=False)
+    compiled = train(_cfg(image_folder, tmp_path / "compiled", iterations=2, compile=True), progress=False)
+    a, b = load_file(eager), load_file(compiled)
+    assert a.keys() == b.keys() and not any("_orig_mod" in k for k in b)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
 def test_resume_continues_and_refuses_a_changed_config(image_folder, tmp_path, monkeypatch):
     straight = train(_cfg(image_folder, tmp_path / "a"), progress=False)
 
@@ -350,7 +363,7 @@ def test_tensorboard_missing_is_said_once(image_folder, tmp_path):
 
 
 def test_export_loads_and_denoises(image_folder, tmp_path, capsys):
-    cfg = _cfg(image_folder, tmp_path / "run", iterations=3, attn_mask_ratio=0.5)
+    cfg = _cfg(image_folder, tmp_path / "run", iterations=3, attn_mask_ratio=0.5, input_mask_range=(0.8, 0.9))
     train(cfg, progress=False)
     out = tmp_path / "released.safetensors"
     assert main(["export", str(tmp_path / "run"), "-o", str(out)]) == 0

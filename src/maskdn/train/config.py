@@ -26,7 +26,7 @@ from ..noise import parse_noise
 SCHEDULES = ("constant", "multistep", "cosine")
 
 #: Fields that may change between a run and its resumption: they do not change what is computed.
-HARMLESS = frozenset({"out", "threads", "workers", "device", "log_every", "save_every", "tensorboard"})
+HARMLESS = frozenset({"out", "threads", "workers", "device", "log_every", "save_every", "tensorboard", "compile"})
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,9 @@ class TrainConfig:
     init: str = ""  # start from these weights (zoo name or file, same architecture); "" = random init
     attn_mask_ratio: float = 0.75  # fraction of attention tokens masked (0 = off), also at test time
     input_mask: bool = True
-    input_mask_range: tuple[float, float] = (0.8, 0.9)  # per-sample fraction of input pixels hidden
+    input_mask_range: tuple[float, float] = (0.0, 0.9)  # per-sample fraction of input pixels hidden (paper: 0.8–0.9)
     # optimisation: Adam on the L1 loss, EMA of the weights
-    iterations: int = 6000
+    iterations: int = 8000
     lr: float = 1e-3
     schedule: str = "cosine"  # constant | multistep | cosine, after a linear warm-up
     warmup: int = 100
@@ -57,6 +57,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
     ema_decay: float = 0.999
     bf16: bool = True  # bf16 autocast of the forward pass
+    compile: bool = False  # torch.compile the training forward (for GPUs: on CPU it did not pay, docs/performance.md)
     # validation of the EMA model on an out-of-distribution set ("" = none)
     val_data: str = ""
     val_noise: str = "poisson:2"

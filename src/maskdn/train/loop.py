@@ -168,6 +168,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
     net = model
     if ctx.world_size > 1:  # a collective: no process starts (and rank 0 saves nothing) before all loaded
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
+    if cfg.compile:  # the step calls net; model (uncompiled, same parameters) is what gets saved
+        net = torch.compile(net)
     loader = batch_loader(Batches(sampler, cfg.batch_size, it, cfg.iterations, ctx.rank, ctx.world_size),
                           cfg.workers, cfg.seed)
 

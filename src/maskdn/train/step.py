@@ -20,6 +20,12 @@ from torch import Tensor, nn
 from .ema import EMA
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under ``torch.compile`` (``_orig_mod``) and DistributedDataParallel (``module``)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -51,5 +57,5 @@ def train_step(
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     if ema is not None:
-        ema.update(getattr(model, "module", model))  # DDP wraps the model
+        ema.update(unwrap(model))
     return value
