@@ -242,6 +242,19 @@ def test_jobs_give_identical_records_and_resume(data, tmp_path):
         run_bench(data["dirs"], methods, NOISES, tmp_path / "j3", jobs=0, progress=False)
 
 
+def test_jobs_run_cpu_models_in_workers(data, tmp_path, monkeypatch):
+    """With jobs > 1 a model named by path runs in the workers: this process never runs it itself."""
+    methods = [str(data["model"])]
+    one = run_bench(data["dirs"], methods, NOISES, tmp_path / "j1", passes=2, progress=False, reports=False, jobs=1)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("a model ran in the main process")
+
+    monkeypatch.setattr(bench, "_method_unit", not_here)
+    two = run_bench(data["dirs"], methods, NOISES, tmp_path / "j2", passes=2, progress=False, reports=False, jobs=2)
+    assert two == one and {r["passes"] for r in two} == {1, 2}
+
+
 # --------------------------------------------------------------------------------------------------
 # LPIPS: availability, the reason it is absent, and parity with the lpips package
 # --------------------------------------------------------------------------------------------------

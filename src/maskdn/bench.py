@@ -18,9 +18,10 @@ estimated from the noisy image) and ``bm3d-oracle`` (the true σ, only where one
 elsewhere); any other name is a maskdn zoo model or weights file. Stochastic models (test-time
 attention masking) are scored both single-pass and with ``passes`` averaged passes.
 
-``jobs > 1`` runs the built-in methods (single-threaded CPU work, noisy input included) in that many
-worker processes, one work item per (method, image, condition), while models run in this process on
-torch's own threads; the records are the same for any ``jobs``. LPIPS (:mod:`maskdn.perceptual`) is
+``jobs > 1`` runs the work in that many single-threaded worker processes, one item per (method, image,
+condition): the built-in methods (noisy input included) and, on the CPU, the models given by name or
+path (each worker loads a model once); callables, and models on a GPU, run in this process. The records
+are the same for any ``jobs``. LPIPS (:mod:`maskdn.perceptual`) is
 scored when its weights are available offline; otherwise ``summary.md`` says why it is absent.
 """
 
@@ -107,13 +108,15 @@ class Method:
     """A named denoiser: ``fn(noisy [3, H, W], passes, generator) -> estimate [3, H, W]``.
 
     ``pass_counts`` lists the pass counts it is scored with (``[1]`` unless stochastic). ``classical``
-    marks a built-in of :mod:`maskdn.classical`, run by name (in worker processes when ``jobs > 1``).
+    marks a built-in of :mod:`maskdn.classical`, run by name; ``source`` is the zoo name or weights
+    path a model was loaded from. Both can run in worker processes (``jobs > 1``, on the CPU).
     """
 
     name: str
     fn: Callable[[Tensor, int, torch.Generator | None], Tensor]
     pass_counts: list[int] = field(default_factory=lambda: [1])
     classical: bool = False
+    source: str | None = None
 
 
 def _plain(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor, int, torch.Generator | None], Tensor]:
@@ -168,7 +171,9 @@ def resolve_method(method: str | tuple[str, Callable[[Tensor], Tensor]] | Method
         ) from None
     counts = [1, passes] if model.masks_attention and passes > 1 else [1]
     label = Path(name).stem if (os.sep in name or name.endswith((".safetensors", ".pth"))) else name
-    return model_method(model, label, counts, device=device)
+    method = model_method(model, label, counts, device=device)
+    method.source = str(Path(name).resolve()) if Path(name).exists() else name
+    return method
 
 
 def _resolve_all(methods: Any, passes: int, device: str | torch.device) -> list[Method]:
@@ -312,20 +317,52 @@ def _scores(est: Tensor, clean: Tensor, with_ssim: bool) -> dict[str, float]:
     return out
 
 
-def _classical_unit(
-    method: str, sample: Sample, cond: str, seed: int, box: tuple[int, int, int] | None, want_est: bool, with_ssim: bool
+def _unit_result(
+    est: Tensor, sample: Sample, box: tuple[int, int, int] | None, want_est: bool, with_ssim: bool
 ) -> tuple[dict[str, float], np.ndarray | None, Tensor | None]:
-    """One built-in (method, image, condition): (scores, gallery crop or None, 8-bit estimate or None).
-
-    A pure function of its arguments, run here or in a worker process (the same result either way).
-    """
-    est = denoise_classical(method, _noisy_input(sample, cond, seed), cond).float()
+    """(scores, gallery crop or None, 8-bit estimate or None) of one estimate."""
     crop = None if box is None else _crop_u8(est, box)
     est8 = torch.round(est.clamp(0, 1) * 255).to(torch.uint8) if want_est else None
     return _scores(est, sample.clean, with_ssim), crop, est8
 
 
+def _classical_unit(
+    method: str, sample: Sample, cond: str, seed: int, box: tuple[int, int, int] | None, want_est: bool, with_ssim: bool
+) -> tuple[dict[str, float], np.ndarray | None, Tensor | None]:
+    """One built-in (method, image, condition), a pure function of its arguments: run here or in a worker
+    process, the same result either way."""
+    est = denoise_classical(method, _noisy_input(sample, cond, seed), cond).float()
+    return _unit_result(est, sample, box, want_est, with_ssim)
+
+
+def _method_unit(
+    method: Method, passes: int, sample: Sample, cond: str, seed: int, box: tuple[int, int, int] | None,
+    want_est: bool, with_ssim: bool, device: str | torch.device = "cpu", noisy: Tensor | None = None,
+) -> tuple[dict[str, float], np.ndarray | None, Tensor | None]:
+    """One run of a model (or callable) method under a generator seeded with ``seed``; ``noisy`` saves
+    regenerating the input when the caller has it."""
+    noisy = _noisy_input(sample, cond, seed) if noisy is None else noisy
+    est = method.fn(noisy.clone(), passes, torch.Generator(device=device).manual_seed(seed))
+    if not isinstance(est, Tensor) or est.shape != sample.clean.shape:
+        got = tuple(est.shape) if isinstance(est, Tensor) else type(est).__name__
+        raise MaskdnError(f"method {method.name}: returned {got}, expected {tuple(sample.clean.shape)}")
+    return _unit_result(est.detach().cpu().float(), sample, box, want_est, with_ssim)
+
+
+_WORKER_MODELS: dict[tuple[str, int], Method] = {}
+
+
+def _model_unit(source: str, max_passes: int, passes: int, *args) -> tuple[dict[str, float], np.ndarray | None, Tensor | None]:
+    """:func:`_method_unit` in a worker process, which loads each model once."""
+    if (source, max_passes) not in _WORKER_MODELS:
+        _WORKER_MODELS[(source, max_passes)] = resolve_method(source, max_passes)
+    return _method_unit(_WORKER_MODELS[(source, max_passes)], passes, *args)
+
+
 def _worker_init() -> None:
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()  # a spawned process starts with glibc's defaults
     torch.set_num_threads(1)  # one work item per process: threads inside it only contend
 
 
@@ -372,7 +409,7 @@ def run_bench(
     (records of other runs, e.g. other methods or seeds, are kept too). With ``reports`` the summaries
     and plots are written. ``out_dir=None`` keeps everything in memory (no resume, files or reports).
 
-    ``jobs``: worker processes for the built-in methods. ``lpips``: True/None (automatic) scores LPIPS
+    ``jobs``: worker processes for the built-in methods and CPU models. ``lpips``: True/None (automatic) scores LPIPS
     when :func:`~maskdn.perceptual.lpips_status` finds its weights (``lpips_backbone`` or the torch hub
     cache), else the reason goes into ``summary.md``; False never. ``with_ssim=False`` skips SSIM.
     ``progress``: a tqdm bar (with ETA) on stderr; a string is its label.
@@ -494,6 +531,14 @@ def run_bench(
     def payload(u: _Unit) -> tuple:
         return (u.method.name, u.sample, u.cond, seed, u.box, scorer is not None, with_ssim)
 
+    def in_worker(u: _Unit) -> bool:  # models in workers on the CPU only (one process per GPU is enough)
+        return jobs > 1 and (u.method.classical or (u.method.source is not None and torch.device(device).type == "cpu"))
+
+    def submit(u: _Unit) -> Future:
+        if u.method.classical:
+            return pool.submit(_classical_unit, *payload(u))
+        return pool.submit(_model_unit, u.method.source, max(u.method.pass_counts), u.passes, *payload(u)[1:])
+
     def drain(block: bool) -> None:
         ready = wait_futures(list(pending), return_when="FIRST_COMPLETED")[0] if block else [f for f in pending if f.done()]
         for f in sorted(ready, key=lambda f: order[pending[f].key]):  # finished together: plan order
@@ -503,29 +548,24 @@ def run_bench(
 
     ok = False
     try:
-        if jobs > 1 and any(u.method.classical for u in todo):
+        if any(in_worker(u) for u in todo):
             pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
             for u in todo:
-                if u.method.classical:
-                    pending[pool.submit(_classical_unit, *payload(u))] = u
+                if in_worker(u):
+                    pending[submit(u)] = u
         cached: tuple[tuple, Tensor] | None = None  # the noisy input of the last (dataset, image, condition)
         for u in todo:
-            if u.method.classical:
-                if pool is None:  # the same function as in a worker: the same record
-                    scores, crop, est8 = _classical_unit(*payload(u))
-                    finish(u, scores, None if est8 is None else est8.float() / 255, crop)
+            if in_worker(u):
                 continue
-            bar.set_postfix_str(f"{u.method.name} {u.rec['dataset']}/{u.sample.name} {u.cond}", refresh=False)
-            ident = (u.rec["dataset"], u.sample.name, u.cond)
-            if cached is None or cached[0] != ident:
-                cached = (ident, _noisy_input(u.sample, u.cond, seed))
-            generator = torch.Generator(device=device).manual_seed(seed)
-            est = u.method.fn(cached[1].clone(), u.passes, generator)
-            if not isinstance(est, Tensor) or est.shape != u.sample.clean.shape:
-                got = tuple(est.shape) if isinstance(est, Tensor) else type(est).__name__
-                raise MaskdnError(f"method {u.method.name}: returned {got}, expected {tuple(u.sample.clean.shape)}")
-            est = est.detach().cpu().float()
-            finish(u, _scores(est, u.sample.clean, with_ssim), est, None if u.box is None else _crop_u8(est, u.box))
+            if u.method.classical:  # the same function as in a worker: the same record
+                scores, crop, est8 = _classical_unit(*payload(u))
+            else:
+                bar.set_postfix_str(f"{u.method.name} {u.rec['dataset']}/{u.sample.name} {u.cond}", refresh=False)
+                ident = (u.rec["dataset"], u.sample.name, u.cond)
+                if cached is None or cached[0] != ident:
+                    cached = (ident, _noisy_input(u.sample, u.cond, seed))
+                scores, crop, est8 = _method_unit(u.method, u.passes, *payload(u)[1:], device=device, noisy=cached[1])
+            finish(u, scores, None if est8 is None else est8.float() / 255, crop)
             drain(block=False)
         while pending:
             drain(block=True)

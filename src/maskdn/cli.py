@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device", default="cpu")
     b.add_argument("--jobs", type=int, default=1,
-                   help="worker processes for the built-in methods (models use torch threads); same results for any N")
+                   help="single-threaded worker processes for the methods and, on the CPU, the models; same results for any N")
     b.add_argument("--lpips", action=argparse.BooleanOptionalAction, default=None,
                    help="score LPIPS (default: when the lpips package and AlexNet weights are available offline)")
     b.add_argument("--lpips-backbone", default=None, metavar="FILE",
