@@ -427,3 +427,14 @@ def test_cli_bench_progress_jobs_limit_resume_errors(data, tmp_path, capsys):
         assert main(argv) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("maskdn: error: ") and msg in err[0]
+
+
+def test_curves_stack_every_dataset(tmp_path):
+    """One PSNR row and one SSIM row per dataset with synthetic noise, stacked in curves.png."""
+    from maskdn.report import plot_curves
+
+    recs = [{"dataset": d, "image": "a", "method": "m", "passes": 1, "noise": "gaussian", "level": lv,
+             "psnr": 30 - lv / 10, "ssim": 0.8, "seed": 0} for d in ("A", "B") for lv in (15, 25)]
+    one = Image.open(plot_curves(recs[:2], tmp_path / "one.png")).size
+    two = Image.open(plot_curves(recs, tmp_path / "two.png")).size
+    assert one[0] == two[0] and two[1] > 1.8 * one[1]

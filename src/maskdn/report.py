@@ -178,15 +178,14 @@ def _save_figure(fig, path: str | Path) -> Path:
 
 
 def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, dataset: str | None = None) -> Path:
-    """PSNR (top row) and SSIM (bottom row) against the level, one panel per noise type, one line per method.
+    """PSNR and SSIM against the level, one panel per noise type, one line per method.
 
-    Plots ``dataset`` (default: the first dataset with synthetic noise; its name is in the title).
+    Two rows (PSNR, SSIM) per dataset with synthetic noise, stacked (only ``dataset`` when given).
     """
     plt = _pyplot()
     rows = [r for r in summarize(records) if r["level"] is not None]
-    if dataset is None and rows:
-        dataset = rows[0]["dataset"]
-    rows = [r for r in rows if r["dataset"] == dataset]
+    datasets = [dataset] if dataset is not None else list(dict.fromkeys(r["dataset"] for r in rows))
+    rows = [r for r in rows if r["dataset"] in datasets]
     noises = list(dict.fromkeys(r["noise"] for r in rows))
     labels = list(dict.fromkeys(r["label"] for r in rows))
     if not noises:
@@ -195,23 +194,25 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, dataset:
         ax.text(0.5, 0.5, "no synthetic-noise results to plot", ha="center", va="center")
         return _save_figure(fig, path)
     n = len(noises)
-    fig, axes = plt.subplots(2, n, figsize=(2.8 * n + 0.5, 5.2), squeeze=False)
-    for j, noise in enumerate(noises):
-        for i, metric in enumerate(("psnr", "ssim")):
-            ax = axes[i][j]
-            for lb in labels:
-                pts = sorted((r["level"], r[metric]) for r in rows if r["noise"] == noise and r["label"] == lb)
-                if pts:
-                    xs, ys = zip(*pts)
-                    ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=lb)
-            if i == 0:
-                ax.set_title(noise)
-            else:
-                ax.set_xlabel("level")
-            if j == 0:
-                ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM")
-            ax.grid(True, alpha=0.3)
-            ax.tick_params(labelsize=7)
+    fig, axes = plt.subplots(2 * len(datasets), n, figsize=(2.8 * n + 0.5, 5.2 * len(datasets)), squeeze=False)
+    for d, name in enumerate(datasets):
+        for j, noise in enumerate(noises):
+            for i, metric in enumerate(("psnr", "ssim")):
+                ax = axes[2 * d + i][j]
+                for lb in labels:
+                    pts = sorted((r["level"], r[metric]) for r in rows
+                                 if r["dataset"] == name and r["noise"] == noise and r["label"] == lb)
+                    if pts:
+                        xs, ys = zip(*pts)
+                        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=lb)
+                if i == 0:
+                    ax.set_title(f"{name}: {noise}", fontsize=9)
+                else:
+                    ax.set_xlabel("level")
+                if j == 0:
+                    ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM")
+                ax.grid(True, alpha=0.3)
+                ax.tick_params(labelsize=7)
     handles, names = axes[0][0].get_legend_handles_labels()
     for ax in axes.flat:  # a legend with every method, wherever it appears
         for h, nm in zip(*ax.get_legend_handles_labels()):
@@ -219,8 +220,8 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, dataset:
                 handles.append(h)
                 names.append(nm)
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), fontsize=8, frameon=False)
-    fig.suptitle(f"Dataset: {dataset}")
-    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    fig.suptitle("Datasets: " + ", ".join(datasets))
+    fig.tight_layout(rect=(0, 0.07 / len(datasets), 1, 1 - 0.05 / len(datasets)))
     return _save_figure(fig, path)
 
 
