@@ -291,8 +291,9 @@ class WindowAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.proj(out.reshape(B_, self.num_heads, N, -1).transpose(1, 2).reshape(B_, N, C))
 
-    def fast(self, x: Tensor, layout: WindowLayout, token_keep: Tensor | None = None) -> Tensor:
-        """The default path; ``layout`` says which windows need the shift mask."""
+    def fast(self, x: Tensor, layout: WindowLayout, token_keep: Tensor | None = None, offset: int = 0) -> Tensor:
+        """The default path; ``layout`` says which windows need the shift mask, ``x`` holding the windows
+        from number ``offset`` on."""
         B_, N, C = x.shape
         heads, d = self.num_heads, C // self.num_heads
         qkv = self.qkv(x) if token_keep is None else self._visible_qkv(x, token_keep)
@@ -304,7 +305,7 @@ class WindowAttention(nn.Module):
             attn = (q * self.scale) @ k.transpose(-2, -1)
             attn.add_(bias.unsqueeze(1))  # in place is safe: matmul's backward does not need its output
             if layout.border_slot is not None:
-                slot = layout.border_slot[torch.arange(B_, device=attn.device) % layout.n_windows]
+                slot = layout.border_slot[torch.arange(offset, offset + B_, device=attn.device) % layout.n_windows]
                 hit = (slot >= 0).nonzero().squeeze(1)
                 border = layout.border_mask[slot[hit]].to(attn.dtype)
                 attn.index_add_(1, hit, border.unsqueeze(0).expand(heads, -1, -1, -1))
@@ -315,7 +316,7 @@ class WindowAttention(nn.Module):
             for i in range(heads):
                 for s in range(0, B_, self.INFERENCE_CHUNK):
                     e = min(s + self.INFERENCE_CHUNK, B_)
-                    attn = self._scores(qkv, i, bias[i], s, e, layout, out=buffer[: e - s])
+                    attn = self._scores(qkv, i, bias[i], s, e, layout, out=buffer[: e - s], offset=offset)
                     torch.bmm(torch.softmax(attn, dim=-1, out=attn), qkv[2, i, s:e], out=out[i, s:e])
         out = out.view(heads, B_ * N, d).transpose(0, 1).reshape(B_, N, C)
         return self.proj(out)
@@ -329,7 +330,8 @@ class WindowAttention(nn.Module):
         return out.index_copy(0, kept, projected)
 
     def _scores(
-        self, qkv: Tensor, i: int, bias: Tensor, s: int, e: int, layout: WindowLayout, out: Tensor | None = None
+        self, qkv: Tensor, i: int, bias: Tensor, s: int, e: int, layout: WindowLayout, out: Tensor | None = None,
+        offset: int = 0,
     ) -> Tensor:
         """Attention logits ``[e−s, N, N]`` of head ``i`` for windows ``s:e``: scaled ``q·k`` + bias + shift mask.
 
@@ -339,7 +341,7 @@ class WindowAttention(nn.Module):
         q, k = qkv[0, i, s:e], qkv[1, i, s:e]
         attn = torch.baddbmm(bias.expand(e - s, -1, -1), q, k.transpose(1, 2), alpha=self.scale, out=out)
         if layout.border_slot is not None:
-            slot = layout.border_slot[torch.arange(s, e, device=attn.device) % layout.n_windows]
+            slot = layout.border_slot[torch.arange(offset + s, offset + e, device=attn.device) % layout.n_windows]
             hit = (slot >= 0).nonzero().squeeze(1)
             attn.index_add_(0, hit, layout.border_mask[slot[hit]].to(attn.dtype))
         return attn
@@ -369,12 +371,17 @@ class SwinTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
+    WINDOW_GROUP = 64
+    """Windows carried through a whole block at once without autograd: their activations stay in cache."""
+
     def forward(self, x: Tensor, size: tuple[int, int], token_keep: Tensor | None = None) -> Tensor:
         H, W = size
         B, L, C = x.shape
         ws, shift = self.window_size, self.shift_size
         if self.attn.impl == "fast":
             layout = window_layout(H, W, ws, shift, x.device)
+            if not torch.is_grad_enabled():
+                return self._forward_in_window_groups(x, layout, token_keep)
             windows = self.norm1(x).index_select(1, layout.order).view(-1, ws * ws, C)
             h = self.attn.fast(windows, layout, token_keep).view(B, L, C).index_select(1, layout.inverse)
         else:  # the literal sequence: roll, partition, attend, reverse, roll back
@@ -390,6 +397,22 @@ class SwinTransformerBlock(nn.Module):
             h = h.reshape(B, L, C)
         x = x + h
         return x + self.mlp(self.norm2(x))
+
+
+    def _forward_in_window_groups(self, x: Tensor, layout: WindowLayout, token_keep: Tensor | None) -> Tensor:
+        """The fast path without autograd: the whole block in window order, a group of windows at a time.
+
+        Norms, MLP and residuals act per token and attention per window, so the block commutes with the
+        gather into windows; one gather in, one out, and each group's activations stay in cache.
+        """
+        B, L, C = x.shape
+        xw = x.index_select(1, layout.order).view(-1, self.window_size**2, C)  # a copy: updated in place
+        for s in range(0, xw.shape[0], self.WINDOW_GROUP):
+            g = xw[s : s + self.WINDOW_GROUP]
+            keep = None if token_keep is None else token_keep[s : s + self.WINDOW_GROUP]
+            g += self.attn.fast(self.norm1(g), layout, keep, offset=s)
+            g += self.mlp(self.norm2(g))
+        return xw.view(B, L, C).index_select(1, layout.inverse)
 
 
 def residual_conv(dim: int, kind: str) -> nn.Module:
