@@ -203,16 +203,16 @@ def test_forward_intermediates_names(tiny_model):
 
 
 @pytest.mark.parametrize("impl", ["fast"])
-def test_inference_window_chunks_change_nothing(tiny_masked_model, monkeypatch, impl):
-    """Without autograd, attention runs in groups of windows; groups must not cross images or masks."""
-    from maskdn.model import WindowAttention
+def test_inference_window_chunks_change_nothing(sharp_masked_model, monkeypatch, impl):
+    """Without autograd, blocks run in groups of windows; groups must not cross images or masks."""
+    from maskdn.model import SwinTransformerBlock
 
-    tiny_masked_model.set_attention(impl)
+    sharp_masked_model.set_attention(impl)
     x = torch.rand(2, 3, 40, 24)  # 15 windows per image: chunks of 4 straddle nothing they should not
     with torch.no_grad():
-        whole = tiny_masked_model(x, generator=torch.Generator().manual_seed(0))
-        monkeypatch.setattr(WindowAttention, "INFERENCE_CHUNK", 4)
-        chunked = tiny_masked_model(x, generator=torch.Generator().manual_seed(0))
+        whole = sharp_masked_model(x, generator=torch.Generator().manual_seed(0))
+        monkeypatch.setattr(SwinTransformerBlock, "WINDOW_GROUP", 4)
+        chunked = sharp_masked_model(x, generator=torch.Generator().manual_seed(0))
     assert (whole - chunked).abs().max().item() <= 1e-6
 
 

@@ -163,6 +163,15 @@ class WindowLayout:
     border_slot: Tensor | None
     border_mask: Tensor | None
 
+    def border(self, start: int, count: int) -> tuple[Tensor, Tensor] | None:
+        """Of the windows ``start … start+count−1`` (numbered across the batch), the positions that need
+        the shift mask and their masks ``[n, N, N]``; None without a shift."""
+        if self.border_slot is None:
+            return None
+        slot = self.border_slot[torch.arange(start, start + count, device=self.border_slot.device) % self.n_windows]
+        hit = (slot >= 0).nonzero().squeeze(1)
+        return hit, self.border_mask[slot[hit]]
+
 
 @functools.lru_cache(maxsize=32)
 def window_layout(H: int, W: int, ws: int, shift: int, device: torch.device) -> WindowLayout:
@@ -232,15 +241,12 @@ class WindowAttention(nn.Module):
     * ``reference``: the literal computation of the authors' code (scale, matmul, add the bias, add the
       shift mask, softmax, matmul, each a separate pass); the yardstick for tests and benchmarks;
     * ``fast`` (default): the qkv projection of kept tokens only (a zeroed token projects to the bias),
-      one head at a time over a contiguous ``[3, heads, B·nW, N, d]`` qkv, the bias
-      folded into the score matmul (``baddbmm``), the shift mask added to the border windows only and,
-      without autograd, cache-sized groups of windows with in-place softmax;
+      a contiguous ``[3, heads, B·nW, N, d]`` qkv, the shift mask added to the border windows only and,
+      without autograd, one head at a time with the bias folded into the score matmul (``baddbmm``)
+      and an in-place softmax in one reused buffer (the block passes cache-sized groups of windows);
     * ``sdpa``: ``scaled_dot_product_attention`` with bias and shift mask as one float mask (on CPU it
       falls back to the math kernel; on GPU it can use a fused one).
     """
-
-    INFERENCE_CHUNK = 256
-    """Windows attended at once without autograd: bounds the score buffers, which keeps them in cache."""
 
     def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
         super().__init__()
@@ -304,20 +310,21 @@ class WindowAttention(nn.Module):
             q, k, v = qkv.unbind(0)  # each [heads, B_, N, d]
             attn = (q * self.scale) @ k.transpose(-2, -1)
             attn.add_(bias.unsqueeze(1))  # in place is safe: matmul's backward does not need its output
-            if layout.border_slot is not None:
-                slot = layout.border_slot[torch.arange(offset, offset + B_, device=attn.device) % layout.n_windows]
-                hit = (slot >= 0).nonzero().squeeze(1)
-                border = layout.border_mask[slot[hit]].to(attn.dtype)
-                attn.index_add_(1, hit, border.unsqueeze(0).expand(heads, -1, -1, -1))
+            border = layout.border(offset, B_)
+            if border is not None:
+                hit, masks = border
+                attn.index_add_(1, hit, masks.to(attn.dtype).unsqueeze(0).expand(heads, -1, -1, -1))
             out = attn.softmax(-1) @ v
-        else:  # cache-sized groups of windows through one reused score buffer (fresh pages fault)
+        else:  # one score buffer reused by every head (fresh pages fault), softmax in place
             out = torch.empty(heads, B_, N, d, dtype=qkv.dtype, device=x.device)
-            buffer = torch.empty(min(self.INFERENCE_CHUNK, B_), N, N, dtype=qkv.dtype, device=x.device)
+            buffer = torch.empty(B_, N, N, dtype=qkv.dtype, device=x.device)
+            border = layout.border(offset, B_)
             for i in range(heads):
-                for s in range(0, B_, self.INFERENCE_CHUNK):
-                    e = min(s + self.INFERENCE_CHUNK, B_)
-                    attn = self._scores(qkv, i, bias[i], s, e, layout, out=buffer[: e - s], offset=offset)
-                    torch.bmm(torch.softmax(attn, dim=-1, out=attn), qkv[2, i, s:e], out=out[i, s:e])
+                attn = torch.baddbmm(bias[i].expand(B_, -1, -1), qkv[0, i], qkv[1, i].transpose(1, 2),
+                                     alpha=self.scale, out=buffer)
+                if border is not None:
+                    attn.index_add_(0, border[0], border[1].to(attn.dtype))
+                torch.bmm(torch.softmax(attn, dim=-1, out=attn), qkv[2, i], out=out[i])
         out = out.view(heads, B_ * N, d).transpose(0, 1).reshape(B_, N, C)
         return self.proj(out)
 
@@ -328,23 +335,6 @@ class WindowAttention(nn.Module):
         projected = self.qkv(flat.index_select(0, kept))
         out = self.qkv.bias.to(projected.dtype).expand(flat.shape[0], -1).clone()
         return out.index_copy(0, kept, projected)
-
-    def _scores(
-        self, qkv: Tensor, i: int, bias: Tensor, s: int, e: int, layout: WindowLayout, out: Tensor | None = None,
-        offset: int = 0,
-    ) -> Tensor:
-        """Attention logits ``[e−s, N, N]`` of head ``i`` for windows ``s:e``: scaled ``q·k`` + bias + shift mask.
-
-        The shift mask is added in place to the border windows only; that is safe under autograd too,
-        because ``baddbmm``'s backward does not need its output.
-        """
-        q, k = qkv[0, i, s:e], qkv[1, i, s:e]
-        attn = torch.baddbmm(bias.expand(e - s, -1, -1), q, k.transpose(1, 2), alpha=self.scale, out=out)
-        if layout.border_slot is not None:
-            slot = layout.border_slot[torch.arange(offset + s, offset + e, device=attn.device) % layout.n_windows]
-            hit = (slot >= 0).nonzero().squeeze(1)
-            attn.index_add_(0, hit, layout.border_mask[slot[hit]].to(attn.dtype))
-        return attn
 
 
 class Mlp(nn.Module):
@@ -363,6 +353,9 @@ class Mlp(nn.Module):
 class SwinTransformerBlock(nn.Module):
     """Pre-norm (shifted) window attention and MLP, each with a residual; tokens ``[B, H·W, C]``."""
 
+    WINDOW_GROUP = 64
+    """Windows carried through a whole block at once without autograd: their activations stay in cache."""
+
     def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, mlp_ratio: float) -> None:
         super().__init__()
         self.window_size, self.shift_size = window_size, shift_size
@@ -370,9 +363,6 @@ class SwinTransformerBlock(nn.Module):
         self.attn = WindowAttention(dim, window_size, num_heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    WINDOW_GROUP = 64
-    """Windows carried through a whole block at once without autograd: their activations stay in cache."""
 
     def forward(self, x: Tensor, size: tuple[int, int], token_keep: Tensor | None = None) -> Tensor:
         H, W = size
@@ -397,7 +387,6 @@ class SwinTransformerBlock(nn.Module):
             h = h.reshape(B, L, C)
         x = x + h
         return x + self.mlp(self.norm2(x))
-
 
     def _forward_in_window_groups(self, x: Tensor, layout: WindowLayout, token_keep: Tensor | None) -> Tensor:
         """The fast path without autograd: the whole block in window order, a group of windows at a time.
