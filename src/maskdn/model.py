@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -127,23 +128,30 @@ def relative_position_index(ws: int) -> Tensor:
     return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
 
 
-def shift_attention_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
-    """``[nW, ws², ws²]`` additive mask (0 or −100) for shifted windows of an ``H×W`` map.
+def window_regions(H: int, W: int, ws: int, shift: int) -> Tensor:
+    """``[nW, ws²]`` image region (0…8) of every token of the shifted windows of an ``H×W`` map.
 
     After the cyclic shift, a window at the border holds pixels from up to four image regions that are
-    not neighbours; tokens from different regions must not attend to each other. The reference path
-    computes it on every call, as the authors' code does; the fast path keeps a :class:`WindowLayout`.
+    not neighbours; tokens from different regions must not attend to each other.
     """
-    region = torch.zeros(1, H, W, 1)
+    region = torch.zeros(1, H, W, 1, dtype=torch.long)
     cnt = 0
     bands = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
     for h in bands:
         for w in bands:
             region[:, h, w, :] = cnt
             cnt += 1
-    ids = window_partition(region, ws).squeeze(-1)  # [nW, N]
+    return window_partition(region, ws).squeeze(-1)
+
+
+def shift_attention_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
+    """``[nW, ws², ws²]`` additive mask (0 or −100) for shifted windows of an ``H×W`` map: −100 between
+    tokens of different :func:`window_regions`. The reference path computes it on every call, as the
+    authors' code does; the fast path keeps a :class:`WindowLayout`.
+    """
+    ids = window_regions(H, W, ws, shift)
     diff = ids.unsqueeze(1) - ids.unsqueeze(2)
-    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+    return torch.zeros(diff.shape).masked_fill(diff != 0, -100.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,7 +162,8 @@ class WindowLayout:
     window partition as one copy) and ``inverse`` scatters them back. Only windows on the last window
     row or column see more than one image region after the shift, so the shift mask is kept for those
     alone: ``border_mask`` ``[n_border, N, N]``, and ``border_slot`` ``[nW]`` gives each window's row in
-    it (−1: no mask needed).
+    it (−1: no mask needed). ``region`` ``[nW, N]`` numbers the regions inside each window 0…3, for the
+    kept-keys attention.
     """
 
     order: Tensor
@@ -162,6 +171,7 @@ class WindowLayout:
     n_windows: int
     border_slot: Tensor | None
     border_mask: Tensor | None
+    region: Tensor | None
 
     def border(self, start: int, count: int) -> tuple[Tensor, Tensor] | None:
         """Of the windows ``start … start+count−1`` (numbered across the batch), the positions that need
@@ -190,14 +200,17 @@ def _build_window_layout(H: int, W: int, ws: int, shift: int, device: torch.devi
         index = torch.roll(index, shifts=(-shift, -shift), dims=(1, 2))
     order = window_partition(index, ws).reshape(-1)
     n_windows = (H // ws) * (W // ws)
-    slot = border_mask = None
+    slot = border_mask = region = None
     if shift:
         full = shift_attention_mask(H, W, ws, shift)
         border = (full != 0).flatten(1).any(1).nonzero().squeeze(1)
         slot = torch.full((n_windows,), -1, dtype=torch.long)
         slot[border] = torch.arange(border.numel())
         slot, border_mask = slot.to(device), full[border].to(device)
-    return WindowLayout(order.to(device), torch.argsort(order).to(device), n_windows, slot, border_mask)
+        ids = window_regions(H, W, ws, shift)
+        rank = F.one_hot(ids, 9).amax(1).cumsum(1) - 1  # [nW, 9]: each present region's rank in its window
+        region = rank.gather(1, ids).to(device)
+    return WindowLayout(order.to(device), torch.argsort(order).to(device), n_windows, slot, border_mask, region)
 
 
 def reflect_pad(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
@@ -228,6 +241,57 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
+class _PermuteRows(torch.autograd.Function):
+    """``x[index]`` for a permutation ``index`` of the rows of ``x``, with ``inverse`` its inverse.
+
+    The backward gathers with the inverse; ``index_select``'s own backward scatters with accumulation,
+    several times slower on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+class _KeysByQueries(torch.autograd.Function):
+    """The attention core ``values · softmax_keys(keys · q · scale + logits)``, laid out keys × queries.
+
+    ``qT`` ``[b, d, N]``, ``keys`` ``[b, K, d]``, ``valuesT`` ``[b, d, K]``, ``logits`` ``[b, K, N]`` →
+    ``[b, d, N]``. Every batched matmul here, backward included, has the 64 queries as its output rows'
+    length: with few keys and head dims of 8–10, the other layouts run 2–3x slower on CPU, and so does a
+    softmax over a short last dimension. Computes in the dtype of ``qT`` (bf16 under autocast).
+    """
+
+    @staticmethod
+    def forward(ctx, qT: Tensor, keys: Tensor, valuesT: Tensor, logits: Tensor, scale: float) -> Tensor:
+        ctx.dtypes, ctx.scale = [t.dtype for t in (qT, keys, valuesT, logits)], scale
+        dtype = qT.dtype
+        with torch.autocast(qT.device.type, enabled=False):
+            keys, valuesT = keys.to(dtype), valuesT.to(dtype)
+            p = torch.baddbmm(logits.to(dtype), keys, qT, alpha=scale).softmax(1)
+            out = torch.bmm(valuesT, p)
+        ctx.save_for_backward(qT, keys, valuesT, p, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        qT, keys, valuesT, p, out = ctx.saved_tensors
+        grad = grad.to(p.dtype).contiguous()
+        dp = torch.bmm(valuesT.transpose(1, 2), grad)
+        d_valuesT = torch.bmm(grad, p.transpose(1, 2))
+        d_logits = dp.sub_((out * grad).sum(1, keepdim=True)).mul_(p)  # softmax backward: Σ_k p·dp = Σ_d out·grad
+        d_qT = torch.bmm(keys.transpose(1, 2), d_logits).mul_(ctx.scale)
+        d_keys = torch.bmm(qT, d_logits.transpose(1, 2)).mul_(ctx.scale).transpose(1, 2)
+        grads = (d_qT, d_keys, d_valuesT, d_logits)
+        return (*(g.to(t) for g, t in zip(grads, ctx.dtypes)), None)
+
+
 ATTENTION_IMPLS = ("fast", "reference", "sdpa")
 """Interchangeable attention paths; all compute the same function (tests hold them to 1e-4)."""
 
@@ -240,10 +304,11 @@ class WindowAttention(nn.Module):
 
     * ``reference``: the literal computation of the authors' code (scale, matmul, add the bias, add the
       shift mask, softmax, matmul, each a separate pass); the yardstick for tests and benchmarks;
-    * ``fast`` (default): the qkv projection of kept tokens only (a zeroed token projects to the bias),
-      a contiguous ``[3, heads, B·nW, N, d]`` qkv, the shift mask added to the border windows only and,
-      without autograd, one head at a time with the bias folded into the score matmul (``baddbmm``)
-      and an in-place softmax in one reused buffer (the block passes cache-sized groups of windows);
+    * ``fast`` (default): with a token mask, attention over the kept keys (:meth:`kept_keys`); without
+      one, a contiguous ``[3, heads, B·nW, N, d]`` qkv, the shift mask added to the border windows only
+      and, without autograd, one head at a time with the bias folded into the score matmul
+      (``baddbmm``) and an in-place softmax in one reused buffer (the block passes cache-sized groups of
+      windows);
     * ``sdpa``: ``scaled_dot_product_attention`` with bias and shift mask as one float mask (on CPU it
       falls back to the math kernel; on GPU it can use a fused one).
     """
@@ -297,12 +362,12 @@ class WindowAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.proj(out.reshape(B_, self.num_heads, N, -1).transpose(1, 2).reshape(B_, N, C))
 
-    def fast(self, x: Tensor, layout: WindowLayout, token_keep: Tensor | None = None, offset: int = 0) -> Tensor:
-        """The default path; ``layout`` says which windows need the shift mask, ``x`` holding the windows
-        from number ``offset`` on."""
+    def fast(self, x: Tensor, layout: WindowLayout, offset: int = 0) -> Tensor:
+        """The default path without a token mask; ``layout`` says which windows need the shift mask, ``x``
+        holding the windows from number ``offset`` on."""
         B_, N, C = x.shape
         heads, d = self.num_heads, C // self.num_heads
-        qkv = self.qkv(x) if token_keep is None else self._visible_qkv(x, token_keep)
+        qkv = self.qkv(x)
         # [3·heads, B_·N, d]: one plain 3-D transpose copy (a 5-D permute copies far slower)
         qkv = qkv.view(B_ * N, 3 * heads, d).transpose(0, 1).contiguous().view(3, heads, B_, N, d)
         bias = self.relative_position_bias().to(qkv.dtype)
@@ -328,13 +393,72 @@ class WindowAttention(nn.Module):
         out = out.view(heads, B_ * N, d).transpose(0, 1).reshape(B_, N, C)
         return self.proj(out)
 
-    def _visible_qkv(self, x: Tensor, token_keep: Tensor) -> Tensor:
-        """``qkv(x · keep)`` projecting only the kept tokens: a zeroed token's q, k and v are the bias."""
-        flat = x.reshape(-1, x.shape[-1])
-        kept = token_keep.reshape(-1).nonzero().squeeze(1)
-        projected = self.qkv(flat.index_select(0, kept))
-        out = self.qkv.bias.to(projected.dtype).expand(flat.shape[0], -1).clone()
-        return out.index_copy(0, kept, projected)
+    def kept_keys(self, x: Tensor, keep: Tensor, region: Tensor | None, groups: int = 1) -> Tensor:
+        """The fast path with a token mask: windows ``x`` ``[n, N, C]`` (sorted by kept count, see
+        :func:`windows_by_kept_count`), kept tokens ``keep`` ``[n, N]`` (bool), ``region`` ``[n, N]`` as
+        in :class:`WindowLayout` (None: no shift); returns ``[n, N, C]`` after the output projection.
+
+        Masked tokens project to the qkv bias, so every masked key of a window is the same vector ``b_k``
+        with value ``b_v``; only its relative-position bias differs. The masked keys therefore fold into
+        one key whose logit is ``q·b_k·scale + log Σ_masked exp(bias)``, and a window attends to its ~16
+        kept keys plus that one instead of 64, padded to the largest count among the windows attended
+        together; ``groups`` consecutive runs of windows are attended separately, each padded to its own.
+        """
+        n = x.shape[0]
+        bounds = sorted({round(i * n / groups) for i in range(groups + 1)})
+        out = [self._attend_kept(x[a:b], keep[a:b], None if region is None else region[a:b])
+               for a, b in itertools.pairwise(bounds)]
+        return self.proj(out[0] if len(out) == 1 else torch.cat(out))
+
+    def _attend_kept(self, x: Tensor, keep: Tensor, region: Tensor | None) -> Tensor:
+        """Attention of windows ``x`` ``[b, N, C]`` with kept tokens ``keep`` ``[b, N]`` (bool), before
+        the output projection; ``region`` ``[b, N]`` as in :class:`WindowLayout` (None: no shift)."""
+        b, N, C = x.shape
+        heads, d = self.num_heads, C // self.num_heads
+        n_kept = keep.sum(1)
+        K = int(n_kept.max())
+        order = torch.argsort(keep.to(torch.uint8), dim=1, descending=True, stable=True)[:, :K]  # kept first
+        valid = torch.arange(K, device=x.device) < n_kept[:, None]
+        weight, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(x * keep.unsqueeze(-1).to(x.dtype), weight[:C], bias[:C])  # a masked token's q is the bias
+        kept = x.reshape(b * N, C).index_select(0, (order + N * torch.arange(b, device=x.device)[:, None]).view(-1))
+        kv = F.linear(kept, weight[C:], bias[C:]).view(b, K, 2, heads, d)
+        kv = torch.cat([kv, bias[C:].to(kv.dtype).view(1, 1, 2, heads, d).expand(b, 1, -1, -1, -1)], 1)
+        keys = kv[:, :, 0].permute(2, 0, 1, 3).reshape(heads * b, K + 1, d)
+        valuesT = kv[:, :, 1].permute(2, 0, 3, 1).reshape(heads * b, d, K + 1)
+        qT = q.view(b, N, heads, d).permute(2, 0, 3, 1).reshape(heads * b, d, N)
+        logits = self._kept_key_logits(~keep, order, valid, region)
+        out = _KeysByQueries.apply(qT, keys, valuesT, logits, self.scale)
+        return out.view(heads, b, d, N).permute(1, 3, 0, 2).reshape(b, N, C)
+
+    def _kept_key_logits(self, masked: Tensor, order: Tensor, valid: Tensor, region: Tensor | None) -> Tensor:
+        """``[heads·b, K+1, N]`` bias of each kept key (rows; −inf for padding) and of the folded masked
+        key (last row) for every query. A kept key of another region gets the shift mask's −100, as in
+        the reference; the fold sums the masked keys of the query's own region only (the reference
+        weighs the others by e^−100, below float precision)."""
+        b, K = order.shape
+        with torch.autocast(masked.device.type, enabled=False):
+            bias = self.relative_position_bias().float()  # [heads, N queries, N keys]
+            heads, N = bias.shape[:2]
+            top = bias.detach().amax(-1, keepdim=True)
+            weights = (bias - top).exp().reshape(heads * N, N)
+            if region is None:
+                total = (weights @ masked.float().t()).view(heads, N, b)
+            else:  # sum over the masked keys of the query's own region
+                per_region = masked.float().unsqueeze(-1) * F.one_hot(region, 4).float()  # [b, N keys, 4]
+                total = (weights @ per_region.permute(1, 0, 2).reshape(N, b * 4)).view(heads, N, b, 4)
+                total = total.gather(3, region.t().reshape(1, N, b, 1).expand(heads, -1, -1, -1)).squeeze(3)
+            # no masked key for that query (its region): −inf, not log(0) (whose gradient is inf·0)
+            folded = torch.where(total > 0, total.clamp_min(1e-30).log(), float("-inf")).add(top).transpose(1, 2)
+            padding = bias.new_full((heads, 1, N), float("-inf"))
+            table = torch.cat([bias.transpose(1, 2), folded, padding], 1)  # rows: one key's bias for every query
+            rows = torch.where(valid, order, N + b)
+            rows = torch.cat([rows, N + torch.arange(b, device=rows.device)[:, None]], 1)
+            logits = table.index_select(1, rows.view(-1)).view(heads, b, K + 1, N)
+            if region is not None:
+                apart = region.gather(1, order)[:, :, None] != region[:, None, :]  # [b, K, N]
+                logits = logits + F.pad(apart.float() * -100.0, (0, 0, 0, 1))
+        return logits.view(heads * b, K + 1, N)
 
 
 class Mlp(nn.Module):
@@ -350,11 +474,45 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+@dataclass(frozen=True, eq=False)
+class KeptOrder:
+    """Windows of a batch sorted by their number of kept tokens, for :meth:`WindowAttention.kept_keys`.
+
+    ``rows`` ``[n·N]`` gathers tokens ``[B·H·W, C]`` straight into the sorted windows (shift and
+    partition included), ``inverse`` scatters them back; ``keep`` ``[n, N]`` (bool) and ``region``
+    ``[n, N]`` (None without a shift) follow the sorted order. Sorting lets windows with similar counts
+    be attended together, each group padded only to its own largest count.
+    """
+
+    rows: Tensor
+    inverse: Tensor
+    keep: Tensor
+    region: Tensor | None
+
+
+def windows_by_kept_count(layout: WindowLayout, batch: int, token_keep: Tensor) -> KeptOrder:
+    """The :class:`KeptOrder` of ``batch`` images laid out by ``layout`` under ``token_keep`` ``[n, N, 1]``."""
+    n_windows, N = token_keep.shape[0], token_keep.shape[1]
+    keep = token_keep.reshape(n_windows, N) > 0
+    by_count = torch.argsort(keep.sum(1), stable=True)
+    L = layout.order.numel()
+    image_start = L * torch.arange(batch, device=keep.device).view(batch, 1, 1)
+    rows = (layout.order.view(1, -1, N) + image_start).view(n_windows, N)[by_count].view(-1)
+    inverse = torch.empty_like(rows)
+    inverse[rows] = torch.arange(rows.numel(), device=rows.device)
+    region = None if layout.region is None else layout.region[by_count % layout.n_windows]
+    return KeptOrder(rows, inverse, keep[by_count], region)
+
+
 class SwinTransformerBlock(nn.Module):
     """Pre-norm (shifted) window attention and MLP, each with a residual; tokens ``[B, H·W, C]``."""
 
     WINDOW_GROUP = 64
     """Windows carried through a whole block at once without autograd: their activations stay in cache."""
+
+    KEPT_KEY_GROUPS = 4
+    """With autograd and a token mask, the windows sorted by kept count are attended in this many groups,
+    each padded to its own largest count: about 4 padding keys per window instead of about 14."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, mlp_ratio: float) -> None:
         super().__init__()
@@ -372,8 +530,14 @@ class SwinTransformerBlock(nn.Module):
             layout = window_layout(H, W, ws, shift, x.device)
             if not torch.is_grad_enabled():
                 return self._forward_in_window_groups(x, layout, token_keep)
-            windows = self.norm1(x).index_select(1, layout.order).view(-1, ws * ws, C)
-            h = self.attn.fast(windows, layout, token_keep).view(B, L, C).index_select(1, layout.inverse)
+            if token_keep is not None:
+                order = windows_by_kept_count(layout, B, token_keep)
+                windows = _PermuteRows.apply(self.norm1(x).reshape(B * L, C), order.rows, order.inverse)
+                h = self.attn.kept_keys(windows.view(-1, ws * ws, C), order.keep, order.region, self.KEPT_KEY_GROUPS)
+                h = _PermuteRows.apply(h.view(B * L, C), order.inverse, order.rows).view(B, L, C)
+            else:
+                windows = self.norm1(x).index_select(1, layout.order).view(-1, ws * ws, C)
+                h = self.attn.fast(windows, layout).view(B, L, C).index_select(1, layout.inverse)
         else:  # the literal sequence: roll, partition, attend, reverse, roll back
             h = self.norm1(x).view(B, H, W, C)
             shift_mask = None
@@ -395,13 +559,22 @@ class SwinTransformerBlock(nn.Module):
         gather into windows; one gather in, one out, and each group's activations stay in cache.
         """
         B, L, C = x.shape
-        xw = x.index_select(1, layout.order).view(-1, self.window_size**2, C)  # a copy: updated in place
-        for s in range(0, xw.shape[0], self.WINDOW_GROUP):
-            g = xw[s : s + self.WINDOW_GROUP]
-            keep = None if token_keep is None else token_keep[s : s + self.WINDOW_GROUP]
-            g += self.attn.fast(self.norm1(g), layout, keep, offset=s)
+        N, G = self.window_size**2, self.WINDOW_GROUP
+        if token_keep is None:
+            xw = x.index_select(1, layout.order).view(-1, N, C)  # a copy: updated in place
+        else:  # windows sorted by kept count, so a group's windows pad to similar counts
+            order = windows_by_kept_count(layout, B, token_keep)
+            xw = x.reshape(B * L, C).index_select(0, order.rows).view(-1, N, C)
+        for s in range(0, xw.shape[0], G):
+            g = xw[s : s + G]
+            if token_keep is None:
+                g += self.attn.fast(self.norm1(g), layout, offset=s)
+            else:
+                g += self.attn.kept_keys(self.norm1(g), order.keep[s : s + G], None if order.region is None else order.region[s : s + G])
             g += self.mlp(self.norm2(g))
-        return xw.view(B, L, C).index_select(1, layout.inverse)
+        if token_keep is None:
+            return xw.view(B, L, C).index_select(1, layout.inverse)
+        return xw.view(B * L, C).index_select(0, order.inverse).view(B, L, C)
 
 
 def residual_conv(dim: int, kind: str) -> nn.Module:
