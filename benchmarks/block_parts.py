@@ -18,7 +18,13 @@ from pathlib import Path
 
 import torch
 
-from maskdn.model import SwinTransformerBlock, _PermuteRows, preset, window_layout, windows_by_kept_count
+from maskdn.model import (
+    SwinTransformerBlock,
+    _PermuteRows,
+    preset,
+    window_layout,
+    windows_by_kept_count,
+)
 from maskdn.runtime import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parent
