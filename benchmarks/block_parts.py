@@ -18,13 +18,7 @@ from pathlib import Path
 
 import torch
 
-from maskdn.model import (
-    SwinTransformerBlock,
-    _PermuteRows,
-    preset,
-    window_layout,
-    windows_by_kept_count,
-)
+from maskdn.model import SwinTransformerBlock, preset
 from maskdn.runtime import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parent
@@ -53,24 +47,18 @@ def parts(preset_name: str, shift: int, ratio: float) -> dict[str, tuple[float, 
     torch.manual_seed(0)
     block = SwinTransformerBlock(C, heads, ws, shift, cfg.mlp_ratio)
     x = torch.randn(BATCH, PATCH * PATCH, C, requires_grad=True)
-    n_windows = BATCH * (PATCH // ws) ** 2
-    keep = (torch.rand(n_windows, ws * ws, 1) >= ratio).float()
-    order = windows_by_kept_count(window_layout(PATCH, PATCH, ws, shift, x.device), BATCH, keep)
-
-    def attention():
-        windows = _PermuteRows.apply(block.norm1(x).reshape(-1, C), order.rows, order.inverse)
-        h = block.attn.kept_keys(windows.view(n_windows, -1, C), order.keep, order.region, block.KEPT_KEY_GROUPS)
-        return _PermuteRows.apply(h.reshape(-1, C), order.inverse, order.rows)
+    keep = (torch.rand(BATCH * (PATCH // ws) ** 2, ws * ws, 1) >= ratio).float()
+    size = (PATCH, PATCH)
 
     runs = {
-        "block (fast)": lambda: block(x, (PATCH, PATCH), keep),
-        "attention: norm, gathers, kept keys, projection": attention,
+        "block (fast)": lambda: block(x, size, keep),
+        "attention: norm, gathers, kept keys, projection": lambda: block.attention(x, size, keep),
         "attention: output projection alone": lambda: block.attn.proj(x),
         "MLP with its LayerNorm": lambda: block.mlp(block.norm2(x)),
     }
     out = {name: _median_ms(fn, x, block) for name, fn in runs.items()}
     block.attn.impl = "reference"
-    out["block (literal reference path)"] = _median_ms(lambda: block(x, (PATCH, PATCH), keep), x, block)
+    out["block (literal reference path)"] = _median_ms(lambda: block(x, size, keep), x, block)
     return out
 
 

@@ -182,7 +182,7 @@ def test_kept_keys_train_under_bf16_autocast(tiny_masked_model):
 def test_window_with_every_token_kept_has_no_folded_key():
     """With nothing masked there is no masked key to fold: its logit must be −inf, not log(tiny), which
     wins when every kept key scores far below the bias key (q·(k − b_k) ≪ 0), as built here."""
-    from maskdn.model import WindowAttention
+    from maskdn.model import WindowAttention, window_layout
 
     attn = WindowAttention(16, 8, 2)
     with torch.no_grad():
@@ -194,9 +194,10 @@ def test_window_with_every_token_kept_has_no_folded_key():
         attn.qkv.bias[32:] = 5.0  # the masked value, which must get no weight
     x = 1 + 0.01 * torch.randn(3, 64, 16, generator=torch.Generator().manual_seed(1))
     keep = torch.ones(3, 64, dtype=torch.bool)
+    layout = window_layout(24, 8, 8, 0, x.device)  # three windows, no shift
     with torch.no_grad():
         expected = attn.reference(x, None, keep.unsqueeze(-1).float())
-        got = attn.kept_keys(x, keep, None)
+        got = attn.kept_keys(x, keep, layout.kind, attn.key_tables(layout.kind_mask))
     assert (got - expected).abs().max().item() <= 1e-4
 
 
@@ -219,6 +220,7 @@ def test_shifted_window_layout_gathers_like_roll_and_partition():
     kept = layout.border_slot >= 0
     assert torch.equal(full[kept], layout.border_mask) and not full[~kept].any()
     assert kept.sum().item() == (H // ws) + (W // ws) - 1  # last window row and column
+    assert torch.equal(layout.kind_mask[layout.kind], full) and len(layout.kind_mask) == 4  # interior, right, bottom, corner
 
 
 def test_masked_eval_is_stochastic_but_seeded(tiny_masked_model):
