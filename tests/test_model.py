@@ -217,8 +217,8 @@ def test_shifted_window_layout_gathers_like_roll_and_partition():
     assert torch.equal(gathered, rolled)
     assert torch.equal(gathered.view(2, H * W, 5).index_select(1, layout.inverse), x.view(2, H * W, 5))
     full = shift_attention_mask(H, W, ws, shift)
-    kept = layout.border_slot >= 0
-    assert torch.equal(full[kept], layout.border_mask) and not full[~kept].any()
+    kept = layout.border_kind[layout.kind]
+    assert torch.equal(full[kept], layout.kind_mask[layout.kind[kept]]) and not full[~kept].any()
     assert kept.sum().item() == (H // ws) + (W // ws) - 1  # last window row and column
     assert torch.equal(layout.kind_mask[layout.kind], full) and len(layout.kind_mask) == 4  # interior, right, bottom, corner
 

@@ -128,30 +128,23 @@ def relative_position_index(ws: int) -> Tensor:
     return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
 
 
-def window_regions(H: int, W: int, ws: int, shift: int) -> Tensor:
-    """``[nW, ws²]`` image region (0…8) of every token of the shifted windows of an ``H×W`` map.
+def shift_attention_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
+    """``[nW, ws², ws²]`` additive mask (0 or −100) for shifted windows of an ``H×W`` map.
 
     After the cyclic shift, a window at the border holds pixels from up to four image regions that are
-    not neighbours; tokens from different regions must not attend to each other.
+    not neighbours; tokens from different regions must not attend to each other. The reference path
+    computes it on every call, as the authors' code does; the fast path keeps a :class:`WindowLayout`.
     """
-    region = torch.zeros(1, H, W, 1, dtype=torch.long)
+    region = torch.zeros(1, H, W, 1)
     cnt = 0
     bands = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
     for h in bands:
         for w in bands:
             region[:, h, w, :] = cnt
             cnt += 1
-    return window_partition(region, ws).squeeze(-1)
-
-
-def shift_attention_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
-    """``[nW, ws², ws²]`` additive mask (0 or −100) for shifted windows of an ``H×W`` map: −100 between
-    tokens of different :func:`window_regions`. The reference path computes it on every call, as the
-    authors' code does; the fast path keeps a :class:`WindowLayout`.
-    """
-    ids = window_regions(H, W, ws, shift)
+    ids = window_partition(region, ws).squeeze(-1)  # [nW, N]
     diff = ids.unsqueeze(1) - ids.unsqueeze(2)
-    return torch.zeros(diff.shape).masked_fill(diff != 0, -100.0)
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,30 +152,28 @@ class WindowLayout:
     """Everything the fast path derives from ``(H, W, window, shift)``, computed once and cached.
 
     ``order`` gathers the tokens ``[B, H·W, C]`` straight into shifted windows (the cyclic roll and the
-    window partition as one copy) and ``inverse`` scatters them back. Only windows on the last window
-    row or column see more than one image region after the shift, so the shift mask is kept for those
-    alone: ``border_mask`` ``[n_border, N, N]``, and ``border_slot`` ``[nW]`` gives each window's row in
-    it (−1: no mask needed). For the kept-keys attention, ``kind`` ``[nW]`` indexes the few distinct
-    shift masks ``kind_mask`` ``[n_kinds, N, N]`` (interior, right column, bottom row, corner; one
-    all-zero kind without a shift).
+    window partition as one copy) and ``inverse`` scatters them back. The shift mask takes only a few
+    distinct values per window: ``kind`` ``[nW]`` indexes them in ``kind_mask`` ``[n_kinds, N, N]``
+    (interior, right column, bottom row, corner; one all-zero kind without a shift), and
+    ``border_kind`` ``[n_kinds]`` says which kinds are not all zero (the last window row and column).
     """
 
     order: Tensor
     inverse: Tensor
     n_windows: int
-    border_slot: Tensor | None
-    border_mask: Tensor | None
+    shifted: bool
     kind: Tensor
     kind_mask: Tensor
+    border_kind: Tensor
 
     def border(self, start: int, count: int) -> tuple[Tensor, Tensor] | None:
         """Of the windows ``start … start+count−1`` (numbered across the batch), the positions that need
         the shift mask and their masks ``[n, N, N]``; None without a shift."""
-        if self.border_slot is None:
+        if not self.shifted:
             return None
-        slot = self.border_slot[torch.arange(start, start + count, device=self.border_slot.device) % self.n_windows]
-        hit = (slot >= 0).nonzero().squeeze(1)
-        return hit, self.border_mask[slot[hit]]
+        kind = self.kind[torch.arange(start, start + count, device=self.kind.device) % self.n_windows]
+        hit = self.border_kind[kind].nonzero().squeeze(1)
+        return hit, self.kind_mask[kind[hit]]
 
 
 @functools.lru_cache(maxsize=32)
@@ -202,17 +193,11 @@ def _build_window_layout(H: int, W: int, ws: int, shift: int, device: torch.devi
         index = torch.roll(index, shifts=(-shift, -shift), dims=(1, 2))
     order = window_partition(index, ws).reshape(-1)
     n_windows = (H // ws) * (W // ws)
-    slot = border_mask = None
     kind, kind_mask = torch.zeros(n_windows, dtype=torch.long), torch.zeros(1, ws * ws, ws * ws)
     if shift:
-        full = shift_attention_mask(H, W, ws, shift)
-        border = (full != 0).flatten(1).any(1).nonzero().squeeze(1)
-        slot = torch.full((n_windows,), -1, dtype=torch.long)
-        slot[border] = torch.arange(border.numel())
-        slot, border_mask = slot.to(device), full[border].to(device)
-        kind_mask, kind = torch.unique(full, dim=0, return_inverse=True)
-    return WindowLayout(order.to(device), torch.argsort(order).to(device), n_windows, slot, border_mask,
-                        kind.to(device), kind_mask.to(device))
+        kind_mask, kind = torch.unique(shift_attention_mask(H, W, ws, shift), dim=0, return_inverse=True)
+    return WindowLayout(order.to(device), torch.argsort(order).to(device), n_windows, bool(shift), kind.to(device),
+                        kind_mask.to(device), kind_mask.flatten(1).any(1).to(device))
 
 
 def reflect_pad(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
