@@ -278,8 +278,9 @@ def test_bf16_inference_is_close_and_keeps_the_dtype(tiny_model):
 
 @pytest.mark.parametrize("name", ["baseline-small", "masked-small"])  # masked: the kept-keys attention
 def test_bf16_within_005_db_of_float32_on_real_photos(name):
-    """The bundled models on the bundled Kodak crops under Gaussian σ=15: bf16 costs < 0.05 dB PSNR
-    (same attention masks in both passes)."""
+    """The bundled models on the bundled Kodak photos (whole, 256×384) under Gaussian σ=15: bf16 is
+    within 0.05 dB PSNR of float32 (same attention masks in both passes). Whole photos: on a 128×192
+    crop the PSNR itself moves by ±0.05 dB with rounding noise of the same size (seen: +0.0500)."""
     from maskdn.demo import sample_paths
     from maskdn.io import read_image, to_float_rgb
     from maskdn.metrics import psnr
@@ -287,9 +288,9 @@ def test_bf16_within_005_db_of_float32_on_real_photos(name):
     from maskdn.weights import load_model
 
     model = load_model(name)
-    for path in sample_paths()[:2]:
+    for path in sample_paths():
         clean = to_float_rgb(read_image(path))[0]
-        clean = (clean if clean.ndim == 4 else clean[None])[..., :128, :192]
+        clean = clean if clean.ndim == 4 else clean[None]
         noisy = apply_noise(clean, "gaussian:15", seed=0)
         full = psnr(denoise_tensor(model, noisy, generator=torch.Generator().manual_seed(0)).clamp(0, 1), clean)
         half = psnr(denoise_tensor(model, noisy, bf16=True, generator=torch.Generator().manual_seed(0)).clamp(0, 1), clean)

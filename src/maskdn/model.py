@@ -395,7 +395,10 @@ class WindowAttention(nn.Module):
         """
         n = x.shape[0]
         bounds = sorted({0, n, *(round(c * n) for c in cuts)})
-        out = [self._attend_kept(x[a:b], keep[a:b], kind[a:b], tables) for a, b in itertools.pairwise(bounds)]
+        sizes = [b - a for a, b in itertools.pairwise(bounds)]
+        # split, not slices: a slice's backward writes a zero-filled copy of all of x per group
+        groups = zip(x.split(sizes), keep.split(sizes), kind.split(sizes))
+        out = [self._attend_kept(*group, tables) for group in groups]
         return self.proj(out[0] if len(out) == 1 else torch.cat(out))
 
     def key_tables(self, kind_mask: Tensor) -> KeyTables:
@@ -621,9 +624,19 @@ class RSTB(nn.Module):
         h = x
         for blk, keep in zip(self.residual_group.blocks, token_keeps):
             h = blk(h, size, keep)
-        B, L, C = h.shape
-        h = self.conv(h.transpose(1, 2).reshape(B, C, *size))
-        return h.flatten(2).transpose(1, 2) + x
+        return image_to_tokens(self.conv(tokens_to_image(h, size))) + x
+
+
+def tokens_to_image(tokens: Tensor, size: tuple[int, int]) -> Tensor:
+    """Tokens ``[B, H·W, C]`` as an image ``[B, C, H, W]`` without a copy: a channels-last view, which
+    convolutions take as is (a transpose to contiguous NCHW costs more than a 3x3 conv's arithmetic)."""
+    B, _, C = tokens.shape
+    return tokens.reshape(B, *size, C).permute(0, 3, 1, 2)
+
+
+def image_to_tokens(image: Tensor) -> Tensor:
+    """An image ``[B, C, H, W]`` as tokens ``[B, H·W, C]``; a view when the image is channels-last."""
+    return image.permute(0, 2, 3, 1).flatten(1, 2)
 
 
 class PatchEmbed(nn.Module):
@@ -634,7 +647,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x.flatten(2).transpose(1, 2))
+        return self.norm(image_to_tokens(x))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -715,7 +728,7 @@ class MaskedSwinIR(nn.Module):
         """
         B, _, H, W = x.shape
         feats: dict[str, Tensor] = {}
-        x_first = self.conv_first(x)
+        x_first = self.conv_first(x.contiguous(memory_format=torch.channels_last))
         if collect:
             feats["embed"] = x_first
         keeps = self._token_keeps(B, H, W, x, generator)
@@ -726,12 +739,13 @@ class MaskedSwinIR(nn.Module):
             h = layer(h, (H, W), keeps[start : start + depth])
             start += depth
             if collect:
-                feats[f"group{i}"] = h.transpose(1, 2).reshape(B, -1, H, W)
-        h = self.norm(h).transpose(1, 2).reshape(B, -1, H, W)
+                feats[f"group{i}"] = tokens_to_image(h, (H, W))
+        h = tokens_to_image(self.norm(h), (H, W))
         res = self.conv_after_body(h)  # no long skip from x_first: the authors removed it with the global residual
         if collect:
             feats["body"] = res
-        return self.conv_last(res), feats
+        # contiguous: callers get a plain image (3 channels, a small copy)
+        return self.conv_last(res).contiguous(), {k: v.contiguous() for k, v in feats.items()}
 
     def feature_names(self) -> list[str]:
         """Names accepted by :meth:`forward_intermediates`, in network order."""
