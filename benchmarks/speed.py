@@ -6,7 +6,10 @@ Workloads (masks on, as in masked training and testing):
   (c) tiled denoise of a 6000×4000 image (tile 256, overlap 32): time and peak resident memory, on the
       maskdn default rows (``--tiled-all``: every row).
 Each configuration runs in its own process, so the allocator setting (glibc default, or maskdn's
-``keep_freed_memory``) and the peak memory are its own. Rows: path × allocator × dtype, so the table
+``keep_freed_memory``) and the peak memory are its own. The configurations run in ``--rounds``
+interleaved rounds (every row once, then every row again) and each keeps its best round: this machine
+drifts by 10-15% over minutes, and interleaving spreads the drift over all rows instead of over the
+rows that happened to run last. Rows: path × allocator × dtype, so the table
 shows where the time goes; "maskdn default" is the fast path with ``keep_freed_memory``. Achieved
 GFLOP/s count the reference path's matrix FLOPs (torch's FlopCounterMode) against a matmul measured in
 the same run with the same threads.
@@ -198,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up; the best counts")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all rows; each row keeps its best")
     p.add_argument("--quick", action="store_true", help="only the reference and maskdn-default rows, no tiled run")
     p.add_argument("--tiled-presets", nargs="*", default=["small"], help="presets for the 6000×4000 run (slow)")
     p.add_argument("--tiled-dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
@@ -222,18 +226,32 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for preset_name in a.presets:
         flops = count_flops(preset_name)
-        for impl, keep, label in rows:
-            for bf16 in (False, True):
-                dtype = "bfloat16" if bf16 else "float32"
+        configs = [(impl, keep, label, bf16) for impl, keep, label in rows for bf16 in (False, True)]
+        best: dict[int, dict] = {}
+        for rnd in range(a.rounds):
+            for i, (impl, keep, label, bf16) in enumerate(configs):
                 r = _run_worker("steps", preset_name, impl, keep, bf16, a)
-                r.update(preset=preset_name, path=impl, keep_freed_memory=keep, label=label, dtype=dtype,
-                         forward_gflops=flops["forward"] / r["forward_s"] / 1e9,
-                         train_gflops=flops["train_step"] / r["train_step_s"] / 1e9)
-                if not a.quick and preset_name in a.tiled_presets and dtype in a.tiled_dtypes and (keep or a.tiled_all) and (impl == "fast" or a.tiled_all):
-                    r.update(_run_worker("tiled", preset_name, impl, keep, bf16, a))
-                results.append(r)
-                print(f"{preset_name:6} {label:42} {dtype:8}  fwd {r['forward_s']:7.2f} s  train {r['train_step_s']:7.2f} s"
-                      + (f"  tiled {r['tiled_s']:6.0f} s {r['peak_rss_gib']:.2f} GiB" if "tiled_s" in r else ""), flush=True)
+                print(f"{preset_name:6} round {rnd + 1}/{a.rounds} {label:42} {'bfloat16' if bf16 else 'float32':8}  "
+                      f"fwd {r['forward_s']:7.2f} s  train {r['train_step_s']:7.2f} s", flush=True)
+                if i not in best:
+                    best[i] = {**r, "rounds_forward_s": [], "rounds_train_step_s": []}
+                b = best[i]
+                b["rounds_forward_s"].append(r["forward_s"])
+                b["rounds_train_step_s"].append(r["train_step_s"])
+                for key, faults in (("forward_s", "forward_page_faults"), ("train_step_s", "train_page_faults")):
+                    if r[key] < b[key]:
+                        b[key], b[faults] = r[key], r[faults]
+        for i, (impl, keep, label, bf16) in enumerate(configs):
+            dtype = "bfloat16" if bf16 else "float32"
+            r = best[i]
+            r.update(preset=preset_name, path=impl, keep_freed_memory=keep, label=label, dtype=dtype,
+                     forward_gflops=flops["forward"] / r["forward_s"] / 1e9,
+                     train_gflops=flops["train_step"] / r["train_step_s"] / 1e9)
+            if not a.quick and preset_name in a.tiled_presets and dtype in a.tiled_dtypes and (keep or a.tiled_all) and (impl == "fast" or a.tiled_all):
+                r.update(_run_worker("tiled", preset_name, impl, keep, bf16, a))
+            results.append(r)
+            print(f"{preset_name:6} best  {label:42} {dtype:8}  fwd {r['forward_s']:7.2f} s  train {r['train_step_s']:7.2f} s"
+                  + (f"  tiled {r['tiled_s']:6.0f} s {r['peak_rss_gib']:.2f} GiB" if "tiled_s" in r else ""), flush=True)
 
     def find(preset_name, impl, keep, dtype):
         return next((r for r in results if (r["preset"], r["path"], r["keep_freed_memory"], r["dtype"]) == (preset_name, impl, keep, dtype)), None)
@@ -283,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "threads": a.threads, "device": a.device, "torch": torch.__version__},
         "command": " ".join([Path(sys.executable).name, "benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
-        "matmul_peak_gflops": peaks, "results": results, "speedups": speedups, "table_md": table,
+        "rounds": a.rounds, "repeats": a.repeats, "matmul_peak_gflops": peaks, "results": results, "speedups": speedups, "table_md": table,
     }
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2))
