@@ -17,6 +17,7 @@ the same run with the same threads.
     python benchmarks/speed.py                       # both presets, all rows, tiled run on the small preset
     python benchmarks/speed.py --presets small --quick
     python benchmarks/speed.py --device cuda         # on a GPU machine
+    python benchmarks/speed.py --tiled-only --tiled-presets paper --out benchmarks/results/speed-paper-tiled.json
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ FAULTS: dict[str, float] = {}
 """Minor page faults per timed run, by workload: the cost that ``keep_freed_memory`` removes."""
 
 
-def _timed(fn, device: str, repeats: int, name: str = "") -> float:
-    """Best of ``repeats`` timed runs after one warm-up (which fills caches and the allocator)."""
-    fn()
+def _timed(fn, device: str, repeats: int, name: str = "", warmup: int = 1) -> float:
+    """Best of ``repeats`` timed runs after ``warmup`` untimed ones (which fill caches and the allocator)."""
+    for _ in range(warmup):
+        fn()
     _sync(device)
     best = float("inf")
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -105,7 +107,8 @@ def _train_step(model, device: str, bf16: bool, repeats: int) -> float:
         loss.backward()
         opt.step()
 
-    return _timed(run, device, repeats, "train_page_faults")
+    # three warm-up steps: the heap keeps growing (page faults) for the first few steps
+    return _timed(run, device, repeats, "train_page_faults", warmup=3)
 
 
 def _tiled(model, device: str, bf16: bool) -> float:
@@ -133,7 +136,7 @@ def worker(args: argparse.Namespace) -> dict:
         return {"tiled_s": _tiled(model, args.device, args.bf16), "peak_rss_gib": _peak_rss_gib(),
                 "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None}
     return {"forward_s": _forward(model, args.device, args.bf16, args.repeats),
-            "train_step_s": _train_step(model, args.device, args.bf16, args.repeats), **FAULTS}
+            "train_step_s": _train_step(model, args.device, args.bf16, args.train_repeats), **FAULTS}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,7 +184,8 @@ ROWS = [  # (path, keep_memory, label)
 
 def _run_worker(task: str, preset_name: str, impl: str, keep: bool, bf16: bool, a: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", task, "--preset", preset_name, "--impl", impl,
-           "--threads", str(a.threads), "--device", a.device, "--repeats", str(a.repeats)]
+           "--threads", str(a.threads), "--device", a.device, "--repeats", str(a.repeats),
+           "--train-repeats", str(a.train_repeats)]
     cmd += ["--keep-memory"] if keep else []
     cmd += ["--bf16"] if bf16 else []
     env = dict(os.environ, MASKDN_KEEP_FREED_MEMORY="1" if keep else "0")
@@ -189,6 +193,35 @@ def _run_worker(task: str, preset_name: str, impl: str, keep: bool, bf16: bool, 
     if done.returncode:
         raise SystemExit(f"worker failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _write_json(out: Path, record: dict, a: argparse.Namespace, argv: list[str] | None) -> None:
+    """``record`` with the machine and the command, written through a temporary file."""
+    record = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "threads": a.threads, "device": a.device, "torch": torch.__version__},
+        "command": " ".join([Path(sys.executable).name, "benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
+        **record,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(out)
+    print(f"\nwrote {out}")
+
+
+def tiled_only(a: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """(c) alone: the tiled 6000×4000 denoise on the maskdn default path, per preset and dtype."""
+    results = []
+    for preset_name in a.tiled_presets:
+        for dtype in a.tiled_dtypes:
+            r = _run_worker("tiled", preset_name, "fast", True, dtype == "bfloat16", a)
+            r.update(preset=preset_name, path="fast", keep_freed_memory=True, label=ROWS[3][2], dtype=dtype)
+            results.append(r)
+            print(f"{preset_name:6} {dtype:8} tiled {BIG[1]}×{BIG[0]} (tile {TILE}, overlap {OVERLAP}): "
+                  f"{r['tiled_s']:.0f} s, peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
+    _write_json(Path(a.out), {"results": results}, a, argv)
+    return 0
 
 
 def _fmt(v, spec: str = ".2f") -> str:
@@ -200,12 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--presets", nargs="+", default=["paper", "small"])
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up; the best counts")
+    p.add_argument("--repeats", type=int, default=2, help="timed forward passes after one warm-up; the best counts")
+    p.add_argument("--train-repeats", type=int, default=5, help="timed training steps after three warm-up steps")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all rows; each row keeps its best")
     p.add_argument("--quick", action="store_true", help="only the reference and maskdn-default rows, no tiled run")
     p.add_argument("--tiled-presets", nargs="*", default=["small"], help="presets for the 6000×4000 run (slow)")
     p.add_argument("--tiled-dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
                    help="dtypes of the tiled run (the paper preset takes about 30 min per dtype on one thread)")
+    p.add_argument("--tiled-only", action="store_true",
+                   help="only (c), on the maskdn default rows of --tiled-presets (the paper preset's takes 10-20 min per dtype)")
     p.add_argument("--tiled-all", action="store_true",
                    help="tiled run for every row, not only the maskdn default (the reference takes about 10 min)")
     p.add_argument("--out", default=str(ROOT / "results" / "speed.json"))
@@ -220,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(a)))
         return 0
 
+    if a.tiled_only:
+        return tiled_only(a, argv)
     rows = [ROWS[0], ROWS[3]] if a.quick else ROWS
     peaks = {str(dt).removeprefix("torch."): matmul_peak(a.device, a.threads, dt) for dt in (torch.float32, torch.bfloat16)}
     print(f"matmul peak, {a.threads} thread(s) on {a.device}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
@@ -295,18 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print()
     print(table)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "threads": a.threads, "device": a.device, "torch": torch.__version__},
-        "command": " ".join([Path(sys.executable).name, "benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
-        "rounds": a.rounds, "repeats": a.repeats, "matmul_peak_gflops": peaks, "results": results, "speedups": speedups, "table_md": table,
-    }
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(out)
-    print(f"\nwrote {out}")
+    record = {"rounds": a.rounds, "repeats": a.repeats, "train_repeats": a.train_repeats, "matmul_peak_gflops": peaks,
+              "results": results, "speedups": speedups, "table_md": table}
+    _write_json(Path(a.out), record, a, argv)
     return 0
 
 
