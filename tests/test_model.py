@@ -223,6 +223,25 @@ def test_shifted_window_layout_gathers_like_roll_and_partition():
     assert torch.equal(layout.kind_mask[layout.kind], full) and len(layout.kind_mask) == 4  # interior, right, bottom, corner
 
 
+def test_tokens_and_images_convert_without_copies():
+    """The convolutions read the token stream through a channels-last view: no copy either way, and a
+    conv on the view equals the conv on the plain NCHW image."""
+    from maskdn.model import image_to_tokens, tokens_to_image
+
+    tokens = torch.rand(2, 6 * 10, 4)
+    image = tokens_to_image(tokens, (6, 10))
+    assert image.shape == (2, 4, 6, 10) and image.data_ptr() == tokens.data_ptr()
+    assert image.is_contiguous(memory_format=torch.channels_last)
+    plain = tokens.transpose(1, 2).reshape(2, 4, 6, 10)  # the layout the authors' code builds
+    assert torch.equal(image, plain)
+    conv = torch.nn.Conv2d(4, 3, 3, padding=1)
+    out = conv(image)
+    torch.testing.assert_close(out, conv(plain.contiguous()), rtol=1e-5, atol=1e-6)
+    back = image_to_tokens(out)
+    assert back.shape == (2, 60, 3) and back.data_ptr() == out.data_ptr()
+    assert torch.equal(image_to_tokens(image), tokens)
+
+
 def test_masked_eval_is_stochastic_but_seeded(tiny_masked_model):
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
