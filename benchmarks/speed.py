@@ -273,23 +273,20 @@ def main(argv: list[str] | None = None) -> int:
     for preset_name in a.presets:
         flops = count_flops(preset_name)
         configs = [(impl, keep, label, bf16) for impl, keep, label in rows for bf16 in (False, True)]
-        best: dict[int, dict] = {}
+        runs: list[list[dict]] = [[] for _ in configs]
         for rnd in range(a.rounds):
             for i, (impl, keep, label, bf16) in enumerate(configs):
                 r = _run_worker("steps", preset_name, impl, keep, bf16, a)
                 print(f"{preset_name:6} round {rnd + 1}/{a.rounds} {label:42} {'bfloat16' if bf16 else 'float32':8}  "
                       f"fwd {r['forward_s']:7.2f} s  train {r['train_step_s']:7.2f} s", flush=True)
-                if i not in best:
-                    best[i] = {**r, "rounds_forward_s": [], "rounds_train_step_s": []}
-                b = best[i]
-                b["rounds_forward_s"].append(r["forward_s"])
-                b["rounds_train_step_s"].append(r["train_step_s"])
-                for key, faults in (("forward_s", "forward_page_faults"), ("train_step_s", "train_page_faults")):
-                    if r[key] < b[key]:
-                        b[key], b[faults] = r[key], r[faults]
-        for i, (impl, keep, label, bf16) in enumerate(configs):
+                runs[i].append(r)
+        for rows_runs, (impl, keep, label, bf16) in zip(runs, configs):
             dtype = "bfloat16" if bf16 else "float32"
-            r = best[i]
+            fwd, train = (min(rows_runs, key=lambda r, k=k: r[k]) for k in ("forward_s", "train_step_s"))
+            r = {"forward_s": fwd["forward_s"], "forward_page_faults": fwd["forward_page_faults"],
+                 "train_step_s": train["train_step_s"], "train_page_faults": train["train_page_faults"],
+                 "rounds_forward_s": [x["forward_s"] for x in rows_runs],
+                 "rounds_train_step_s": [x["train_step_s"] for x in rows_runs]}
             r.update(preset=preset_name, path=impl, keep_freed_memory=keep, label=label, dtype=dtype,
                      forward_gflops=flops["forward"] / r["forward_s"] / 1e9,
                      train_gflops=flops["train_step"] / r["train_step_s"] / 1e9)
