@@ -197,7 +197,8 @@ def test_window_with_every_token_kept_has_no_folded_key():
     layout = window_layout(24, 8, 8, 0, x.device)  # three windows, no shift
     with torch.no_grad():
         expected = attn.reference(x, None, keep.unsqueeze(-1).float())
-        got = attn.kept_keys(x, keep, layout.kind, attn.key_tables(layout.kind_mask))
+        got = attn.kept_keys(x.view(-1, 16), torch.arange(3 * 64).view(3, 64), keep, layout.kind,
+                             attn.key_tables(layout.kind_mask))
     assert (got - expected).abs().max().item() <= 1e-4
 
 

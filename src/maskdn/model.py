@@ -246,6 +246,50 @@ class _PermuteRows(torch.autograd.Function):
         return grad.index_select(0, inverse), None, None
 
 
+class _GatherRows(torch.autograd.Function):
+    """``x[rows]`` for distinct ``rows``: the backward copies the gradient rows back into zeros instead of
+    accumulating them (``index_select``'s own backward), which distinct rows make unnecessary."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, rows: Tensor) -> Tensor:
+        ctx.save_for_backward(rows)
+        ctx.n_rows = x.shape[0]
+        return x.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (rows,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.n_rows, *grad.shape[1:]).index_copy_(0, rows, grad), None
+
+
+class _PlaceQueries(torch.autograd.Function):
+    """Queries ``[heads·b, d, N]`` of ``b`` windows (keys × queries layout) from the queries ``q``
+    ``[b, K, heads·d]`` of their kept tokens at window positions ``positions`` ``[b, K]`` (distinct per
+    window); every other position holds ``fill`` ``[heads·d]``, the query of a masked token (the qkv
+    bias)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, positions: Tensor, fill: Tensor, heads: int, N: int) -> Tensor:
+        b, K, C = q.shape
+        d = C // heads
+        index = positions.view(1, b, 1, K).expand(heads, b, d, K)
+        out = fill.to(q.dtype).view(heads, 1, d, 1).expand(heads, b, d, N).contiguous()
+        out.scatter_(3, index, q.view(b, K, heads, d).permute(2, 0, 3, 1))
+        ctx.save_for_backward(index)
+        ctx.fill_dtype = fill.dtype
+        return out.view(heads * b, d, N)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        heads, b, d, K = index.shape
+        grad = grad.view(heads, b, d, -1)
+        d_placed = grad.gather(3, index)  # [heads, b, d, K]
+        d_fill = grad.sum((1, 3)) - d_placed.sum((1, 3))
+        d_q = d_placed.permute(1, 3, 0, 2).reshape(b, K, heads * d)
+        return d_q, None, d_fill.reshape(-1).to(ctx.fill_dtype), None, None
+
+
 class _KeysByQueries(torch.autograd.Function):
     """The attention core ``values · softmax_keys(keys · q · scale + logits)``, laid out keys × queries.
 
@@ -380,25 +424,41 @@ class WindowAttention(nn.Module):
         out = out.view(heads, B_ * N, d).transpose(0, 1).reshape(B_, N, C)
         return self.proj(out)
 
-    def kept_keys(self, x: Tensor, keep: Tensor, kind: Tensor, tables: KeyTables, cuts: tuple[float, ...] = ()) -> Tensor:
-        """The fast path with a token mask: windows ``x`` ``[n, N, C]`` (sorted by kept count, see
-        :func:`windows_by_kept_count`), kept tokens ``keep`` ``[n, N]`` (bool), window ``kind`` ``[n]``
-        and :meth:`key_tables` as in :class:`WindowLayout`; returns ``[n, N, C]`` after the output
-        projection.
+    def kept_keys(self, tokens: Tensor, windows: Tensor, keep: Tensor, kind: Tensor, tables: KeyTables,
+                  norm: nn.Module | None = None, cuts: tuple[float, ...] = ()) -> Tensor:
+        """The fast path with a token mask: windows of ``tokens`` ``[M, C]``, window ``w`` being the rows
+        ``windows[w]`` (``[n, N]``, distinct rows, windows sorted by kept count, see
+        :func:`windows_by_kept_count`), kept tokens ``keep`` ``[n, N]`` (bool), window ``kind`` ``[n]`` and
+        :meth:`key_tables` as in :class:`WindowLayout`; ``norm`` (the block's pre-norm) is applied here, to
+        the kept tokens only. Returns ``[n, N, C]`` after the output projection.
 
-        Masked tokens project to the qkv bias, so every masked key of a window is the same vector ``b_k``
-        with value ``b_v``; only its relative-position bias differs. The masked keys therefore fold into
-        one key whose logit is ``q·b_k·scale + log Σ_masked exp(bias)``, and a window attends to its ~16
-        kept keys plus that one instead of 64, padded to the largest count among the windows attended
-        together. ``cuts`` (fractions of ``n``) split the sorted windows into groups attended
-        separately, each padded to its own largest count.
+        A masked token is zeroed before the qkv projection, so its query, key and value are the qkv bias
+        ``b_q, b_k, b_v``: only kept tokens are gathered, normed and projected. Every masked key of a
+        window is then the same vector ``b_k`` with value ``b_v``; only its relative-position bias
+        differs, so the masked keys fold into one key whose logit is ``q·b_k·scale + log Σ_masked
+        exp(bias)``, and a window attends to its ~16 kept keys plus that one instead of 64, padded to the
+        largest count among the windows attended together. ``cuts`` (fractions of ``n``) split the sorted
+        windows into groups attended separately, each padded to its own largest count.
         """
-        n = x.shape[0]
+        n = windows.shape[0]
         bounds = sorted({0, n, *(round(c * n) for c in cuts)})
-        sizes = [b - a for a, b in itertools.pairwise(bounds)]
-        # split, not slices: a slice's backward writes a zero-filled copy of all of x per group
-        groups = zip(x.split(sizes), keep.split(sizes), kind.split(sizes))
-        out = [self._attend_kept(*group, tables) for group in groups]
+        n_kept = keep.sum(1)
+        order = torch.argsort(keep.to(torch.uint8), dim=1, descending=True, stable=True)  # kept first
+        groups, rows, valid = [], [], []
+        for a, b in itertools.pairwise(bounds):
+            K = int(n_kept[a:b].max())
+            groups.append((b - a, K))
+            rows.append(windows[a:b].gather(1, order[a:b, :K]).reshape(-1))
+            valid.append(torch.arange(K, device=keep.device) < n_kept[a:b, None])
+        kept = _GatherRows.apply(tokens, torch.cat(rows))  # one gather for all groups: one backward copy
+        if norm is not None:
+            kept = norm(kept)
+        # a group's padding rows are masked tokens: zeroed, they project to the bias like any masked token
+        qkv = self.qkv(kept * torch.cat([v.reshape(-1, 1) for v in valid]).to(kept.dtype))
+        out = []
+        for (count, K), part, a, v in zip(groups, qkv.split([c * K for c, K in groups]), bounds, valid):
+            sl = slice(a, a + count)
+            out.append(self._attend_kept(part.view(count, K, -1), order[sl, :K], v, keep[sl], kind[sl], tables))
         return self.proj(out[0] if len(out) == 1 else torch.cat(out))
 
     def key_tables(self, kind_mask: Tensor) -> KeyTables:
@@ -410,23 +470,20 @@ class WindowAttention(nn.Module):
             weights = (bias - top).exp() * (kind_mask == 0)  # the fold: keys of the query's own region only
             return KeyTables(bias.transpose(2, 3).flatten(1, 2), weights.flatten(0, 2), top.squeeze(-1))
 
-    def _attend_kept(self, x: Tensor, keep: Tensor, kind: Tensor, tables: KeyTables) -> Tensor:
-        """Attention of windows ``x`` ``[b, N, C]`` with kept tokens ``keep`` ``[b, N]`` (bool), before
-        the output projection."""
-        b, N, C = x.shape
+    def _attend_kept(self, qkv: Tensor, order: Tensor, valid: Tensor, keep: Tensor, kind: Tensor,
+                     tables: KeyTables) -> Tensor:
+        """Attention of ``b`` windows from the projected kept tokens ``qkv`` ``[b, K, 3C]`` at window
+        positions ``order`` ``[b, K]`` (``valid`` ``[b, K]``: not padding), before the output projection:
+        ``[b, N, C]``."""
+        b, K, C3 = qkv.shape
+        C, N = C3 // 3, keep.shape[1]
         heads, d = self.num_heads, C // self.num_heads
-        n_kept = keep.sum(1)
-        K = int(n_kept.max())
-        order = torch.argsort(keep.to(torch.uint8), dim=1, descending=True, stable=True)[:, :K]  # kept first
-        valid = torch.arange(K, device=x.device) < n_kept[:, None]
-        weight, bias = self.qkv.weight, self.qkv.bias
-        q = F.linear(x * keep.unsqueeze(-1).to(x.dtype), weight[:C], bias[:C])  # a masked token's q is the bias
-        kept = x.reshape(b * N, C).index_select(0, (order + N * torch.arange(b, device=x.device)[:, None]).view(-1))
-        kv = F.linear(kept, weight[C:], bias[C:]).view(b, K, 2, heads, d)
+        bias = self.qkv.bias
+        kv = qkv[..., C:].view(b, K, 2, heads, d)
         kv = torch.cat([kv, bias[C:].to(kv.dtype).view(1, 1, 2, heads, d).expand(b, 1, -1, -1, -1)], 1)
         keys = kv[:, :, 0].permute(2, 0, 1, 3).reshape(heads * b, K + 1, d)
         valuesT = kv[:, :, 1].permute(2, 0, 3, 1).reshape(heads * b, d, K + 1)
-        qT = q.view(b, N, heads, d).permute(2, 0, 3, 1).reshape(heads * b, d, N)
+        qT = _PlaceQueries.apply(qkv[..., :C], order, bias[:C], heads, N)
         logits = self._kept_key_logits(~keep, order, valid, kind, tables)
         out = _KeysByQueries.apply(qT, keys, valuesT, logits, self.scale)
         return out.view(heads, b, d, N).permute(1, 3, 0, 2).reshape(b, N, C)
@@ -546,9 +603,9 @@ class SwinTransformerBlock(nn.Module):
                 windows = self.norm1(x).index_select(1, layout.order).view(-1, ws * ws, C)
                 return self.attn.fast(windows, layout).view(B, L, C).index_select(1, layout.inverse)
             order = windows_by_kept_count(layout, B, token_keep)
-            windows = _PermuteRows.apply(self.norm1(x).reshape(B * L, C), order.rows, order.inverse)
             tables = self.attn.key_tables(layout.kind_mask)
-            h = self.attn.kept_keys(windows.view(-1, ws * ws, C), order.keep, order.kind, tables, self.KEPT_KEY_CUTS)
+            h = self.attn.kept_keys(x.reshape(B * L, C), order.rows.view(-1, ws * ws), order.keep, order.kind,
+                                    tables, self.norm1, self.KEPT_KEY_CUTS)
             return _PermuteRows.apply(h.view(B * L, C), order.inverse, order.rows).view(B, L, C)
         # the literal sequence: roll, partition, attend, reverse, roll back
         h = self.norm1(x).view(B, H, W, C)
@@ -581,7 +638,9 @@ class SwinTransformerBlock(nn.Module):
             if token_keep is None:
                 g += self.attn.fast(self.norm1(g), layout, offset=s)
             else:
-                g += self.attn.kept_keys(self.norm1(g), order.keep[s : s + G], order.kind[s : s + G], tables)
+                rows = torch.arange(g.shape[0] * N, device=g.device).view(-1, N)
+                g += self.attn.kept_keys(g.view(-1, C), rows, order.keep[s : s + G], order.kind[s : s + G], tables,
+                                         self.norm1)
             g += self.mlp(self.norm2(g))
         if token_keep is None:
             return xw.view(B, L, C).index_select(1, layout.inverse)
