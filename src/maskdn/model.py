@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import MaskdnError
+from .linear import linear, linear_gelu
 from .masking import token_keep_mask
 
 __all__ = [
@@ -398,7 +399,7 @@ class WindowAttention(nn.Module):
         holding the windows from number ``offset`` on."""
         B_, N, C = x.shape
         heads, d = self.num_heads, C // self.num_heads
-        qkv = self.qkv(x)
+        qkv = linear(x, self.qkv.weight, self.qkv.bias)
         # [3·heads, B_·N, d]: one plain 3-D transpose copy (a 5-D permute copies far slower)
         qkv = qkv.view(B_ * N, 3 * heads, d).transpose(0, 1).contiguous().view(3, heads, B_, N, d)
         bias = self.relative_position_bias().to(qkv.dtype)
@@ -422,7 +423,7 @@ class WindowAttention(nn.Module):
                     attn.index_add_(0, border[0], border[1].to(attn.dtype))
                 torch.bmm(torch.softmax(attn, dim=-1, out=attn), qkv[2, i], out=out[i])
         out = out.view(heads, B_ * N, d).transpose(0, 1).reshape(B_, N, C)
-        return self.proj(out)
+        return linear(out, self.proj.weight, self.proj.bias)
 
     def kept_keys(self, tokens: Tensor, windows: Tensor, keep: Tensor, kind: Tensor, tables: KeyTables,
                   norm: nn.Module | None = None, cuts: tuple[float, ...] = ()) -> Tensor:
@@ -454,12 +455,12 @@ class WindowAttention(nn.Module):
         if norm is not None:
             kept = norm(kept)
         # a group's padding rows are masked tokens: zeroed, they project to the bias like any masked token
-        qkv = self.qkv(kept * torch.cat([v.reshape(-1, 1) for v in valid]).to(kept.dtype))
+        qkv = linear(kept * torch.cat([v.reshape(-1, 1) for v in valid]).to(kept.dtype), self.qkv.weight, self.qkv.bias)
         out = []
         for (count, K), part, a, v in zip(groups, qkv.split([c * K for c, K in groups]), bounds, valid):
             sl = slice(a, a + count)
             out.append(self._attend_kept(part.view(count, K, -1), order[sl, :K], v, keep[sl], kind[sl], tables))
-        return self.proj(out[0] if len(out) == 1 else torch.cat(out))
+        return linear(out[0] if len(out) == 1 else torch.cat(out), self.proj.weight, self.proj.bias)
 
     def key_tables(self, kind_mask: Tensor) -> KeyTables:
         """Position-bias tables of :meth:`kept_keys` for windows whose shift masks are ``kind_mask``
@@ -534,6 +535,10 @@ class Mlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
+    def fast(self, x: Tensor) -> Tensor:
+        """:meth:`forward` on oneDNN's float32 matmul where it applies (:mod:`maskdn.linear`)."""
+        return linear(linear_gelu(x, self.fc1.weight, self.fc1.bias), self.fc2.weight, self.fc2.bias)
+
 
 @dataclass(frozen=True, eq=False)
 class KeptOrder:
@@ -589,7 +594,8 @@ class SwinTransformerBlock(nn.Module):
             layout = window_layout(*size, self.window_size, self.shift_size, x.device)
             return self._forward_in_window_groups(x, layout, token_keep)
         x = x + self.attention(x, size, token_keep)
-        return x + self.mlp(self.norm2(x))
+        mlp = self.mlp.fast if self.attn.impl == "fast" else self.mlp
+        return x + mlp(self.norm2(x))
 
     def attention(self, x: Tensor, size: tuple[int, int], token_keep: Tensor | None = None) -> Tensor:
         """The attention branch on tokens ``x`` ``[B, H·W, C]``: norm, windows, attention, back to image
@@ -641,7 +647,7 @@ class SwinTransformerBlock(nn.Module):
                 rows = torch.arange(g.shape[0] * N, device=g.device).view(-1, N)
                 g += self.attn.kept_keys(g.view(-1, C), rows, order.keep[s : s + G], order.kind[s : s + G], tables,
                                          self.norm1)
-            g += self.mlp(self.norm2(g))
+            g += self.mlp.fast(self.norm2(g))
         if token_keep is None:
             return xw.view(B, L, C).index_select(1, layout.inverse)
         return xw.view(B * L, C).index_select(0, order.inverse).view(B, L, C)

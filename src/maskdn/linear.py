@@ -1,0 +1,102 @@
+"""Float32 linear layers on oneDNN's matmul: the fast path's projections and MLP on CPU.
+
+PyTorch runs a float32 ``F.linear`` on CPU through MKL's GEMM. For this model's thin shapes (tens of
+thousands of tokens × 32–180 columns) oneDNN's matmul primitive, the one PyTorch's compiler emits for
+CPU linear layers (``torch.ops.mkldnn._linear_pointwise``), is 1.6–2.6× faster on this project's
+machines and gives the same result (``docs/performance.md``). :func:`linear` uses it for the forward
+product and for the gradient of the input, and MKL for the gradient of the weight (a long reduction
+over tokens, where MKL is the faster one). :func:`linear_gelu` fuses the GELU into the product
+without autograd (inference).
+
+Everything else falls back to ``F.linear``: other devices and dtypes, bf16 autocast (which already
+runs on oneDNN), code being traced by ``torch.compile`` and PyTorch builds without the op. ``MASKDN_ONEDNN_LINEAR=0`` turns it off (to
+compare).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["linear", "linear_gelu", "uses_onednn"]
+
+
+def _probe() -> bool:
+    """Whether the op exists, runs and agrees with ``F.linear`` here (once per process)."""
+    if os.environ.get("MASKDN_ONEDNN_LINEAR", "1") == "0" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        x, w, b = torch.randn(8, 4), torch.randn(3, 4), torch.randn(3)
+        return bool(torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), atol=1e-5))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_available: bool | None = None
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def _autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # PyTorch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def uses_onednn(x: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`linear` runs ``x`` through oneDNN: float32 on CPU, no autocast, op available."""
+    global _available
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if _autocast_on_cpu() or _compiling():  # torch.compile emits this op itself, for constant weights only
+        return False
+    if _available is None:
+        _available = _probe()
+    return _available
+
+
+def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "none") -> Tensor:
+    algorithm = "none" if activation == "gelu" else ""  # "none": the exact (erf) GELU, as nn.GELU
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), bias, activation, [], algorithm)
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    """``x @ weight.T + bias`` with oneDNN for the forward and the input gradient, MKL for the weight's."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        rows = grad.view(-1, grad.shape[-1])
+        d_x = _onednn(grad, weight.t()) if ctx.needs_input_grad[0] else None
+        d_weight = rows.t().mm(x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
+        d_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return d_x, d_weight, d_bias
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, on oneDNN where :func:`uses_onednn` says so."""
+    if uses_onednn(x, weight):
+        return _OneDnnLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``gelu(F.linear(x, weight, bias))``; fused in one oneDNN call without autograd."""
+    if not torch.is_grad_enabled() and uses_onednn(x, weight):
+        return _onednn(x, weight, bias, "gelu")
+    return F.gelu(linear(x, weight, bias))
