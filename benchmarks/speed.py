@@ -169,11 +169,18 @@ def count_flops(preset_name: str) -> dict:
 
 
 def matmul_peak(device: str, threads: int, dtype: torch.dtype, n: int = 2048) -> float:
-    """GFLOP/s of an ``n×n`` matmul with ``threads`` threads (best of five)."""
+    """GFLOP/s of an ``n×n`` matmul with ``threads`` threads (best of five): the faster of ``torch.mm``
+    and, where :mod:`maskdn.linear` uses it, oneDNN's product (a float32 ``torch.mm`` on CPU runs MKL,
+    which reached less than half of oneDNN's speed on this project's machine)."""
+    from maskdn.linear import _onednn, uses_onednn
+
     torch.set_num_threads(threads)
     a = torch.rand(n, n, device=device, dtype=dtype)
     b = torch.rand(n, n, device=device, dtype=dtype)
     seconds = _timed(lambda: a @ b, device, 5)
+    if uses_onednn(a, b):
+        b_t = b.t().contiguous()
+        seconds = min(seconds, _timed(lambda: _onednn(a, b_t), device, 5))
     return 2 * n**3 / seconds / 1e9
 
 
