@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from maskdn.linear import linear
 from maskdn.model import SwinTransformerBlock, preset
 from maskdn.runtime import keep_freed_memory
 
@@ -53,8 +54,9 @@ def parts(preset_name: str, shift: int, ratio: float) -> dict[str, tuple[float, 
     runs = {
         "block (fast)": lambda: block(x, size, keep),
         "attention: norm, gathers, kept keys, projection": lambda: block.attention(x, size, keep),
-        "attention: output projection alone": lambda: block.attn.proj(x),
-        "MLP with its LayerNorm": lambda: block.mlp(block.norm2(x)),
+        "attention: output projection alone": lambda: linear(x, block.attn.proj.weight, block.attn.proj.bias),
+        "MLP with its LayerNorm": lambda: block.mlp.fast(block.norm2(x)),
+        "MLP with its LayerNorm, F.linear (as the literal path)": lambda: block.mlp(block.norm2(x)),
     }
     out = {name: _median_ms(fn, x, block) for name, fn in runs.items()}
     block.attn.impl = "reference"

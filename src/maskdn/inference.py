@@ -129,7 +129,8 @@ def denoise_tensor(
     only along sides longer than the tile. ``generator`` (on ``x``'s device) drives the masks in
     sequence, so a seeded generator gives a reproducible result. ``bf16`` runs the network under bfloat16
     autocast (within 0.05 dB; on this project's CPU, which has bf16 matrix units, inference runs only
-    1.2-1.3x faster, since bf16 shortens the matrix products alone; see docs/performance.md).
+    1.1-1.2x faster: bf16 shortens the matrix products alone, and float32 ones already run on oneDNN;
+    see docs/performance.md).
     The output is not clamped and keeps ``x``'s dtype.
     """
     check_passes(passes)
