@@ -78,3 +78,13 @@ def test_environment_switch_turns_it_off(monkeypatch, calls):
     x, w = torch.randn(8, 4), torch.randn(3, 4)
     assert not lin.uses_onednn(x, w)
     assert torch.equal(lin.linear(x, w), F.linear(x, w)) and calls["n"] == 0
+
+
+def test_probe_leaves_the_global_rng_alone(monkeypatch):
+    """The first fast-path call probes the op; that must not shift a seeded run's random draws."""
+    monkeypatch.setattr(lin, "_available", None)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    lin.uses_onednn(torch.zeros(1, 1), torch.zeros(1, 1))
+    assert torch.equal(torch.rand(3), expected)
