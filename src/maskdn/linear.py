@@ -2,15 +2,15 @@
 
 PyTorch runs a float32 ``F.linear`` on CPU through MKL's GEMM. For this model's thin shapes (tens of
 thousands of tokens × 32–180 columns) oneDNN's matmul primitive, the one PyTorch's compiler emits for
-CPU linear layers (``torch.ops.mkldnn._linear_pointwise``), is 1.6–2.6× faster on this project's
-machines and gives the same result (``docs/performance.md``). :func:`linear` uses it for the forward
+CPU linear layers (``torch.ops.mkldnn._linear_pointwise``), is 2–3× faster on this project's
+machines and gives the same result (``benchmarks/linear.py``, ``docs/performance.md``). :func:`linear` uses it for the forward
 product and for the gradient of the input, and MKL for the gradient of the weight (a long reduction
 over tokens, where MKL is the faster one). :func:`linear_gelu` fuses the GELU into the product
 without autograd (inference).
 
 Everything else falls back to ``F.linear``: other devices and dtypes, bf16 autocast (which already
-runs on oneDNN), code being traced by ``torch.compile`` and PyTorch builds without the op. ``MASKDN_ONEDNN_LINEAR=0`` turns it off (to
-compare).
+runs on oneDNN), code being traced by ``torch.compile`` and PyTorch builds without the op.
+``MASKDN_ONEDNN_LINEAR=0`` turns it off (to compare).
 """
 
 from __future__ import annotations

@@ -639,14 +639,14 @@ class SwinTransformerBlock(nn.Module):
             order = windows_by_kept_count(layout, B, token_keep)
             tables = self.attn.key_tables(layout.kind_mask)
             xw = x.reshape(B * L, C).index_select(0, order.rows).view(-1, N, C)
+            local_rows = torch.arange(G * N, device=x.device).view(G, N)  # a group's windows in its rows
         for s in range(0, xw.shape[0], G):
             g = xw[s : s + G]
             if token_keep is None:
                 g += self.attn.fast(self.norm1(g), layout, offset=s)
             else:
-                rows = torch.arange(g.shape[0] * N, device=g.device).view(-1, N)
-                g += self.attn.kept_keys(g.view(-1, C), rows, order.keep[s : s + G], order.kind[s : s + G], tables,
-                                         self.norm1)
+                g += self.attn.kept_keys(g.view(-1, C), local_rows[: g.shape[0]], order.keep[s : s + G],
+                                         order.kind[s : s + G], tables, self.norm1)
             g += self.mlp.fast(self.norm2(g))
         if token_keep is None:
             return xw.view(B, L, C).index_select(1, layout.inverse)
