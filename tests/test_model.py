@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -113,9 +115,23 @@ def sharp_masked_model(tiny_masked_model) -> MaskedSwinIR:
     return model
 
 
+@pytest.fixture(params=["kernel", "torch"])
+def attention_core(request, monkeypatch):
+    """The fast path's kept-keys core two ways: the fused C kernel (maskdn.kernels) and PyTorch ops."""
+    from maskdn import kernels
+
+    if request.param == "torch":
+        monkeypatch.setattr(kernels, "kernel_status", lambda: "off (test)")
+    elif not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler on this machine")
+    else:
+        assert kernels.kernel_status() == "compiled"
+    return request.param
+
+
 @pytest.mark.parametrize("impl", ["fast", "sdpa"])
 @pytest.mark.parametrize("size", [(40, 24), (64, 64), (13, 37), (96, 88)], ids=str)  # 96×88: window groups cut the border
-def test_attention_paths_match_reference_with_masks_on(sharp_masked_model, impl, size):
+def test_attention_paths_match_reference_with_masks_on(sharp_masked_model, impl, size, attention_core):
     """Same generator, same token masks: every path computes the reference's function (odd sizes pad)."""
     x = torch.rand(2, 3, *size)
     outs = {}
@@ -126,7 +142,7 @@ def test_attention_paths_match_reference_with_masks_on(sharp_masked_model, impl,
     assert (outs["reference"] - outs[impl]).abs().max().item() <= 1e-4
 
 
-def test_fast_path_gradients_match_reference(sharp_masked_model):
+def test_fast_path_gradients_match_reference(sharp_masked_model, attention_core):
     """Training runs the autograd branch of the fast path: loss and every gradient agree."""
     x = torch.rand(2, 3, 32, 32)
     grads = {}
@@ -141,7 +157,7 @@ def test_fast_path_gradients_match_reference(sharp_masked_model):
 
 @pytest.mark.parametrize("ratio", [0.05, 0.5, 0.97])
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-def test_kept_keys_match_reference_at_any_mask_ratio(sharp_masked_model, ratio, grad):
+def test_kept_keys_match_reference_at_any_mask_ratio(sharp_masked_model, ratio, grad, attention_core):
     """Kept-keys attention at the extremes: windows with every token kept (no folded key), with none
     kept (only the folded key), and shifted-window regions without any masked key."""
     model = MaskedSwinIR(dataclasses.replace(sharp_masked_model.config, attn_mask_ratio=ratio))
@@ -179,7 +195,7 @@ def test_kept_keys_train_under_bf16_autocast(tiny_masked_model):
         assert (fast[k] - g).norm() <= 1.5 * (reference[k] - g).norm() + 0.01 * g.norm(), k
 
 
-def test_window_with_every_token_kept_has_no_folded_key():
+def test_window_with_every_token_kept_has_no_folded_key(attention_core):
     """With nothing masked there is no masked key to fold: its logit must be −inf, not log(tiny), which
     wins when every kept key scores far below the bias key (q·(k − b_k) ≪ 0), as built here."""
     from maskdn.model import WindowAttention, window_layout

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .runtime import autocast_on_cpu, compiling
+
 __all__ = ["linear", "linear_gelu", "uses_onednn"]
 
 
@@ -41,24 +43,12 @@ def _probe() -> bool:
 _available: bool | None = None
 
 
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
-
-def _autocast_on_cpu() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # PyTorch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
 def uses_onednn(x: Tensor, weight: Tensor) -> bool:
     """Whether :func:`linear` runs ``x`` through oneDNN: float32 on CPU, no autocast, op available."""
     global _available
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
-    if _autocast_on_cpu() or _compiling():  # torch.compile emits this op itself, for constant weights only
+    if autocast_on_cpu() or compiling():  # torch.compile emits this op itself, for constant weights only
         return False
     if _available is None:
         _available = _probe()

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import MaskdnError
+from .kernels import kept_attention, kernel_available
 from .linear import linear, linear_gelu
 from .masking import token_keep_mask
 
@@ -459,7 +460,7 @@ class WindowAttention(nn.Module):
         out = []
         for (count, K), part, a, v in zip(groups, qkv.split([c * K for c, K in groups]), bounds, valid):
             sl = slice(a, a + count)
-            out.append(self._attend_kept(part.view(count, K, -1), order[sl, :K], v, keep[sl], kind[sl], tables))
+            out.append(self._attend_kept(part.view(count, K, part.shape[-1]), order[sl, :K], v, keep[sl], kind[sl], tables))
         return linear(out[0] if len(out) == 1 else torch.cat(out), self.proj.weight, self.proj.bias)
 
     def key_tables(self, kind_mask: Tensor) -> KeyTables:
@@ -480,22 +481,27 @@ class WindowAttention(nn.Module):
         C, N = C3 // 3, keep.shape[1]
         heads, d = self.num_heads, C // self.num_heads
         bias = self.qkv.bias
+        table, rows = self._kept_key_table(~keep, order, valid, kind, tables)
+        if kernel_available(qkv):  # the same computation in one fused pass (maskdn.kernels)
+            return kept_attention(qkv, order, bias, table, rows, heads, self.scale)
+        logits = table.index_select(1, rows.view(-1)).view(heads * b, K + 1, N)
         kv = qkv[..., C:].view(b, K, 2, heads, d)
         kv = torch.cat([kv, bias[C:].to(kv.dtype).view(1, 1, 2, heads, d).expand(b, 1, -1, -1, -1)], 1)
         keys = kv[:, :, 0].permute(2, 0, 1, 3).reshape(heads * b, K + 1, d)
         valuesT = kv[:, :, 1].permute(2, 0, 3, 1).reshape(heads * b, d, K + 1)
         qT = _PlaceQueries.apply(qkv[..., :C], order, bias[:C], heads, N)
-        logits = self._kept_key_logits(~keep, order, valid, kind, tables)
         out = _KeysByQueries.apply(qT, keys, valuesT, logits, self.scale)
         return out.view(heads, b, d, N).permute(1, 3, 0, 2).reshape(b, N, C)
 
     @staticmethod
-    def _kept_key_logits(masked: Tensor, order: Tensor, valid: Tensor, kind: Tensor, tables: KeyTables) -> Tensor:
-        """``[heads·b, K+1, N]`` bias of each kept key (rows; −inf for padding) and of the folded masked
-        key (last row) for every query. The tables carry the shift mask, so a kept key of another region
-        gets its −100, as in the reference; the fold sums the masked keys of the query's own region only
-        (the reference weighs the others by e^−100, below float precision)."""
-        b, K = order.shape
+    def _kept_key_table(masked: Tensor, order: Tensor, valid: Tensor, kind: Tensor,
+                        tables: KeyTables) -> tuple[Tensor, Tensor]:
+        """The position bias of every key of ``b`` windows for every query: key ``k`` of window ``w``
+        has row ``rows[w, k]`` of ``table`` ``[heads, R, N]`` (``rows`` ``[b, K+1]``): the kept keys' rows
+        (−inf for padding), then the folded masked key's. The tables carry the shift mask, so a kept key
+        of another region gets its −100, as in the reference; the fold sums the masked keys of the
+        query's own region only (the reference weighs the others by e^−100, below float precision)."""
+        b = order.shape[0]
         heads, rows_per_head, N = tables.rows.shape
         n_kinds = rows_per_head // N
         with torch.autocast(masked.device.type, enabled=False):
@@ -508,8 +514,7 @@ class WindowAttention(nn.Module):
             table = torch.cat([tables.rows, folded, padding], 1)  # rows: one key's bias for every query
             rows = torch.where(valid, order + N * kind[:, None], rows_per_head + b)
             rows = torch.cat([rows, rows_per_head + torch.arange(b, device=rows.device)[:, None]], 1)
-            logits = table.index_select(1, rows.view(-1))
-        return logits.view(heads * b, K + 1, N)
+        return table, rows
 
 
 @dataclass(frozen=True, eq=False)

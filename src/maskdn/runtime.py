@@ -7,6 +7,9 @@ score buffers (see ``docs/performance.md``). :func:`keep_freed_memory` tells mal
 blocks from its heap and to keep freed memory for reuse, which removes those faults at the price of a
 resident size that does not shrink after a peak. The CLI and the trainer call it; library users may.
 Set ``MASKDN_KEEP_FREED_MEMORY=0`` to leave the allocator alone.
+
+:func:`autocast_on_cpu` and :func:`compiling` tell the hand-written CPU paths (:mod:`maskdn.linear`,
+:mod:`maskdn.kernels`) when to step aside for PyTorch's own.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["keep_freed_memory"]
+import torch
+
+__all__ = ["autocast_on_cpu", "compiling", "keep_freed_memory"]
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
@@ -45,3 +50,17 @@ def keep_freed_memory() -> bool:
     ok &= mallopt(_M_TOP_PAD, 64 << 20) == 1  # grow the heap in 64 MiB steps
     _applied = bool(ok)
     return _applied
+
+
+def autocast_on_cpu() -> bool:
+    """Whether CPU autocast is on: hand-written float32 kernels step aside for it."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # PyTorch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def compiling() -> bool:
+    """Whether ``torch.compile`` is tracing the current code: opaque calls step aside for it."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())

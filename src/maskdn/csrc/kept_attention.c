@@ -1,0 +1,215 @@
+/* Attention of windows over their kept tokens: the fused CPU kernel behind maskdn.kernels.
+ *
+ * One call handles windows [w0, w1) of a group of b windows, all heads, in the layouts the model
+ * already has, so no permuted copies are made around it:
+ *   qkv     [b, K, 3C]       projected kept tokens of each window (rows past a window's count are
+ *                            padding: zeroed tokens, so their q, k, v are the qkv bias)
+ *   order   [b, K]           window position (0..N-1) of each of those rows, distinct per window
+ *   bias    [3C]             qkv bias: b_q is the query of every other position; (b_k, b_v) is the
+ *                            folded masked key, appended as key K
+ *   table   [heads, R, N]    rows of position bias for every query: each window reads the rows of its
+ *                            keys (-inf everywhere: a padding key), so no [heads, b, K+1, N] logits
+ *                            tensor is ever gathered, nor its gradient scattered back
+ *   rows    [b, K+1]         the table row of each key of each window (the folded key last)
+ *   p       [heads, b, K+1, N]  out: softmax over the K+1 keys, kept for the backward
+ *   out     [b, N, C]        out: attention output before the output projection
+ * Scores are laid out keys x queries, so every inner loop runs over the N (= 64) queries of a
+ * window and vectorises; the softmax reduces across rows. Plain C, compiled on first use by
+ * maskdn/kernels.py with -O3 -march=native; threads are the caller's (it splits [0, b)).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* e^x: Cody-Waite reduction and a degree-6 polynomial (relative error ~2e-7) that gcc vectorises;
+ * x below -87 (e^x under float's normal range, -inf included) gives exactly 0. */
+INLINE float exp_approx(float x) {
+  const float lo = -87.0f, hi = 88.0f;
+  float xc = x < lo ? lo : (x > hi ? hi : x);
+  float n = nearbyintf(xc * 1.44269504088896341f);
+  float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * r * r + r + 1.0f;
+  int32_t bits = ((int32_t)n + 127) << 23;
+  float two_n;
+  memcpy(&two_n, &bits, sizeof two_n);
+  return x < lo ? 0.0f : poly * two_n;
+}
+
+/* Queries [d][N] (b_q everywhere, the kept rows' own queries at their positions), keys [K+1][d] and
+ * values [K+1][d] of window w, head h. */
+INLINE void load_window(const float *qkv, const int64_t *order, const float *bias, int64_t w, int64_t h,
+                        int64_t K, int64_t N, int64_t C, int64_t d, float *qT, float *keys, float *vals) {
+  const float *bq = bias + h * d, *bk = bias + C + h * d, *bv = bias + 2 * C + h * d;
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t n = 0; n < N; ++n) qT[i * N + n] = bq[i];
+  for (int64_t k = 0; k < K; ++k) {
+    const float *row = qkv + (w * K + k) * 3 * C + h * d;
+    const int64_t pos = order[w * K + k];
+    for (int64_t i = 0; i < d; ++i) {
+      qT[i * N + pos] = row[i];
+      keys[k * d + i] = row[C + i];
+      vals[k * d + i] = row[2 * C + i];
+    }
+  }
+  for (int64_t i = 0; i < d; ++i) {
+    keys[K * d + i] = bk[i];
+    vals[K * d + i] = bv[i];
+  }
+}
+
+INLINE void forward_window(const float *qkv, const int64_t *order, const float *bias, const float *table,
+                           const int64_t *rows, float *p, float *out, int64_t w, int64_t b, int64_t K, int64_t N,
+                           int64_t R, int64_t heads, int64_t d, float scale, float *scratch) {
+  const int64_t C = heads * d, K1 = K + 1;
+  float *qT = scratch, *keys = qT + d * N, *vals = keys + K1 * d;
+  float mx[N], sum[N], acc[N]; /* N is a constant 64 in the common case: registers */
+  for (int64_t h = 0; h < heads; ++h) {
+    load_window(qkv, order, bias, w, h, K, N, C, d, qT, keys, vals);
+    float *pw = p + (h * b + w) * K1 * N;
+    for (int64_t n = 0; n < N; ++n) mx[n] = -INFINITY, sum[n] = 0.0f;
+    for (int64_t k = 0; k < K1; ++k) {
+      const float *lg = table + (h * R + rows[w * K1 + k]) * N;
+      for (int64_t n = 0; n < N; ++n) acc[n] = lg[n];
+      for (int64_t i = 0; i < d; ++i) {
+        const float kv = keys[k * d + i] * scale;
+        for (int64_t n = 0; n < N; ++n) acc[n] += kv * qT[i * N + n];
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        pw[k * N + n] = acc[n];
+        mx[n] = acc[n] > mx[n] ? acc[n] : mx[n];
+      }
+    }
+    for (int64_t k = 0; k < K1; ++k)
+      for (int64_t n = 0; n < N; ++n) {
+        const float e = exp_approx(pw[k * N + n] - mx[n]);
+        pw[k * N + n] = e;
+        sum[n] += e;
+      }
+    for (int64_t n = 0; n < N; ++n) sum[n] = 1.0f / sum[n];
+    for (int64_t k = 0; k < K1; ++k)
+      for (int64_t n = 0; n < N; ++n) pw[k * N + n] *= sum[n];
+    float *ow = out + w * N * C + h * d;
+    for (int64_t i = 0; i < d; ++i) {
+      for (int64_t n = 0; n < N; ++n) acc[n] = 0.0f;
+      for (int64_t k = 0; k < K1; ++k) {
+        const float v = vals[k * d + i];
+        for (int64_t n = 0; n < N; ++n) acc[n] += v * pw[k * N + n];
+      }
+      for (int64_t n = 0; n < N; ++n) ow[n * C + i] = acc[n];
+    }
+  }
+}
+
+INLINE void backward_window(const float *grad, const float *qkv, const int64_t *order, const float *bias,
+                            const int64_t *rows, const float *p, float *d_qkv, float *d_bias, float *d_table,
+                            int64_t w, int64_t b, int64_t K, int64_t N, int64_t R, int64_t heads, int64_t d,
+                            float scale, float *scratch) {
+  const int64_t C = heads * d, K1 = K + 1;
+  float *qT = scratch, *keys = qT + d * N, *vals = keys + K1 * d, *gT = vals + K1 * d, *dq = gT + d * N;
+  float *dP = dq + d * N; /* [K+1][N] */
+  float rowdot[N], acc[N];
+  for (int64_t h = 0; h < heads; ++h) {
+    load_window(qkv, order, bias, w, h, K, N, C, d, qT, keys, vals);
+    const float *gw = grad + w * N * C + h * d;
+    for (int64_t i = 0; i < d; ++i)
+      for (int64_t n = 0; n < N; ++n) gT[i * N + n] = gw[n * C + i];
+    const float *pw = p + (h * b + w) * K1 * N;
+    float *dk_out = d_qkv + w * K * 3 * C + C + h * d, *dv_out = dk_out + C;
+    for (int64_t n = 0; n < N; ++n) rowdot[n] = 0.0f;
+    /* pass 1: dP, Σ_k P·dP per query, dV */
+    for (int64_t k = 0; k < K1; ++k) {
+      const float *pk = pw + k * N;
+      for (int64_t n = 0; n < N; ++n) acc[n] = 0.0f;
+      for (int64_t i = 0; i < d; ++i) {
+        const float v = vals[k * d + i];
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t n = 0; n < N; ++n) s += gT[i * N + n] * pk[n];
+        for (int64_t n = 0; n < N; ++n) acc[n] += v * gT[i * N + n];
+        if (k < K) dv_out[k * 3 * C + i] = s;
+        else d_bias[2 * C + h * d + i] += s;
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        dP[k * N + n] = acc[n];
+        rowdot[n] += pk[n] * acc[n];
+      }
+    }
+    /* pass 2: dS = P·(dP − Σ P·dP), the gradient of the key's table row; then dK and dQ */
+    for (int64_t i = 0; i < d; ++i)
+      for (int64_t n = 0; n < N; ++n) dq[i * N + n] = 0.0f;
+    for (int64_t k = 0; k < K1; ++k) {
+      const float *pk = pw + k * N;
+      float *ds = dP + k * N;
+      float *dt = d_table + (h * R + rows[w * K1 + k]) * N;
+      for (int64_t n = 0; n < N; ++n) {
+        ds[n] = pk[n] * (ds[n] - rowdot[n]);
+        dt[n] += ds[n];
+      }
+      for (int64_t i = 0; i < d; ++i) {
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t n = 0; n < N; ++n) s += qT[i * N + n] * ds[n];
+        const float kv = keys[k * d + i] * scale;
+        for (int64_t n = 0; n < N; ++n) dq[i * N + n] += kv * ds[n];
+        if (k < K) dk_out[k * 3 * C + i] = s * scale;
+        else d_bias[C + h * d + i] += s * scale;
+      }
+    }
+    /* dQ: the kept rows' queries get their positions' gradient, b_q every other position's */
+    float *dq_out = d_qkv + w * K * 3 * C + h * d;
+    for (int64_t i = 0; i < d; ++i) {
+      float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+      for (int64_t n = 0; n < N; ++n) total += dq[i * N + n];
+      for (int64_t k = 0; k < K; ++k) {
+        const float g = dq[i * N + order[w * K + k]];
+        dq_out[k * 3 * C + i] = g;
+        total -= g;
+      }
+      d_bias[h * d + i] += total;
+    }
+  }
+}
+
+static int64_t scratch_floats(int64_t K, int64_t N, int64_t d) { return 3 * d * N + 2 * (K + 1) * d + (K + 1) * N; }
+
+/* Forward of windows [w0, w1); returns 0, or -1 when out of memory. */
+int kept_attention_forward(const float *qkv, const int64_t *order, const float *bias, const float *table,
+                           const int64_t *rows, float *p, float *out, int64_t w0, int64_t w1, int64_t b, int64_t K,
+                           int64_t N, int64_t R, int64_t heads, int64_t d, float scale) {
+  float *scratch = malloc(sizeof(float) * scratch_floats(K, N, d));
+  if (!scratch) return -1;
+  for (int64_t w = w0; w < w1; ++w) {
+    if (N == 64) forward_window(qkv, order, bias, table, rows, p, out, w, b, K, 64, R, heads, d, scale, scratch);
+    else forward_window(qkv, order, bias, table, rows, p, out, w, b, K, N, R, heads, d, scale, scratch);
+  }
+  free(scratch);
+  return 0;
+}
+
+/* Backward of windows [w0, w1): writes their rows of d_qkv; adds into d_bias [3C] and d_table
+ * [heads, R, N], which the caller gives each thread its own of (windows share table rows). */
+int kept_attention_backward(const float *grad, const float *qkv, const int64_t *order, const float *bias,
+                            const int64_t *rows, const float *p, float *d_qkv, float *d_bias, float *d_table,
+                            int64_t w0, int64_t w1, int64_t b, int64_t K, int64_t N, int64_t R, int64_t heads,
+                            int64_t d, float scale) {
+  float *scratch = malloc(sizeof(float) * scratch_floats(K, N, d));
+  if (!scratch) return -1;
+  for (int64_t w = w0; w < w1; ++w) {
+    if (N == 64)
+      backward_window(grad, qkv, order, bias, rows, p, d_qkv, d_bias, d_table, w, b, K, 64, R, heads, d, scale, scratch);
+    else
+      backward_window(grad, qkv, order, bias, rows, p, d_qkv, d_bias, d_table, w, b, K, N, R, heads, d, scale, scratch);
+  }
+  free(scratch);
+  return 0;
+}
