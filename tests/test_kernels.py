@@ -100,13 +100,17 @@ def test_masked_model_runs_the_kernel_in_training_and_inference(monkeypatch):
     assert calls["forward"] == 20  # one group of windows per block
 
 
-def test_kernel_is_not_used_where_it_does_not_apply(monkeypatch):
+def test_kernel_takes_float32_and_bf16_autocast_only(monkeypatch):
+    """Under bf16 autocast the kernel computes in float32 from the bf16 projection; a bf16 tensor outside
+    autocast, or float64, keeps the PyTorch path."""
     monkeypatch.setattr(kernels, "kernel_status", lambda: "compiled")
     x = torch.zeros(2, 3, 6)
     assert kernels.kernel_available(x)
     assert not kernels.kernel_available(x.double())
+    assert not kernels.kernel_available(x.bfloat16())
     with torch.autocast("cpu", torch.bfloat16):
-        assert not kernels.kernel_available(x)
+        assert kernels.kernel_available(x.bfloat16())
+        assert kernels.kernel_available(x)
 
 
 def test_environment_switch_turns_it_off(monkeypatch, fresh_kernel_state):

@@ -177,7 +177,7 @@ def test_kept_keys_match_reference_at_any_mask_ratio(sharp_masked_model, ratio, 
         assert torch.allclose(results["fast"][1][k], g, atol=1e-5, rtol=1e-4), k
 
 
-def test_kept_keys_train_under_bf16_autocast(tiny_masked_model):
+def test_kept_keys_train_under_bf16_autocast(tiny_masked_model, attention_core):
     """The hand-written backward under autocast: every bf16 gradient is as close to the float32 one as
     the reference path's bf16 gradient is (the position-bias tables differ by ~10-15% in both)."""
     x = torch.rand(2, 3, 32, 32)

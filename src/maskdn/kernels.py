@@ -82,8 +82,8 @@ def _build() -> ctypes.CDLL:
             os.replace(lib, target)  # atomic: concurrent processes never load a half-written file
     lib = ctypes.CDLL(str(target))
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    lib.kept_attention_forward.argtypes = [ptr] * 7 + [i64] * 8 + [f32]
-    lib.kept_attention_backward.argtypes = [ptr] * 9 + [i64] * 8 + [f32]
+    lib.kept_attention_forward.argtypes = [ptr] * 6 + [i64] * 7 + [f32]
+    lib.kept_attention_backward.argtypes = [ptr] * 9 + [i64] * 7 + [f32]
     lib.kept_attention_forward.restype = lib.kept_attention_backward.restype = ctypes.c_int
     return lib
 
@@ -106,7 +106,9 @@ def kernel_status() -> str:
 def kernel_available(qkv: Tensor) -> bool:
     """Whether :func:`kept_attention` can take ``qkv``: float32 on CPU, outside autocast and
     ``torch.compile``, kernel compiled."""
-    if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or autocast_on_cpu() or compiling():
+    if qkv.device.type != "cpu" or compiling():
+        return False
+    if qkv.dtype != torch.float32 and not (qkv.dtype == torch.bfloat16 and autocast_on_cpu()):
         return False
     return kernel_status() == "compiled"
 
@@ -141,27 +143,26 @@ class _KeptAttention(torch.autograd.Function):
         b, K, C3 = qkv.shape
         C, (_, R, N) = C3 // 3, table.shape
         qkv, order, bias, table, rows = (t.contiguous() for t in (qkv, order, bias, table, rows))
-        out, p = qkv.new_empty(b, N, C), qkv.new_empty(heads, b, K + 1, N)
-        dims = (b, K, N, R, heads, C // heads, scale)
+        out = qkv.new_empty(b, N, C)
+        dims = (K, N, R, heads, C // heads, scale)
         _run(_lib.kept_attention_forward, _split(b),
-             lambda i, w0, w1: (_ptr(qkv), _ptr(order), _ptr(bias), _ptr(table), _ptr(rows), _ptr(p), _ptr(out),
-                                w0, w1, *dims))
-        ctx.save_for_backward(qkv, order, bias, rows, p)
-        ctx.dims, ctx.table_shape = dims, table.shape
+             lambda i, w0, w1: (_ptr(qkv), _ptr(order), _ptr(bias), _ptr(table), _ptr(rows), _ptr(out), w0, w1, *dims))
+        ctx.save_for_backward(qkv, order, bias, table, rows)
+        ctx.dims = dims
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        qkv, order, bias, rows, p = ctx.saved_tensors
+        qkv, order, bias, table, rows = ctx.saved_tensors
         grad = grad.contiguous()
         ranges = _split(qkv.shape[0])
         d_qkv = torch.empty_like(qkv)
         # windows share table rows and the bias: one accumulator per thread, summed below
         d_bias = bias.new_zeros(len(ranges), bias.numel())
-        d_table = p.new_zeros(len(ranges), *ctx.table_shape)
+        d_table = table.new_zeros(len(ranges), *table.shape)
         _run(_lib.kept_attention_backward, ranges,
-             lambda i, w0, w1: (_ptr(grad), _ptr(qkv), _ptr(order), _ptr(bias), _ptr(rows), _ptr(p), _ptr(d_qkv),
-                                _ptr(d_bias[i]), _ptr(d_table[i]), w0, w1, *ctx.dims))
+             lambda i, w0, w1: (_ptr(grad), _ptr(qkv), _ptr(order), _ptr(bias), _ptr(table), _ptr(rows),
+                                _ptr(d_qkv), _ptr(d_bias[i]), _ptr(d_table[i]), w0, w1, *ctx.dims))
         return d_qkv, None, d_bias.sum(0), d_table.sum(0), None, None, None
 
 
@@ -176,4 +177,5 @@ def kept_attention(qkv: Tensor, order: Tensor, bias: Tensor, table: Tensor, rows
     a row of −inf: padding). Differentiable in ``qkv``, ``bias`` and ``table``. Call only where
     :func:`kernel_available` is True.
     """
+    qkv, bias, table = qkv.float(), bias.float(), table.float()  # bf16 autocast: the core runs in float32
     return _KeptAttention.apply(qkv, order.to(torch.int64), bias, table, rows.to(torch.int64), heads, scale)

@@ -11,10 +11,10 @@
  *                            keys (-inf everywhere: a padding key), so no [heads, b, K+1, N] logits
  *                            tensor is ever gathered, nor its gradient scattered back
  *   rows    [b, K+1]         the table row of each key of each window (the folded key last)
- *   p       [heads, b, K+1, N]  out: softmax over the K+1 keys, kept for the backward
  *   out     [b, N, C]        out: attention output before the output projection
  * Scores are laid out keys x queries, so every inner loop runs over the N (= 64) queries of a
- * window and vectorises; the softmax reduces across rows. Plain C, compiled on first use by
+ * window and vectorises; the softmax reduces across rows. Nothing of size [heads, b, K+1, N] is
+ * stored: the backward recomputes each window's probabilities. Plain C, compiled on first use by
  * maskdn/kernels.py with -O3 -march=native; threads are the caller's (it splits [0, b)).
  */
 #include <math.h>
@@ -66,63 +66,73 @@ INLINE void load_window(const float *qkv, const int64_t *order, const float *bia
   }
 }
 
-INLINE void forward_window(const float *qkv, const int64_t *order, const float *bias, const float *table,
-                           const int64_t *rows, float *p, float *out, int64_t w, int64_t b, int64_t K, int64_t N,
-                           int64_t R, int64_t heads, int64_t d, float scale, float *scratch) {
-  const int64_t C = heads * d, K1 = K + 1;
-  float *qT = scratch, *keys = qT + d * N, *vals = keys + K1 * d;
+/* P [K+1][N] of window w, head h: scores of every key for every query plus its table row, softmax
+ * over the keys. Recomputed in the backward rather than stored: writing it out and reading it back
+ * ([heads, b, K+1, N], ~7 MB per group of windows) costs more memory traffic than the arithmetic. */
+INLINE void attention_probs(const float *qT, const float *keys, const float *table, const int64_t *rows, int64_t w,
+                            int64_t h, int64_t K1, int64_t N, int64_t R, int64_t d, float scale, float *pw) {
   float mx[N], sum[N], acc[N]; /* N is a constant 64 in the common case: registers */
+  for (int64_t n = 0; n < N; ++n) mx[n] = -INFINITY, sum[n] = 0.0f;
+  for (int64_t k = 0; k < K1; ++k) {
+    const float *lg = table + (h * R + rows[w * K1 + k]) * N;
+    for (int64_t n = 0; n < N; ++n) acc[n] = lg[n];
+    for (int64_t i = 0; i < d; ++i) {
+      const float kv = keys[k * d + i] * scale;
+      for (int64_t n = 0; n < N; ++n) acc[n] += kv * qT[i * N + n];
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      pw[k * N + n] = acc[n];
+      mx[n] = acc[n] > mx[n] ? acc[n] : mx[n];
+    }
+  }
+  for (int64_t k = 0; k < K1; ++k)
+    for (int64_t n = 0; n < N; ++n) {
+      const float e = exp_approx(pw[k * N + n] - mx[n]);
+      pw[k * N + n] = e;
+      sum[n] += e;
+    }
+  for (int64_t n = 0; n < N; ++n) sum[n] = 1.0f / sum[n];
+  for (int64_t k = 0; k < K1; ++k)
+    for (int64_t n = 0; n < N; ++n) pw[k * N + n] *= sum[n];
+}
+
+INLINE void forward_window(const float *qkv, const int64_t *order, const float *bias, const float *table,
+                           const int64_t *rows, float *out, int64_t w, int64_t K, int64_t N, int64_t R, int64_t heads,
+                           int64_t d, float scale, float *scratch) {
+  const int64_t C = heads * d, K1 = K + 1;
+  float *qT = scratch, *keys = qT + d * N, *vals = keys + K1 * d, *pw = vals + K1 * d, *o = pw + K1 * N;
   for (int64_t h = 0; h < heads; ++h) {
     load_window(qkv, order, bias, w, h, K, N, C, d, qT, keys, vals);
-    float *pw = p + (h * b + w) * K1 * N;
-    for (int64_t n = 0; n < N; ++n) mx[n] = -INFINITY, sum[n] = 0.0f;
-    for (int64_t k = 0; k < K1; ++k) {
-      const float *lg = table + (h * R + rows[w * K1 + k]) * N;
-      for (int64_t n = 0; n < N; ++n) acc[n] = lg[n];
-      for (int64_t i = 0; i < d; ++i) {
-        const float kv = keys[k * d + i] * scale;
-        for (int64_t n = 0; n < N; ++n) acc[n] += kv * qT[i * N + n];
-      }
-      for (int64_t n = 0; n < N; ++n) {
-        pw[k * N + n] = acc[n];
-        mx[n] = acc[n] > mx[n] ? acc[n] : mx[n];
-      }
-    }
-    for (int64_t k = 0; k < K1; ++k)
-      for (int64_t n = 0; n < N; ++n) {
-        const float e = exp_approx(pw[k * N + n] - mx[n]);
-        pw[k * N + n] = e;
-        sum[n] += e;
-      }
-    for (int64_t n = 0; n < N; ++n) sum[n] = 1.0f / sum[n];
-    for (int64_t k = 0; k < K1; ++k)
-      for (int64_t n = 0; n < N; ++n) pw[k * N + n] *= sum[n];
-    float *ow = out + w * N * C + h * d;
+    attention_probs(qT, keys, table, rows, w, h, K1, N, R, d, scale, pw);
     for (int64_t i = 0; i < d; ++i) {
+      float acc[N];
       for (int64_t n = 0; n < N; ++n) acc[n] = 0.0f;
       for (int64_t k = 0; k < K1; ++k) {
         const float v = vals[k * d + i];
         for (int64_t n = 0; n < N; ++n) acc[n] += v * pw[k * N + n];
       }
-      for (int64_t n = 0; n < N; ++n) ow[n * C + i] = acc[n];
+      for (int64_t n = 0; n < N; ++n) o[i * N + n] = acc[n];
     }
+    float *ow = out + w * N * C + h * d;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < d; ++i) ow[n * C + i] = o[i * N + n];
   }
 }
 
 INLINE void backward_window(const float *grad, const float *qkv, const int64_t *order, const float *bias,
-                            const int64_t *rows, const float *p, float *d_qkv, float *d_bias, float *d_table,
-                            int64_t w, int64_t b, int64_t K, int64_t N, int64_t R, int64_t heads, int64_t d,
-                            float scale, float *scratch) {
+                            const float *table, const int64_t *rows, float *d_qkv, float *d_bias, float *d_table,
+                            int64_t w, int64_t K, int64_t N, int64_t R, int64_t heads, int64_t d, float scale,
+                            float *scratch) {
   const int64_t C = heads * d, K1 = K + 1;
   float *qT = scratch, *keys = qT + d * N, *vals = keys + K1 * d, *gT = vals + K1 * d, *dq = gT + d * N;
-  float *dP = dq + d * N; /* [K+1][N] */
+  float *dP = dq + d * N, *pw = dP + K1 * N; /* [K+1][N] each */
   float rowdot[N], acc[N];
   for (int64_t h = 0; h < heads; ++h) {
     load_window(qkv, order, bias, w, h, K, N, C, d, qT, keys, vals);
+    attention_probs(qT, keys, table, rows, w, h, K1, N, R, d, scale, pw);
     const float *gw = grad + w * N * C + h * d;
-    for (int64_t i = 0; i < d; ++i)
-      for (int64_t n = 0; n < N; ++n) gT[i * N + n] = gw[n * C + i];
-    const float *pw = p + (h * b + w) * K1 * N;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < d; ++i) gT[i * N + n] = gw[n * C + i];
     float *dk_out = d_qkv + w * K * 3 * C + C + h * d, *dv_out = dk_out + C;
     for (int64_t n = 0; n < N; ++n) rowdot[n] = 0.0f;
     /* pass 1: dP, Σ_k P·dP per query, dV */
@@ -180,17 +190,17 @@ INLINE void backward_window(const float *grad, const float *qkv, const int64_t *
   }
 }
 
-static int64_t scratch_floats(int64_t K, int64_t N, int64_t d) { return 3 * d * N + 2 * (K + 1) * d + (K + 1) * N; }
+static int64_t scratch_floats(int64_t K, int64_t N, int64_t d) { return 3 * d * N + 2 * (K + 1) * d + 2 * (K + 1) * N; }
 
 /* Forward of windows [w0, w1); returns 0, or -1 when out of memory. */
 int kept_attention_forward(const float *qkv, const int64_t *order, const float *bias, const float *table,
-                           const int64_t *rows, float *p, float *out, int64_t w0, int64_t w1, int64_t b, int64_t K,
-                           int64_t N, int64_t R, int64_t heads, int64_t d, float scale) {
+                           const int64_t *rows, float *out, int64_t w0, int64_t w1, int64_t K, int64_t N, int64_t R,
+                           int64_t heads, int64_t d, float scale) {
   float *scratch = malloc(sizeof(float) * scratch_floats(K, N, d));
   if (!scratch) return -1;
   for (int64_t w = w0; w < w1; ++w) {
-    if (N == 64) forward_window(qkv, order, bias, table, rows, p, out, w, b, K, 64, R, heads, d, scale, scratch);
-    else forward_window(qkv, order, bias, table, rows, p, out, w, b, K, N, R, heads, d, scale, scratch);
+    if (N == 64) forward_window(qkv, order, bias, table, rows, out, w, K, 64, R, heads, d, scale, scratch);
+    else forward_window(qkv, order, bias, table, rows, out, w, K, N, R, heads, d, scale, scratch);
   }
   free(scratch);
   return 0;
@@ -199,16 +209,16 @@ int kept_attention_forward(const float *qkv, const int64_t *order, const float *
 /* Backward of windows [w0, w1): writes their rows of d_qkv; adds into d_bias [3C] and d_table
  * [heads, R, N], which the caller gives each thread its own of (windows share table rows). */
 int kept_attention_backward(const float *grad, const float *qkv, const int64_t *order, const float *bias,
-                            const int64_t *rows, const float *p, float *d_qkv, float *d_bias, float *d_table,
-                            int64_t w0, int64_t w1, int64_t b, int64_t K, int64_t N, int64_t R, int64_t heads,
-                            int64_t d, float scale) {
+                            const float *table, const int64_t *rows, float *d_qkv, float *d_bias, float *d_table,
+                            int64_t w0, int64_t w1, int64_t K, int64_t N, int64_t R, int64_t heads, int64_t d,
+                            float scale) {
   float *scratch = malloc(sizeof(float) * scratch_floats(K, N, d));
   if (!scratch) return -1;
   for (int64_t w = w0; w < w1; ++w) {
     if (N == 64)
-      backward_window(grad, qkv, order, bias, rows, p, d_qkv, d_bias, d_table, w, b, K, 64, R, heads, d, scale, scratch);
+      backward_window(grad, qkv, order, bias, table, rows, d_qkv, d_bias, d_table, w, K, 64, R, heads, d, scale, scratch);
     else
-      backward_window(grad, qkv, order, bias, rows, p, d_qkv, d_bias, d_table, w, b, K, N, R, heads, d, scale, scratch);
+      backward_window(grad, qkv, order, bias, table, rows, d_qkv, d_bias, d_table, w, K, N, R, heads, d, scale, scratch);
   }
   free(scratch);
   return 0;
