@@ -3,8 +3,8 @@
 For each layer of the small and paper presets (65,536 tokens: the 16×64² training batch), times the
 forward product, the input gradient and the weight gradient both ways, one thread, best of 10 after
 two warm-ups, with maskdn's allocator setting. Prints a table, writes JSON. Shows why
-``maskdn.linear`` sends the forward and the input gradient to oneDNN and keeps the weight gradient on
-MKL.
+``maskdn.linear`` sends the forward and both gradients to oneDNN, the weight gradient with its
+transposed operands as strided views (copying them first costs more than it saves).
 
     python benchmarks/linear.py
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from maskdn.linear import _onednn, uses_onednn
+from maskdn.linear import _onednn, _onednn_strided, uses_onednn
 from maskdn.runtime import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parent
@@ -57,6 +57,7 @@ def measure(c_in: int, c_out: int) -> dict[str, float]:
         "input grad oneDNN": _best_ms(lambda: _onednn(grad, w_t)),
         "weight grad MKL": _best_ms(lambda: grad.t().mm(x)),
         "weight grad oneDNN (operands pre-transposed)": _best_ms(lambda: _onednn(grad_t, x_t)),
+        "weight grad oneDNN (strided views, maskdn)": _best_ms(lambda: _onednn_strided(grad.t(), x.t())),
     }
 
 

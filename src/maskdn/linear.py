@@ -3,10 +3,11 @@
 PyTorch runs a float32 ``F.linear`` on CPU through MKL's GEMM. For this model's thin shapes (tens of
 thousands of tokens × 32–180 columns) oneDNN's matmul primitive, the one PyTorch's compiler emits for
 CPU linear layers (``torch.ops.mkldnn._linear_pointwise``), is 2–3× faster on this project's
-machines and gives the same result (``benchmarks/linear.py``, ``docs/performance.md``). :func:`linear` uses it for the forward
-product and for the gradient of the input, and MKL for the gradient of the weight (a long reduction
-over tokens, where MKL is the faster one). :func:`linear_gelu` fuses the GELU into the product
-without autograd (inference).
+machines and gives the same result (``benchmarks/linear.py``, ``docs/performance.md``). :func:`linear`
+uses it for the forward product and for both gradients; the weight's (a long reduction over tokens)
+reads the transposed operands as strided views, which oneDNN takes in place (transposed copies would
+cost more than they save). :func:`linear_gelu` fuses the GELU into the product without autograd
+(inference).
 
 Everything else falls back to ``F.linear``: other devices and dtypes, bf16 autocast (which already
 runs on oneDNN), code being traced by ``torch.compile`` and PyTorch builds without the op.
@@ -60,8 +61,13 @@ def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: s
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), bias, activation, [], algorithm)
 
 
+def _onednn_strided(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b.T`` on oneDNN for transposed (column-major) views, without copying them."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+
+
 class _OneDnnLinear(torch.autograd.Function):
-    """``x @ weight.T + bias`` with oneDNN for the forward and the input gradient, MKL for the weight's."""
+    """``x @ weight.T + bias`` with oneDNN for the forward and both gradients."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -75,7 +81,8 @@ class _OneDnnLinear(torch.autograd.Function):
         grad = grad.contiguous()
         rows = grad.view(-1, grad.shape[-1])
         d_x = _onednn(grad, weight.t()) if ctx.needs_input_grad[0] else None
-        d_weight = rows.t().mm(x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
+        # grad.T @ x with the transposes as strides (oneDNN reads them in place; copies would cost more)
+        d_weight = _onednn_strided(rows.t(), x.reshape(-1, x.shape[-1]).t()) if ctx.needs_input_grad[1] else None
         d_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return d_x, d_weight, d_bias
 
