@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from maskdn import kernels
 from maskdn.linear import linear
 from maskdn.model import SwinTransformerBlock, preset
 from maskdn.runtime import keep_freed_memory
@@ -59,6 +60,13 @@ def parts(preset_name: str, shift: int, ratio: float) -> dict[str, tuple[float, 
         "MLP with its LayerNorm, F.linear (as the literal path)": lambda: block.mlp(block.norm2(x)),
     }
     out = {name: _median_ms(fn, x, block) for name, fn in runs.items()}
+    status = kernels.kernel_status
+    kernels.kernel_status = lambda: "off (benchmark)"  # the attention core on PyTorch ops, as without a C compiler
+    try:
+        out["block (fast, PyTorch attention core)"] = _median_ms(lambda: block(x, size, keep), x, block)
+        out["attention, PyTorch attention core"] = _median_ms(lambda: block.attention(x, size, keep), x, block)
+    finally:
+        kernels.kernel_status = status
     block.attn.impl = "reference"
     out["block (literal reference path)"] = _median_ms(lambda: block(x, size, keep), x, block)
     return out
@@ -74,7 +82,8 @@ def main() -> None:
     torch.set_num_threads(1)
     keep_freed_memory()
     results = {name: parts(name, a.shift, a.ratio) for name in a.presets}
-    print(f"one block, {BATCH}×{PATCH}², shift {a.shift}, mask {a.ratio:.0%}, one thread; ms, median of 5")
+    print(f"one block, {BATCH}×{PATCH}², shift {a.shift}, mask {a.ratio:.0%}, one thread; ms, median of 5; "
+          f"attention kernel: {kernels.kernel_status()}")
     print("| preset | part | forward | backward | total |\n|---|---|---|---|---|")
     for name, rows in results.items():
         for part, (f, b) in rows.items():
@@ -82,6 +91,7 @@ def main() -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"shape": [BATCH, PATCH, PATCH], "shift": a.shift, "ratio": a.ratio, "threads": 1,
+                               "cpu_kernel": kernels.kernel_status(),
                                "ms": {n: {k: {"forward": f, "backward": b} for k, (f, b) in r.items()}
                                       for n, r in results.items()}}, indent=2))
     print(f"wrote {out}")

@@ -10,7 +10,9 @@ Each configuration runs in its own process, so the allocator setting (glibc defa
 interleaved rounds (every row once, then every row again) and each keeps its best round: this machine
 drifts by 10-15% over minutes, and interleaving spreads the drift over all rows instead of over the
 rows that happened to run last. Rows: path × allocator × dtype, so the table
-shows where the time goes; "maskdn default" is the fast path with ``keep_freed_memory``. Achieved
+shows where the time goes; "maskdn default" is the fast path with ``keep_freed_memory`` (and, where a C
+compiler is present, the fused attention kernel of ``maskdn.kernels``; one more row runs the default
+with ``MASKDN_CPU_KERNEL=0``). Achieved
 GFLOP/s count the reference path's matrix FLOPs (torch's FlopCounterMode) against a matmul measured in
 the same run with the same threads.
 
@@ -33,6 +35,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from maskdn.kernels import kernel_status
 
 ROOT = Path(__file__).resolve().parent
 IMAGE = (512, 768)  # (a): H, W
@@ -76,7 +80,7 @@ def _model(preset_name: str, impl: str, device: str):
     from maskdn.model import MaskedSwinIR, preset
 
     torch.manual_seed(0)
-    return MaskedSwinIR(preset(preset_name)).to(device).set_attention(impl)
+    return MaskedSwinIR(preset(preset_name)).to(device).set_attention(impl.removesuffix("-torch-core"))
 
 
 def _forward(model, device: str, bf16: bool, repeats: int) -> float:
@@ -194,7 +198,10 @@ ROWS = [  # (path, keep_memory, label)
     ("reference", True, "reference, keep_freed_memory"),
     ("fast", False, "fast, glibc malloc"),
     ("fast", True, "fast, keep_freed_memory (maskdn default)"),
+    # the default with the attention core on PyTorch ops instead of maskdn's C kernel: what the kernel buys
+    ("fast-torch-core", True, "fast, keep_freed_memory, MASKDN_CPU_KERNEL=0"),
 ]
+QUICK_ROWS = [ROWS[0], ROWS[3], ROWS[4]]
 
 
 def _run_worker(task: str, preset_name: str, impl: str, keep: bool, bf16: bool, a: argparse.Namespace) -> dict:
@@ -204,6 +211,8 @@ def _run_worker(task: str, preset_name: str, impl: str, keep: bool, bf16: bool, 
     cmd += ["--keep-memory"] if keep else []
     cmd += ["--bf16"] if bf16 else []
     env = dict(os.environ, MASKDN_KEEP_FREED_MEMORY="1" if keep else "0")
+    if impl == "fast-torch-core":
+        env["MASKDN_CPU_KERNEL"] = "0"
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"worker failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
@@ -216,6 +225,7 @@ def _write_json(out: Path, record: dict, a: argparse.Namespace, argv: list[str] 
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "threads": a.threads, "device": a.device, "torch": torch.__version__},
         "command": " ".join([Path(sys.executable).name, "benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
+        "cpu_kernel": kernel_status(),
         **record,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="timed forward passes after one warm-up; the best counts")
     p.add_argument("--train-repeats", type=int, default=5, help="timed training steps after three warm-up steps")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all rows; each row keeps its best")
-    p.add_argument("--quick", action="store_true", help="only the reference and maskdn-default rows, no tiled run")
+    p.add_argument("--quick", action="store_true", help="only the reference (glibc), maskdn-default and PyTorch-core rows, no tiled run")
     p.add_argument("--tiled-presets", nargs="*", default=["small"], help="presets for the 6000×4000 run (slow)")
     p.add_argument("--tiled-dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
                    help="dtypes of the tiled run (the paper preset takes about 30 min per dtype on one thread)")
@@ -273,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.tiled_only:
         return tiled_only(a, argv)
-    rows = [ROWS[0], ROWS[3]] if a.quick else ROWS
+    rows = QUICK_ROWS if a.quick else ROWS
     peaks = {str(dt).removeprefix("torch."): matmul_peak(a.device, a.threads, dt) for dt in (torch.float32, torch.bfloat16)}
     print(f"matmul peak, {a.threads} thread(s) on {a.device}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     results = []
@@ -311,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         ref, fast = find(preset_name, "reference", False, "float32"), find(preset_name, "fast", True, "float32")
         fast_bf16 = find(preset_name, "fast", True, "bfloat16")
         ref_keep = find(preset_name, "reference", True, "float32")
+        torch_core = find(preset_name, "fast-torch-core", True, "float32")
         speedups[preset_name] = {
             "fast_fp32_vs_reference_forward": ref["forward_s"] / fast["forward_s"],
             "fast_fp32_vs_reference_train": ref["train_step_s"] / fast["train_step_s"],
@@ -318,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             "attention_only_train": None if ref_keep is None else ref_keep["train_step_s"] / fast["train_step_s"],
             "bf16_vs_fp32_forward": fast["forward_s"] / fast_bf16["forward_s"],
             "bf16_vs_fp32_train": fast["train_step_s"] / fast_bf16["train_step_s"],
+            "kernel_vs_torch_core_forward": None if torch_core is None else torch_core["forward_s"] / fast["forward_s"],
+            "kernel_vs_torch_core_train": None if torch_core is None else torch_core["train_step_s"] / fast["train_step_s"],
         }
 
     lines = [
@@ -335,13 +348,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines.append("")
     lines.append("| preset | maskdn default fp32 vs reference (glibc): forward | train step | "
-                 "fast vs reference, both keep_freed_memory: forward | train step | bf16 vs fp32 (maskdn default): forward | train step |")
-    lines.append("|---|---|---|---|---|---|---|")
+                 "fast vs reference, both keep_freed_memory: forward | train step | bf16 vs fp32 (maskdn default): forward | train step | "
+                 "C kernel vs PyTorch attention core: forward | train step |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     x = lambda v: "–" if v is None else f"{v:.2f}×"  # noqa: E731
     for name, s in speedups.items():
         lines.append(f"| {name} | {x(s['fast_fp32_vs_reference_forward'])} | {x(s['fast_fp32_vs_reference_train'])} | "
                      f"{x(s['attention_only_forward'])} | {x(s['attention_only_train'])} | "
-                     f"{x(s['bf16_vs_fp32_forward'])} | {x(s['bf16_vs_fp32_train'])} |")
+                     f"{x(s['bf16_vs_fp32_forward'])} | {x(s['bf16_vs_fp32_train'])} | "
+                     f"{x(s['kernel_vs_torch_core_forward'])} | {x(s['kernel_vs_torch_core_train'])} |")
     table = "\n".join(lines)
     print()
     print(table)
