@@ -38,14 +38,24 @@ def _grads(fn, *tensors):
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-def test_linear_matches_f_linear_with_gradients(onednn, calls, bias):
+@pytest.mark.parametrize("width", [24, 64], ids=["weight_grad_mkl", "weight_grad_onednn"])
+def test_linear_matches_f_linear_with_gradients(onednn, calls, monkeypatch, bias, width):
+    strided = {"n": 0}
+    real = lin._onednn_strided
+
+    def spy(*args):
+        strided["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(lin, "_onednn_strided", spy)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 50, 24, generator=g).transpose(0, 1)  # non-contiguous input
-    w, b = torch.randn(40, 24, generator=g), torch.randn(40, generator=g)
+    x = torch.randn(3, 50, width, generator=g).transpose(0, 1)  # non-contiguous input
+    w, b = torch.randn(40, width, generator=g), torch.randn(40, generator=g)
     args = (x, w, b) if bias else (x, w)
     got, got_grads = _grads(lin.linear, *args)
     want, want_grads = _grads(F.linear, *args)
     assert calls["n"] == 2  # forward and the input gradient
+    assert strided["n"] == (width >= lin.STRIDED_WEIGHT_GRAD_MIN_IN)  # the weight gradient's library
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
     for a, e in zip(got_grads, want_grads):
         assert a.shape == e.shape and torch.allclose(a, e, atol=1e-4, rtol=1e-5)

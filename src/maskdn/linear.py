@@ -4,9 +4,10 @@ PyTorch runs a float32 ``F.linear`` on CPU through MKL's GEMM. For this model's 
 thousands of tokens × 32–180 columns) oneDNN's matmul primitive, the one PyTorch's compiler emits for
 CPU linear layers (``torch.ops.mkldnn._linear_pointwise``), is 2–3× faster on this project's
 machines and gives the same result (``benchmarks/linear.py``, ``docs/performance.md``). :func:`linear`
-uses it for the forward product and for both gradients; the weight's (a long reduction over tokens)
-reads the transposed operands as strided views, which oneDNN takes in place (transposed copies would
-cost more than they save). :func:`linear_gelu` fuses the GELU into the product without autograd
+uses it for the forward product and for the input gradient, and for the weight's (a long reduction
+over tokens) where the layer is at least 48 wide (below that MKL is faster here), reading the
+transposed operands as strided views, which oneDNN takes in place (transposed copies would cost more
+than they save). :func:`linear_gelu` fuses the GELU into the product without autograd
 (inference).
 
 Everything else falls back to ``F.linear``: other devices and dtypes, bf16 autocast (which already
@@ -66,8 +67,21 @@ def _onednn_strided(a: Tensor, b: Tensor) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
 
 
+STRIDED_WEIGHT_GRAD_MIN_IN = 48
+"""Input width from which the weight gradient runs on oneDNN (strided views) rather than MKL: in
+``benchmarks/linear.py`` oneDNN won at every layer 60 or more wide (paper preset, 8–25% faster) and
+at the small preset's 64-wide fc2, and lost at every 32-wide one (up to 1.7× slower)."""
+
+
+def _weight_grad(grad_rows: Tensor, x_rows: Tensor) -> Tensor:
+    """``grad_rows.T @ x_rows`` (the weight gradient, a long reduction over tokens) on the faster library."""
+    if x_rows.shape[1] >= STRIDED_WEIGHT_GRAD_MIN_IN:
+        return _onednn_strided(grad_rows.t(), x_rows.t())
+    return grad_rows.t().mm(x_rows)
+
+
 class _OneDnnLinear(torch.autograd.Function):
-    """``x @ weight.T + bias`` with oneDNN for the forward and both gradients."""
+    """``x @ weight.T + bias`` with oneDNN for the forward and the input gradient (and see :func:`_weight_grad`)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -82,7 +96,7 @@ class _OneDnnLinear(torch.autograd.Function):
         rows = grad.view(-1, grad.shape[-1])
         d_x = _onednn(grad, weight.t()) if ctx.needs_input_grad[0] else None
         # grad.T @ x with the transposes as strides (oneDNN reads them in place; copies would cost more)
-        d_weight = _onednn_strided(rows.t(), x.reshape(-1, x.shape[-1]).t()) if ctx.needs_input_grad[1] else None
+        d_weight = _weight_grad(rows, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
         d_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return d_x, d_weight, d_bias
 
