@@ -60,13 +60,9 @@ def parts(preset_name: str, shift: int, ratio: float) -> dict[str, tuple[float, 
         "MLP with its LayerNorm, F.linear (as the literal path)": lambda: block.mlp(block.norm2(x)),
     }
     out = {name: _median_ms(fn, x, block) for name, fn in runs.items()}
-    status = kernels.kernel_status
-    kernels.kernel_status = lambda: "off (benchmark)"  # the attention core on PyTorch ops, as without a C compiler
-    try:
+    with kernels.disabled():  # the attention core on PyTorch ops, as without a C compiler
         out["block (fast, PyTorch attention core)"] = _median_ms(lambda: block(x, size, keep), x, block)
         out["attention, PyTorch attention core"] = _median_ms(lambda: block.attention(x, size, keep), x, block)
-    finally:
-        kernels.kernel_status = status
     block.attn.impl = "reference"
     out["block (literal reference path)"] = _median_ms(lambda: block(x, size, keep), x, block)
     return out

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from maskdn import kernels
 from maskdn.model import MaskedSwinIR, preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,6 +24,21 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+HAS_C_COMPILER = bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc"))
+"""Where there is a compiler the fused attention kernel must build: its tests run, not skip."""
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def attention_core(request):
+    """The fast path's kept-keys core two ways: the fused C kernel (maskdn.kernels) and PyTorch ops."""
+    if request.param == "kernel":
+        if not HAS_C_COMPILER:
+            pytest.skip("no C compiler on this machine")
+        assert kernels.kernel_status() == "compiled"
+    with kernels.disabled() if request.param == "torch" else contextlib.nullcontext():
+        yield request.param
 
 
 def shared_path(*parts: str) -> Path:

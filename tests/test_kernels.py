@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import shutil
+import contextlib
 
 import pytest
 import torch
+from conftest import HAS_C_COMPILER
 
 from maskdn import kernels
 from maskdn.model import MaskedSwinIR, SwinTransformerBlock, preset
-
-HAS_CC = bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc"))
 
 
 @pytest.fixture
@@ -21,14 +19,7 @@ def fresh_kernel_state(monkeypatch):
     monkeypatch.setattr(kernels, "_lib", None)
 
 
-def _use_kernel(monkeypatch, on: bool) -> None:
-    if on:
-        assert kernels.kernel_status() == "compiled"
-    else:
-        monkeypatch.setattr(kernels, "kernel_status", lambda: "off (test)")
-
-
-@pytest.mark.skipif(not HAS_CC, reason="no C compiler on this machine")
+@pytest.mark.skipif(not HAS_C_COMPILER, reason="no C compiler on this machine")
 def test_kernel_builds_where_a_compiler_exists():
     assert kernels.kernel_status() == "compiled"
 
@@ -41,7 +32,7 @@ def _block_run(block, x, size, keep, grad_out):
     return out.detach(), x.grad, {n: p.grad.clone() for n, p in block.named_parameters()}
 
 
-@pytest.mark.skipif(not HAS_CC, reason="no C compiler on this machine")
+@pytest.mark.skipif(not HAS_C_COMPILER, reason="no C compiler on this machine")
 @pytest.mark.parametrize("ws", [8, 4], ids=["window8", "window4"])  # 64 queries: the specialised loop; 16: generic
 @pytest.mark.parametrize("ratio", [0.05, 0.75, 0.97])  # 0.05: windows with no masked key; 0.97: nearly none kept
 @pytest.mark.parametrize("threads", [1, 2])
@@ -61,9 +52,9 @@ def test_kernel_matches_pytorch_path(monkeypatch, ws, ratio, threads):
     grad_out = torch.randn_like(x)
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # the kernel's split, not torch's own pool
     results = {}
+    assert kernels.kernel_status() == "compiled"
     for on in (True, False):
-        with monkeypatch.context() as m:
-            _use_kernel(m, on)
+        with contextlib.nullcontext() if on else kernels.disabled():
             results[on] = _block_run(block, x, size, keep, grad_out)
             with torch.no_grad():
                 results[on, "no_grad"] = block(x, size, keep)
@@ -76,7 +67,7 @@ def test_kernel_matches_pytorch_path(monkeypatch, ws, ratio, threads):
         assert torch.allclose(g_k[name], g, rtol=1e-4, atol=1e-5 * g.abs().max().item()), name
 
 
-@pytest.mark.skipif(not HAS_CC, reason="no C compiler on this machine")
+@pytest.mark.skipif(not HAS_C_COMPILER, reason="no C compiler on this machine")
 def test_masked_model_runs_the_kernel_in_training_and_inference(monkeypatch):
     """A silent fallback to the PyTorch path would pass every numeric test: count the kernel's calls."""
     calls = {"forward": 0, "backward": 0}
@@ -144,7 +135,7 @@ def test_without_a_working_compiler_the_model_falls_back(monkeypatch, fresh_kern
     assert (fast - reference).abs().max().item() <= 1e-4
 
 
-@pytest.mark.skipif(not HAS_CC, reason="no C compiler on this machine")
+@pytest.mark.skipif(not HAS_C_COMPILER, reason="no C compiler on this machine")
 def test_build_is_cached_and_reused(monkeypatch, fresh_kernel_state, tmp_path):
     monkeypatch.setenv("MASKDN_CACHE_DIR", str(tmp_path))
     assert kernels.kernel_status() == "compiled"
@@ -154,3 +145,14 @@ def test_build_is_cached_and_reused(monkeypatch, fresh_kernel_state, tmp_path):
     kernels._build()
     assert built[0].stat().st_mtime_ns == stamp
     assert not [p for p in (tmp_path / "kernels").iterdir() if p != built[0]]  # no temporary leftovers
+
+
+def test_disabled_is_scoped(monkeypatch):
+    monkeypatch.setattr(kernels, "kernel_status", lambda: "compiled")
+    x = torch.zeros(2, 3, 6)
+    with kernels.disabled():
+        assert not kernels.kernel_available(x)
+        with kernels.disabled():
+            pass
+        assert not kernels.kernel_available(x)  # a nested exit does not re-enable it
+    assert kernels.kernel_available(x)

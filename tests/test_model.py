@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
-import shutil
 
 import pytest
 import torch
@@ -113,20 +111,6 @@ def sharp_masked_model(tiny_masked_model) -> MaskedSwinIR:
             if "relative_position_bias_table" in name or (".attn." in name and name.endswith("weight")):
                 p.mul_(20)
     return model
-
-
-@pytest.fixture(params=["kernel", "torch"])
-def attention_core(request, monkeypatch):
-    """The fast path's kept-keys core two ways: the fused C kernel (maskdn.kernels) and PyTorch ops."""
-    from maskdn import kernels
-
-    if request.param == "torch":
-        monkeypatch.setattr(kernels, "kernel_status", lambda: "off (test)")
-    elif not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("no C compiler on this machine")
-    else:
-        assert kernels.kernel_status() == "compiled"
-    return request.param
 
 
 @pytest.mark.parametrize("impl", ["fast", "sdpa"])

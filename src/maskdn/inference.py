@@ -128,9 +128,9 @@ def denoise_tensor(
     overlapping ``tile``×``tile`` tiles (stride ``tile - tile_overlap``) blended with a ramp window,
     only along sides longer than the tile. ``generator`` (on ``x``'s device) drives the masks in
     sequence, so a seeded generator gives a reproducible result. ``bf16`` runs the network under bfloat16
-    autocast (within 0.05 dB; on this project's CPU, which has bf16 matrix units, inference runs only
-    1.1-1.2x faster: bf16 shortens the matrix products alone, and float32 ones already run on oneDNN;
-    see docs/performance.md).
+    autocast (within 0.05 dB; on this project's CPU, which has bf16 matrix units, inference runs
+    at most 1.1x faster, 0.99-1.13x measured: bf16 shortens the matrix products alone, and float32 ones
+    already run on oneDNN; see docs/performance.md).
     The output is not clamped and keeps ``x``'s dtype.
     """
     check_passes(passes)

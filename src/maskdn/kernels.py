@@ -12,12 +12,14 @@ It is plain C with no PyTorch headers: compiled in about a second with the syste
 (``$CC``, else ``cc``) at ``-O3 -march=native``, cached under ``$MASKDN_CACHE_DIR`` (default
 ``~/.cache/maskdn``) by a hash of the source, the compiler and the CPU's flags, and called through
 :mod:`ctypes` (which releases the GIL, so windows are split over ``torch.get_num_threads()`` threads).
-Without a compiler, off CPU, for other dtypes than float32 (bf16 autocast included), or with
-``MASKDN_CPU_KERNEL=0``, :func:`kernel_available` is False and the model keeps its PyTorch path.
+Under bf16 autocast it computes in float32 from the bf16 projection. Without a compiler, off CPU, for
+other dtypes, under ``torch.compile``, with ``MASKDN_CPU_KERNEL=0`` or inside :func:`disabled`,
+:func:`kernel_available` is False and the model keeps its PyTorch path (same results).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import itertools
@@ -36,7 +38,7 @@ from torch import Tensor
 
 from .runtime import autocast_on_cpu, compiling
 
-__all__ = ["kept_attention", "kernel_available", "kernel_status"]
+__all__ = ["disabled", "kept_attention", "kernel_available", "kernel_status"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-std=gnu11", "-fPIC", "-shar
 _lib: ctypes.CDLL | None = None
 _status: str | None = None
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_disabled = False
 
 
 def _cache_dir() -> Path:
@@ -103,10 +107,21 @@ def kernel_status() -> str:
     return _status
 
 
+@contextlib.contextmanager
+def disabled():
+    """Within it the model takes its PyTorch path: to compare the two in one process (tests, benchmarks)."""
+    global _disabled
+    previous, _disabled = _disabled, True
+    try:
+        yield
+    finally:
+        _disabled = previous
+
+
 def kernel_available(qkv: Tensor) -> bool:
-    """Whether :func:`kept_attention` can take ``qkv``: float32 on CPU, outside autocast and
-    ``torch.compile``, kernel compiled."""
-    if qkv.device.type != "cpu" or compiling():
+    """Whether :func:`kept_attention` can take ``qkv``: float32 on CPU (or bf16 under CPU autocast), not
+    traced by ``torch.compile``, not :func:`disabled`, kernel compiled."""
+    if _disabled or qkv.device.type != "cpu" or compiling():
         return False
     if qkv.dtype != torch.float32 and not (qkv.dtype == torch.bfloat16 and autocast_on_cpu()):
         return False
@@ -121,12 +136,12 @@ def _split(b: int) -> list[tuple[int, int]]:
 
 def _run(fn, ranges: list[tuple[int, int]], args) -> None:
     """``fn(*args_for_range, w0, w1, ...)`` over window ranges, on threads when there are several."""
-    global _pool
+    global _pool, _pool_size
     if len(ranges) == 1:
         codes = [fn(*args(0, *ranges[0]))]
     else:
-        if _pool is None or _pool._max_workers < len(ranges):
-            _pool = ThreadPoolExecutor(len(ranges), thread_name_prefix="maskdn-kernel")
+        if _pool_size < len(ranges):
+            _pool, _pool_size = ThreadPoolExecutor(len(ranges), thread_name_prefix="maskdn-kernel"), len(ranges)
         codes = list(_pool.map(lambda i: fn(*args(i, *ranges[i])), range(len(ranges))))
     if any(codes):
         raise MemoryError("maskdn's attention kernel could not allocate its scratch buffer")

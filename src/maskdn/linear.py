@@ -95,7 +95,6 @@ class _OneDnnLinear(torch.autograd.Function):
         grad = grad.contiguous()
         rows = grad.view(-1, grad.shape[-1])
         d_x = _onednn(grad, weight.t()) if ctx.needs_input_grad[0] else None
-        # grad.T @ x with the transposes as strides (oneDNN reads them in place; copies would cost more)
         d_weight = _weight_grad(rows, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
         d_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return d_x, d_weight, d_bias

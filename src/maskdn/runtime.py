@@ -53,7 +53,7 @@ def keep_freed_memory() -> bool:
 
 
 def autocast_on_cpu() -> bool:
-    """Whether CPU autocast is on: hand-written float32 kernels step aside for it."""
+    """Whether CPU autocast is on: the hand-written float32 paths decide by it whether to step aside."""
     try:
         return torch.is_autocast_enabled("cpu")
     except TypeError:  # PyTorch < 2.4
