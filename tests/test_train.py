@@ -121,6 +121,16 @@ def test_learning_rate_schedules():
     assert learning_rate(paper, 100_000) == pytest.approx(5e-5)
     assert learning_rate(paper, 150_000) == pytest.approx(2.5e-5)
     assert learning_rate(paper, 199_999) == pytest.approx(6.25e-6)
+    wsd = TrainConfig(lr=1e-3, warmup=10, schedule="wsd", iterations=1000)
+    assert learning_rate(wsd, 0) == pytest.approx(1e-4)
+    assert [learning_rate(wsd, i) for i in (10, 500, 999)] == [1e-3] * 3  # no cool-down: stable to the end
+    cd = dataclasses.replace(wsd, iterations=1100, cooldown=100)
+    assert learning_rate(cd, 999) == 1e-3 and learning_rate(cd, 1000) == pytest.approx(1e-3)
+    assert learning_rate(cd, 1050) == pytest.approx(5e-4) and learning_rate(cd, 1099) == pytest.approx(1e-5)
+    with pytest.raises(MaskdnError, match="cooldown applies to schedule \"wsd\" only"):
+        TrainConfig(cooldown=10)
+    with pytest.raises(MaskdnError, match=r"cooldown \(20\) must not exceed iterations \(10\)"):
+        TrainConfig(schedule="wsd", cooldown=20, iterations=10)
 
 
 # ---- EMA, step, augmentation --------------------------------------------------------------------
@@ -357,6 +367,87 @@ def test_tensorboard_missing_is_said_once(image_folder, tmp_path):
     with pytest.warns(UserWarning, match=r"pip install 'maskdn\[tensorboard\]'") as record:
         train(_cfg(image_folder, tmp_path / "t", iterations=2, tensorboard=True), progress=False)
     assert sum("tensorboard" in str(w.message) for w in record) == 1
+
+
+# ---- runs that grow: wsd, extension, cool-down branches, hold-out validation ----------------------
+
+
+def _state_tensors(path) -> dict:
+    state = load_state(path)
+    flat = {f"model/{k}": v for k, v in state["model"].items()}
+    flat |= {f"ema/{k}": v for k, v in state["ema"]["module"].items()}
+    for i, st in state["optimizer"]["state"].items():
+        flat |= {f"opt/{i}/{k}": v for k, v in st.items() if isinstance(v, torch.Tensor)}
+    return flat
+
+
+def test_wsd_run_extended_in_two_pieces_equals_one_run(image_folder, tmp_path):
+    kw = dict(schedule="wsd", warmup=2, save_every=100, attn_mask_ratio=0.5, input_mask_range=(0.0, 0.9))
+    train(_cfg(image_folder, tmp_path / "one", iterations=7, **kw), progress=False)
+    train(_cfg(image_folder, tmp_path / "two", iterations=3, **kw), progress=False)
+    assert load_state(tmp_path / "two" / "state.pt")["iteration"] == 3
+    train(_cfg(image_folder, tmp_path / "two", iterations=7, **kw), progress=False)  # raised on resume
+    a, b = _state_tensors(tmp_path / "one" / "state.pt"), _state_tensors(tmp_path / "two" / "state.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a run whose lr depends on its length refuses a new length, naming why
+    train(_cfg(image_folder, tmp_path / "cos", iterations=3, save_every=100), progress=False)
+    with pytest.raises(MaskdnError, match="cannot change iterations on resume: only a wsd run can change its length"):
+        train(_cfg(image_folder, tmp_path / "cos", iterations=7, save_every=100), progress=False)
+
+
+def test_cooldown_branch_leaves_the_run_untouched_and_exports(image_folder, tmp_path, capsys):
+    kw = dict(schedule="wsd", warmup=2, save_every=100, iterations=4)
+    run = tmp_path / "run"
+    train(_cfg(image_folder, run, **kw), progress=False)
+    before = (run / "state.pt").read_bytes()
+    branch = tmp_path / "run-cd"
+    assert main(["train", str(run), "--cooldown", "3", "--out", str(branch), "--set", "threads=1"]) == 0
+    assert (run / "state.pt").read_bytes() == before  # byte-identical main state
+    rec = read_metadata(branch / "model.safetensors")["training"]
+    assert rec["iterations"] == 7 and rec["schedule"] == "wsd, cool-down 3"
+    rows = [r.split(",") for r in (branch / "log.csv").read_text().strip().splitlines()[1:]]
+    lrs = {int(r[0]): float(r[1]) for r in rows}
+    assert [lrs[i] for i in (5, 6, 7)] == pytest.approx([1e-3, 2e-3 / 3, 1e-3 / 3], rel=1e-3)  # log: 5 digits
+    # the run continues as if the branch never happened: equal to one uninterrupted run
+    train(_cfg(image_folder, run, **{**kw, "iterations": 6}), progress=False)
+    train(_cfg(image_folder, tmp_path / "straight", **{**kw, "iterations": 6}), progress=False)
+    a, b = _state_tensors(run / "state.pt"), _state_tensors(tmp_path / "straight" / "state.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # branching a branch, a non-wsd run, or into the run's own folder: one line each
+    assert main(["train", str(branch), "--cooldown", "2", "--out", str(tmp_path / "x")]) == 1
+    assert "already in its cool-down at iteration 7" in capsys.readouterr().err
+    train(_cfg(image_folder, tmp_path / "cos", iterations=2), progress=False)
+    assert main(["train", str(tmp_path / "cos"), "--cooldown", "2", "--out", str(tmp_path / "y")]) == 1
+    assert "a cool-down branches off a wsd run, not a cosine one" in capsys.readouterr().err
+    assert main(["train", str(run), "--cooldown", "2", "--out", str(run)]) == 1
+    assert "is the run's own folder" in capsys.readouterr().err
+    assert main(["train", str(run), "--cooldown", "2", "--out", str(tmp_path / "z"), "--set", "lr=1"]) == 1
+    assert "only compile, device" in capsys.readouterr().err
+
+
+def test_holdout_images_are_never_trained_on_and_validate_under_each_noise(tmp_path):
+    data = make_images(tmp_path / "clean", sizes=((40, 48), (33, 29), (30, 40), (24, 24)))
+    cfg = _cfg(data, tmp_path / "h", iterations=2, holdout=2, val_every=2, val_crop=16,
+               val_noise=["gaussian:15", "saltpepper:0.02"], batch_size=8)
+    from maskdn.train.data import load_clean_images, split_holdout
+
+    train_paths, held = split_holdout(data, 2)
+    assert [p.name for p in train_paths] == ["0.png", "1.png"] and [p.name for p in held] == ["2.png", "3.png"]
+    assert len(load_clean_images(data, 2)) == 2
+    sampler = PatchSampler(load_clean_images(data, 2), 16, seed=0)
+    assert {tuple(img.shape) for img in sampler.images} == {(3, 40, 48), (3, 33, 29)}
+    train(cfg, progress=False)
+    header, *rows = [r.split(",") for r in (tmp_path / "h" / "log.csv").read_text().strip().splitlines()]
+    assert header == loop.LOG_HEADER + ["val_gaussian:15", "val_saltpepper:0.02"]
+    assert rows[-1][0] == "2" and float(rows[-1][5]) == pytest.approx((float(rows[-1][6]) + float(rows[-1][7])) / 2, abs=2e-3)
+    hist = load_state(tmp_path / "h" / "state.pt")["val_history"]
+    assert [e["iteration"] for e in hist] == [2] and set(hist[0]["psnr"]) == {"gaussian:15", "saltpepper:0.02"}
+    assert hist[0]["patches"] == 16
+    rec = read_metadata(tmp_path / "h" / "best.safetensors")["training"]
+    assert rec["val_data"] == "clean, last 2 held out" and rec["val_noise"] == "gaussian:15, saltpepper:0.02"
+    assert rec["val_psnr"] == pytest.approx(sum(hist[0]["psnr"].values()) / 2, abs=0.01)
+    with pytest.raises(MaskdnError, match="holdout 4 leaves no training image"):
+        train(_cfg(data, tmp_path / "h2", holdout=4), progress=False)
 
 
 # ---- export and the CLI ------------------------------------------------------------------------

@@ -153,7 +153,15 @@ def cmd_train(a: argparse.Namespace) -> int:
             raise MaskdnError(f"--set {item}: expected key=value with key one of {', '.join(fields)}")
         overrides[key] = text if fields[key].type == "str" else _parse_value(text)
     overrides.update({k: v for k, v in (("data", a.data), ("out", a.out)) if v is not None})
-    path = train(load_config(a.config, overrides))
+    if a.cooldown is not None:
+        from .train import cooldown
+
+        if not a.config or not a.out or a.data is not None:
+            raise MaskdnError("--cooldown N branches off a run: maskdn train RUN --cooldown N --out NEW_FOLDER")
+        del overrides["out"]
+        path = cooldown(a.config, a.cooldown, a.out, **overrides)
+    else:
+        path = train(load_config(a.config, overrides))
     if os.environ.get("RANK", "0") == "0":
         print(f"wrote {path}")
     return 0
@@ -257,11 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model from a TOML config (rerun to resume; torchrun for DDP)")
     t.add_argument("config", nargs="?", default=None,
-                   help="config file or shipped config name (see --list); default: the TrainConfig defaults")
+                   help="config file, run folder (resumes it) or shipped config name (see --list); "
+                        "default: the TrainConfig defaults")
     t.add_argument("--data", default=None, help="folder of clean training images, e.g. CBSD432 (same as --set data=...)")
     t.add_argument("--out", default=None, help="run folder; rerun the same command to resume (same as --set out=...)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (JSON values), e.g. --set preset=tiny --set noise='[\"gaussian:25\"]'")
+    t.add_argument("--cooldown", type=int, default=None, metavar="N",
+                   help="branch off the wsd run CONFIG (a run folder): train N more iterations with the lr decayed "
+                        "linearly to 0 into --out and export them there; the run itself is left as it is")
     t.add_argument("--list", action="store_true", help="list the shipped configs and exit")
     t.set_defaults(func=cmd_train)
 

@@ -8,7 +8,7 @@
 from .checkpoint import export
 from .config import TrainConfig, load_config, shipped_configs
 from .ema import EMA
-from .loop import learning_rate, train
+from .loop import TrainingStopped, cooldown, learning_rate, train
 from .step import train_step
 
-__all__ = ["EMA", "TrainConfig", "export", "learning_rate", "load_config", "shipped_configs", "train", "train_step"]
+__all__ = ["EMA", "TrainConfig", "TrainingStopped", "cooldown", "export", "learning_rate", "load_config", "shipped_configs", "train", "train_step"]

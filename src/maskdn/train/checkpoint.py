@@ -92,16 +92,20 @@ def training_record(cfg: TrainConfig, state: dict) -> dict:
         "patch_size": cfg.patch_size,
         "patches_seen": it * cfg.batch_size,
         "lr": cfg.lr,
-        "schedule": cfg.schedule,
+        "schedule": cfg.schedule if cfg.schedule != "wsd" else f"wsd, cool-down {cfg.cooldown}",
         "ema_decay": cfg.ema_decay,
         "bf16": cfg.bf16,
         "seed": cfg.seed,
         "processes": state.get("world_size", 1),
         "wall_time_s": round(state.get("elapsed", 0.0), 1),
         "threads": state.get("threads", torch.get_num_threads()),
-        **({"val_psnr": round(state["val_psnr"], 2), "val_data": Path(cfg.val_data).name, "val_noise": cfg.val_noise}
+        **({"val_psnr": round(state["val_psnr"], 2), "val_data": _val_source(cfg), "val_noise": ", ".join(cfg.val_noise)}
            if state.get("val_psnr") is not None else {}),
     }
+
+
+def _val_source(cfg: TrainConfig) -> str:
+    return Path(cfg.val_data).name if cfg.val_data else f"{Path(cfg.data).name}, last {cfg.holdout} held out"
 
 
 def export(source: str | Path, dest: str | Path) -> Path:

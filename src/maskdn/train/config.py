@@ -23,7 +23,7 @@ from ..errors import MaskdnError, first_line
 from ..model import ModelConfig, preset
 from ..noise import parse_noise
 
-SCHEDULES = ("constant", "multistep", "cosine")
+SCHEDULES = ("constant", "multistep", "cosine", "wsd")
 
 #: Fields that may change between a run and its resumption: they do not change what is computed.
 HARMLESS = frozenset({"out", "threads", "workers", "device", "log_every", "save_every", "tensorboard", "compile"})
@@ -37,6 +37,7 @@ class TrainConfig:
     data: str = ""  # folder of clean training images (required)
     out: str = ""  # run folder (required); rerunning the same config on it resumes
     noise: tuple[str, ...] = ("gaussian:15",)  # noise-zoo specs; each sample draws one uniformly
+    holdout: int = 0  # the last N images of data (sorted by name) are never trained on; validation uses them
     patch_size: int = 48
     batch_size: int = 16  # the global batch: split evenly over the processes of a distributed run
     workers: int = 0  # data-loading processes; 0 loads in the training process
@@ -49,18 +50,19 @@ class TrainConfig:
     # optimisation: Adam on the L1 loss, EMA of the weights
     iterations: int = 8000
     lr: float = 1e-3
-    schedule: str = "cosine"  # constant | multistep | cosine, after a linear warm-up
+    schedule: str = "cosine"  # constant | multistep | cosine | wsd, after a linear warm-up
     warmup: int = 100
     min_lr_ratio: float = 0.01  # cosine: the final lr as a fraction of lr
     milestones: tuple[int, ...] = ()  # multistep: iterations at which the lr is multiplied by gamma
     gamma: float = 0.5
+    cooldown: int = 0  # wsd: the last N iterations decay the lr linearly to 0; 0 = constant to the end
     grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
     ema_decay: float = 0.999
     bf16: bool = True  # bf16 autocast of the forward pass
     compile: bool = False  # torch.compile the training forward (for GPUs: on CPU it did not pay, docs/performance.md)
-    # validation of the EMA model on an out-of-distribution set ("" = none)
+    # validation of the EMA model ("" and holdout 0 = none; "" with holdout > 0 = the held-out images)
     val_data: str = ""
-    val_noise: str = "poisson:2"
+    val_noise: tuple[str, ...] = ("poisson:2",)  # each is scored and logged; the best model is by their mean
     val_every: int = 1000
     val_crop: int = 256  # center crop side; 0 = whole images
     val_limit: int = 8  # first N images; 0 = all
@@ -77,7 +79,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name))
         problems = []
-        for spec in (*self.noise, self.val_noise):
+        for spec in (*self.noise, *self.val_noise):
             try:
                 parse_noise(spec)
             except MaskdnError as e:
@@ -87,7 +89,9 @@ class TrainConfig:
         for name in ("patch_size", "batch_size", "val_every", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, not {getattr(self, name)}")
-        for name in ("iterations", "warmup", "workers", "threads", "val_crop", "val_limit"):
+        if not self.val_noise:
+            problems.append("val_noise: give at least one noise spec")
+        for name in ("iterations", "warmup", "workers", "threads", "val_crop", "val_limit", "holdout", "cooldown"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, not {getattr(self, name)}")
         lo, hi = self.input_mask_range
@@ -95,6 +99,10 @@ class TrainConfig:
             problems.append(f"input_mask_range must satisfy 0 <= lo <= hi < 1, not {list(self.input_mask_range)}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        if self.cooldown > self.iterations:
+            problems.append(f"cooldown ({self.cooldown}) must not exceed iterations ({self.iterations})")
+        if self.cooldown and self.schedule != "wsd":
+            problems.append(f"cooldown applies to schedule \"wsd\" only, not {self.schedule!r}")
         if list(self.milestones) != sorted(self.milestones):
             problems.append(f"milestones must be increasing, not {list(self.milestones)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -131,6 +139,22 @@ class TrainConfig:
         a, b = self.to_dict(), other.to_dict()
         return [k for k in a if k not in HARMLESS and a[k] != b[k]]
 
+    def stable_until(self) -> int:
+        """wsd: the first iteration whose lr depends on ``iterations`` (the cool-down's start)."""
+        return self.iterations - self.cooldown if self.cooldown else self.iterations
+
+    def extends(self, other: TrainConfig, iteration: int) -> bool:
+        """Whether this config continues ``other``'s run, now at ``iteration``, with only its length changed.
+
+        True for a wsd run whose ``iterations`` (and ``cooldown``) changed while every iteration done so
+        far had the same lr under both (none of them in a cool-down): the resumed run then computes
+        exactly what one run of the new length would (warmup–stable–decay, Hu et al. 2024, MiniCPM §4).
+        """
+        a, b = self.to_dict(), other.to_dict()
+        diff = {k for k in a if k not in HARMLESS and a[k] != b[k]}
+        return (bool(diff) and diff <= {"iterations", "cooldown"} and self.schedule == "wsd"
+                and iteration <= min(self.stable_until(), other.stable_until()))
+
 
 def _coerce(value, hint, key: str):
     """``value`` checked against the type ``hint`` (lists become tuples, ints become floats)."""
@@ -162,8 +186,10 @@ def shipped_configs() -> list[str]:
 
 
 def read_toml(source: str | Path) -> dict:
-    """The key/value table of a config file path or a shipped config name."""
+    """The key/value table of a config file path, a run folder (its ``config.toml``) or a shipped config name."""
     path = Path(source)
+    if path.is_dir() and (path / "config.toml").is_file():
+        path = source = path / "config.toml"
     if path.is_file():
         text, name = None, str(path)
     elif str(source) in shipped_configs():
@@ -188,6 +214,8 @@ def load_config(source: str | Path | None = None, overrides: dict | None = None)
     Errors name the file and key, or ``--set key`` for a bad override.
     """
     values = {} if source is None else read_toml(source)
+    if source is not None and Path(source).is_dir():
+        source = Path(source) / "config.toml"
     name = "config" if source is None else (str(source) if Path(source).is_file() else f"{source}.toml")
     base = TrainConfig.from_dict(values, name)
     if not overrides:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import MaskdnError
-from ..evaluate import load_dataset
+from ..evaluate import Sample, load_dataset
 from ..geometry import dihedral
 from ..io import expand_inputs, read_image, to_float_rgb
 from ..masking import input_mask
@@ -36,13 +36,26 @@ def sample_seed(*keys: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def load_clean_images(folder: str | Path) -> list[Tensor]:
-    """Every readable image of ``folder`` as a uint8 ``[3, H, W]`` tensor (gray replicated to RGB).
+def split_holdout(folder: str | Path, holdout: int = 0) -> tuple[list[Path], list[Path]]:
+    """``(training, held_out)`` image paths of ``folder``: the last ``holdout`` in name order are held out.
 
-    Unreadable files are skipped with a warning; a folder with no readable image is a :class:`MaskdnError`.
+    Raises :class:`MaskdnError` when nothing would be left to train on.
+    """
+    paths = expand_inputs([folder])
+    if holdout and holdout >= len(paths):
+        raise MaskdnError(f"{folder}: holdout {holdout} leaves no training image (the folder has {len(paths)})")
+    cut = len(paths) - holdout
+    return paths[:cut], paths[cut:]
+
+
+def load_clean_images(folder: str | Path, holdout: int = 0) -> list[Tensor]:
+    """Every readable image of ``folder`` but the held-out ones, as uint8 ``[3, H, W]`` tensors.
+
+    Gray images are replicated to RGB; ``holdout`` as in :func:`split_holdout`. Unreadable files are
+    skipped with a warning; a folder with no readable image is a :class:`MaskdnError`.
     """
     images, skipped = [], []
-    for path in expand_inputs([folder]):
+    for path in split_holdout(folder, holdout)[0]:
         try:
             arr = read_image(path)
         except MaskdnError as e:
@@ -146,13 +159,20 @@ def batch_loader(batches: Batches, workers: int, seed: int) -> torch.utils.data.
     )
 
 
-def load_validation_set(folder: str | Path, noise: str, seed: int, crop: int = 0, limit: int = 0) -> list[tuple[Tensor, Tensor]]:
+def load_validation_set(
+    folder: str | Path, noise: str, seed: int, crop: int = 0, limit: int = 0, holdout: int = 0
+) -> list[tuple[Tensor, Tensor]]:
     """``(noisy, clean)`` ``[3, H, W]`` pairs of ``folder``'s first ``limit`` images, center-cropped to ``crop``.
 
-    The noise follows the test protocol of ``maskdn evaluate`` (seeded per image, clipped, 8-bit
-    quantized); real-noise pair folders use their own noisy images.
+    With ``holdout`` > 0 the images are the ones :func:`split_holdout` holds out of training. The noise
+    follows the test protocol of ``maskdn evaluate`` (seeded per image, clipped, 8-bit quantized);
+    real-noise pair folders use their own noisy images.
     """
-    samples = load_dataset(folder, limit or None)
+    if holdout:
+        held = split_holdout(folder, holdout)[1][: limit or None]
+        samples = [Sample(p.stem, to_float_rgb(read_image(p))[0]) for p in held]
+    else:
+        samples = load_dataset(folder, limit or None)
     if not samples:
         raise MaskdnError(f"{folder}: no validation image")
     pairs = []
@@ -170,4 +190,5 @@ def _center_crop(x: Tensor, size: int) -> Tensor:
     return x[:, top : top + size, left : left + size]
 
 
-__all__ = ["INPUT_MASK_FILL", "Batches", "PatchSampler", "batch_loader", "load_clean_images", "load_validation_set", "sample_seed"]
+__all__ = ["INPUT_MASK_FILL", "Batches", "PatchSampler", "batch_loader", "load_clean_images", "load_validation_set",
+           "sample_seed", "split_holdout"]

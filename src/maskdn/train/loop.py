@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -34,8 +37,8 @@ from ..model import MaskedSwinIR
 from ..runtime import keep_freed_memory
 from ..weights import save_model
 from . import distributed
-from .checkpoint import STATE, load_state, rng_states, save_state, set_rng_states, training_record
-from .config import TrainConfig, to_toml
+from .checkpoint import STATE, find_state, load_state, rng_states, save_state, set_rng_states, training_record
+from .config import HARMLESS, TrainConfig, to_toml
 from .data import Batches, PatchSampler, batch_loader, load_clean_images, load_validation_set, sample_seed
 from .ema import EMA
 from .step import train_step
@@ -48,12 +51,16 @@ def learning_rate(cfg: TrainConfig, it: int) -> float:
     """The lr of iteration ``it`` (pure in ``it``): linear warm-up, then the config's schedule.
 
     ``constant``: ``lr``; ``multistep``: ``lr·gamma^k`` after ``k`` milestones; ``cosine``: from ``lr``
-    down to ``min_lr_ratio·lr`` at the last iteration.
+    down to ``min_lr_ratio·lr`` at the last iteration; ``wsd`` (warmup–stable–decay): ``lr`` until the
+    last ``cooldown`` iterations, which decay it linearly to ``lr/cooldown`` at the last one (0 after it).
     """
     if it < cfg.warmup:
         return cfg.lr * (it + 1) / cfg.warmup
     if cfg.schedule == "constant":
         return cfg.lr
+    if cfg.schedule == "wsd":
+        start = cfg.stable_until()
+        return cfg.lr if it < start else cfg.lr * max(0, cfg.iterations - it) / cfg.cooldown
     if cfg.schedule == "multistep":
         return cfg.lr * cfg.gamma ** sum(it >= m for m in cfg.milestones)
     t = (it - cfg.warmup) / max(1, cfg.iterations - cfg.warmup)
@@ -70,6 +77,88 @@ def validate(model: MaskedSwinIR, pairs: list, seed: int, device: torch.device) 
         out = denoise_tensor(model, noisy[None].to(device), generator=gen)[0]
         scores.append(psnr(out.float().cpu(), clean))
     return sum(scores) / len(scores)
+
+
+class TrainingStopped(MaskdnError):
+    """A run stopped on request (SIGTERM or Ctrl-C) after saving its state; rerunning resumes it."""
+
+
+class _StopRequest:
+    """Turns SIGTERM and SIGINT into a request the loop honours at the next iteration boundary.
+
+    Only in the main thread of a single process (a DDP rank must not leave its group alone); a second
+    signal while a request is pending acts as usual (Ctrl-C twice interrupts at once).
+    """
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._saved: dict = {}
+        if threading.current_thread() is not threading.main_thread() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._saved[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        self.signal = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved = {}
+
+
+def _check_resumable(cfg: TrainConfig, before: TrainConfig, iteration: int, out: Path) -> None:
+    """Refuse to resume the run in ``out`` (at ``iteration``) with ``cfg`` unless it computes the same run."""
+    changed = cfg.changed(before)
+    if not changed or cfg.extends(before, iteration):
+        return
+    if set(changed) <= {"iterations", "cooldown"}:
+        why = ("only a wsd run can change its length" if cfg.schedule != "wsd" else
+               f"the lr of iterations already done would change (at {iteration}, a cool-down had begun)")
+        raise MaskdnError(f"{out}: cannot change {', '.join(changed)} on resume: {why}; use a new folder")
+    raise MaskdnError(f"{out}: holds a run with a different config ({', '.join(changed)}); "
+                      "use a new folder or the run's own config.toml")
+
+
+def cooldown(source: str | Path, iterations: int, out: str | Path, progress: bool = True, **harmless) -> Path:
+    """Branch a cool-down off the wsd run ``source`` (folder or state file) into ``out`` and train it.
+
+    The branch starts from a copy of the run's current state and trains ``iterations`` more with the lr
+    decaying linearly to 0 (``cooldown = iterations``), then writes ``out/model.safetensors``, its
+    export. The run itself is only read, so it continues later as if the branch never happened. A
+    branch interrupted part-way resumes from ``out`` when called again. ``harmless`` sets
+    :data:`HARMLESS` fields (threads, device, …) of the branch. Returns the exported weights' path.
+
+    Raises :class:`MaskdnError` if ``source`` is not a wsd run, is already in its cool-down, or ``out``
+    is the run's own folder.
+    """
+    import dataclasses
+
+    path = find_state(source)
+    state = load_state(path)
+    cfg = TrainConfig.from_dict(state["config"], str(path))
+    it = state["iteration"]
+    if cfg.schedule != "wsd":
+        raise MaskdnError(f"{source}: a cool-down branches off a wsd run, not a {cfg.schedule} one")
+    if it > cfg.stable_until() or (cfg.cooldown and it == cfg.stable_until() and it):
+        raise MaskdnError(f"{source}: already in its cool-down at iteration {it}; branch from the main run")
+    if iterations < 1:
+        raise MaskdnError(f"cool-down length must be >= 1 iteration, not {iterations}")
+    dest = Path(out)
+    if dest.resolve() == path.parent.resolve():
+        raise MaskdnError(f"{out}: is the run's own folder; give the branch a new one")
+    unknown = set(harmless) - HARMLESS
+    if unknown:
+        raise MaskdnError(f"cool-down: only {', '.join(sorted(HARMLESS))} may be set, not {', '.join(sorted(unknown))}")
+    branch = dataclasses.replace(cfg, out=str(dest), iterations=it + iterations, cooldown=iterations, **harmless)
+    if not (dest / STATE).exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        save_state(dest / STATE, {**state, "config": branch.to_dict()})
+    return train(branch, progress)
 
 
 def _finite(model: nn.Module) -> bool:
@@ -135,10 +224,12 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
         torch.set_num_threads(cfg.threads)
 
     # data first: a bad folder fails before anything is written
-    sampler = PatchSampler(load_clean_images(cfg.data), cfg.patch_size, cfg.noise,
+    sampler = PatchSampler(load_clean_images(cfg.data, cfg.holdout), cfg.patch_size, cfg.noise,
                            cfg.input_mask_range if cfg.input_mask else None, cfg.seed)
-    val_pairs = (load_validation_set(cfg.val_data, cfg.val_noise, cfg.seed, cfg.val_crop, cfg.val_limit)
-                 if cfg.val_data and main else None)
+    val_sets = None
+    if main and (cfg.val_data or cfg.holdout):
+        source, held = (cfg.val_data, 0) if cfg.val_data else (cfg.data, cfg.holdout)
+        val_sets = {n: load_validation_set(source, n, cfg.seed, cfg.val_crop, cfg.val_limit, held) for n in cfg.val_noise}
 
     # model, EMA, optimizer; then the saved state, if this folder holds a run
     torch.manual_seed(cfg.seed)
@@ -147,23 +238,20 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
         _load_init(model, cfg.init)
     ema = EMA(model, cfg.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    it, elapsed, best_val, last_val = 0, 0.0, -math.inf, None
+    it, elapsed, best_val, last_val, history = 0, 0.0, -math.inf, None, []
     if state_path.exists():
         state = load_state(state_path)
         try:
             before = TrainConfig.from_dict(state["config"], str(state_path))
         except MaskdnError as e:
             raise MaskdnError(f"{out}: holds a run this version cannot resume ({e}); use a new folder") from None
-        changed = cfg.changed(before)
-        if changed:
-            raise MaskdnError(f"{out}: holds a run with a different config ({', '.join(changed)}); "
-                              "use a new folder or the run's own config.toml")
+        _check_resumable(cfg, before, state["iteration"], out)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         set_rng_states(state["rng"])
         it, elapsed, last_val = state["iteration"], state["elapsed"], state["val_psnr"]
-        best_val = state["best_val_psnr"]
+        best_val, history = state["best_val_psnr"], state.get("val_history", [])
         del state
     net = model
     if ctx.world_size > 1:  # a collective: no process starts (and rank 0 saves nothing) before all loaded
@@ -182,7 +270,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
             raise MaskdnError(f"{out}: weights became NaN/inf at iteration {it}; stopped, "
                               f"last good checkpoint kept in {state_path}")
         state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                 "config": cfg.to_dict(), "rng": rng_states(), **snapshot()}
+                 "config": cfg.to_dict(), "rng": rng_states(), "val_history": history, **snapshot()}
         save_state(state_path, state)
 
     # logs: CSV (rows after the last checkpoint are redone), TensorBoard, progress bar; rank 0 only
@@ -194,12 +282,14 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
         kept = _log_rows_until(out / "log.csv", it)
         log = open(out / "log.csv", "w", newline="")
         writer = csv.writer(log)
-        writer.writerows([LOG_HEADER, *kept])
+        per_noise = [f"val_{n}" for n in cfg.val_noise] if len(cfg.val_noise) > 1 else []
+        writer.writerows([LOG_HEADER + per_noise, *kept])
         tb = _tensorboard(cfg, out, it)
     bar = tqdm(total=cfg.iterations, initial=it, disable=not (progress and main), unit="it", dynamic_ncols=True)
     start_it, t_start = it, time.perf_counter()
     t0 = t_start - elapsed
     losses: list[float] = []
+    stop = _StopRequest()
     try:
         for noisy, clean in loader:
             lr = learning_rate(cfg, it)
@@ -219,28 +309,36 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
                 continue
             losses.append(loss)
 
-            val = None
-            if val_pairs and (it % cfg.val_every == 0 or it == cfg.iterations):
-                val = last_val = validate(ema.module, val_pairs, cfg.seed, dev)
+            val = scores = None
+            if val_sets and (it % cfg.val_every == 0 or it == cfg.iterations):
+                scores = {n: validate(ema.module, pairs, cfg.seed, dev) for n, pairs in val_sets.items()}
+                val = last_val = sum(scores.values()) / len(scores)
+                history.append({"iteration": it, "patches": it * cfg.batch_size, "elapsed": round(elapsed, 1),
+                                "lr": lr, "psnr": scores})
                 if val > best_val:
                     best_val = val
                     save_model(ema.module, out / "best.safetensors", training=training_record(cfg, snapshot()))
             if it % cfg.log_every == 0 or val is not None or it == cfg.iterations:
                 mean_loss = sum(losses) / len(losses)
+                cells = ["" if scores is None else f"{scores[n]:.3f}" for n in cfg.val_noise] if per_noise else []
                 writer.writerow([it, f"{lr:.4e}", f"{mean_loss:.5f}", it * cfg.batch_size, f"{elapsed:.1f}",
-                                 "" if val is None else f"{val:.3f}"])
+                                 "" if val is None else f"{val:.3f}", *cells])
                 log.flush()
                 if tb is not None:
                     tb.add_scalar("train/loss", mean_loss, it)
                     tb.add_scalar("train/lr", lr, it)
-                    if val is not None:
-                        tb.add_scalar("val/psnr", val, it)
+                    for n, v in (scores or {}).items():
+                        tb.add_scalar(f"val/psnr/{n}", v, it)
                 rate = (it - start_it) * cfg.batch_size / max(time.perf_counter() - t_start, 1e-9)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", patches_s=f"{rate:.1f}", refresh=False)
                 losses = []
-            if it % cfg.save_every == 0 or it == cfg.iterations:
+            if it % cfg.save_every == 0 or it == cfg.iterations or stop.signal:
                 save()
+            if stop.signal and it < cfg.iterations:
+                raise TrainingStopped(f"{out}: stopped by {stop.signal} at iteration {it}, state saved; "
+                                      "rerun the same command to resume")
     finally:
+        stop.restore()
         bar.close()
         if log is not None:
             log.close()
@@ -253,4 +351,4 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
     return path
 
 
-__all__ = ["LOG_HEADER", "learning_rate", "train", "validate"]
+__all__ = ["LOG_HEADER", "TrainingStopped", "cooldown", "learning_rate", "train", "validate"]
