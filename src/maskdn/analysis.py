@@ -50,6 +50,7 @@ from .evaluate import load_dataset
 from .io import make_output_dir
 from .model import MaskedSwinIR
 from .noise import apply_noise, noise_seed, parse_noise
+from .seeding import derive_seed
 
 __all__ = [
     "DEFAULT_NOISES",
@@ -335,7 +336,7 @@ def _center_crop(x: Tensor, size: int | None) -> Tensor:
 
 def _token_positions(n_pixels: int, tokens: int, seed: int, image: str) -> Tensor:
     """A fixed, seeded subset of ``tokens`` flat pixel positions of an image (sorted), all if fewer."""
-    g = torch.Generator().manual_seed(noise_seed(seed, image, "analysis-tokens"))
+    g = torch.Generator().manual_seed(derive_seed(seed, image, "analysis-tokens"))
     if tokens >= n_pixels:
         return torch.arange(n_pixels)
     return torch.randperm(n_pixels, generator=g)[:tokens].sort().values
@@ -345,7 +346,7 @@ def _features(
     model: MaskedSwinIR, noisy: Tensor, layers: list[str], positions: Tensor, seed: int, image: str, device: str | torch.device
 ) -> dict[str, np.ndarray]:
     """``{layer: [tokens, C] float32}`` at the sampled positions; masks drawn from a per-image seed."""
-    gen = torch.Generator(device=device).manual_seed(noise_seed(seed, image, "analysis-mask"))
+    gen = torch.Generator(device=device).manual_seed(derive_seed(seed, image, "analysis-mask"))
     with torch.inference_mode():
         feats = model.forward_intermediates(noisy[None].to(device), generator=gen)
     idx = positions.to(device)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import math
-import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,6 +35,7 @@ from PIL import Image
 from torch import Tensor
 
 from .errors import MaskdnError
+from .seeding import derive_seed
 
 __all__ = ["NOISES", "NoiseSpec", "parse_noise", "apply_noise", "noise_seed", "write_noisy_copies", "MIXTURE_VERSION", "MIXTURE_LEVELS", "CAMERA_LEVELS"]
 
@@ -323,8 +323,11 @@ def apply_noise(x: Tensor, spec: str | NoiseSpec, seed: int = 0, quantize: bool 
 
 
 def noise_seed(seed: int, image: str, noise: str) -> int:
-    """A stable seed per (seed, image name, noise): the same noisy image in every run, for every model."""
-    return (seed * 1_000_003 + zlib.crc32(f"{image}|{noise}".encode())) % (2**63)
+    """A stable seed per (seed, image name, noise): the same noisy image in every run, for every model.
+
+    :func:`maskdn.seeding.derive_seed` of ``(seed, image, noise)``.
+    """
+    return derive_seed(seed, image, noise)
 
 
 def write_noisy_copies(

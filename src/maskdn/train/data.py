@@ -11,7 +11,6 @@ Images are decoded once and kept in memory as uint8 (CBSD432 is about 200 MB dec
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -25,15 +24,15 @@ from ..io import expand_inputs, read_image, to_float_rgb
 from ..masking import input_mask
 from ..model import reflect_pad
 from ..noise import NoiseSpec, apply_noise, noise_seed, parse_noise
+from ..seeding import derive_seed
 
 INPUT_MASK_FILL = -0.1
 """Value of hidden input pixels: the paper's −0.1, a value no image has."""
 
 
-def sample_seed(*keys: int) -> int:
-    """A 63-bit seed from a tuple of integers (BLAKE2b), e.g. ``(seed, iteration, j)``."""
-    digest = hashlib.blake2b(repr(tuple(int(k) for k in keys)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+def sample_seed(seed: int, *keys: int) -> int:
+    """The seed of one training draw, e.g. ``(seed, iteration, j)``: :func:`maskdn.seeding.derive_seed`."""
+    return derive_seed(seed, *keys)
 
 
 def split_holdout(folder: str | Path, holdout: int = 0) -> tuple[list[Path], list[Path]]:
