@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from maskdn import kernels
-from maskdn.linear import linear
+from maskdn import fastpath
+from maskdn.fastpath import kernels
+from maskdn.fastpath.linear import linear
+from maskdn.fastpath.runtime import keep_freed_memory
 from maskdn.model import SwinTransformerBlock, preset
-from maskdn.runtime import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parent
 BATCH, PATCH = 16, 64
@@ -56,7 +57,7 @@ def parts(preset_name: str, shift: int, ratio: float) -> dict[str, tuple[float, 
         "block (fast)": lambda: block(x, size, keep),
         "attention: norm, gathers, kept keys, projection": lambda: block.attention(x, size, keep),
         "attention: output projection alone": lambda: linear(x, block.attn.proj.weight, block.attn.proj.bias),
-        "MLP with its LayerNorm": lambda: block.mlp.fast(block.norm2(x)),
+        "MLP with its LayerNorm": lambda: fastpath.mlp(block.mlp, block.norm2(x)),
         "MLP with its LayerNorm, F.linear (as the literal path)": lambda: block.mlp(block.norm2(x)),
     }
     out = {name: _median_ms(fn, x, block) for name, fn in runs.items()}

@@ -1,9 +1,9 @@
-"""Float32 linear layers at the model's shapes: F.linear (MKL) against maskdn.linear (oneDNN).
+"""Float32 linear layers at the model's shapes: F.linear (MKL) against maskdn.fastpath.linear (oneDNN).
 
 For each layer of the small and paper presets (65,536 tokens: the 16×64² training batch), times the
 forward product, the input gradient and the weight gradient both ways, one thread, best of 10 after
 two warm-ups, with maskdn's allocator setting. Prints a table, writes JSON. Shows why
-``maskdn.linear`` sends the forward and both gradients to oneDNN, the weight gradient with its
+``maskdn.fastpath.linear`` sends the forward and both gradients to oneDNN, the weight gradient with its
 transposed operands as strided views (copying them first costs more than it saves).
 
     python benchmarks/linear.py
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from maskdn.linear import _onednn, _onednn_strided, uses_onednn
-from maskdn.runtime import keep_freed_memory
+from maskdn.fastpath.linear import onednn_linear, onednn_strided, uses_onednn
+from maskdn.fastpath.runtime import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parent
 TOKENS = 16 * 64 * 64
@@ -52,12 +52,12 @@ def measure(c_in: int, c_out: int) -> dict[str, float]:
     x_t, grad_t = x.t().contiguous(), grad.t().contiguous()
     return {
         "forward F.linear (MKL)": _best_ms(lambda: F.linear(x, w, b)),
-        "forward oneDNN": _best_ms(lambda: _onednn(x, w, b)),
+        "forward oneDNN": _best_ms(lambda: onednn_linear(x, w, b)),
         "input grad MKL": _best_ms(lambda: grad.mm(w)),
-        "input grad oneDNN": _best_ms(lambda: _onednn(grad, w_t)),
+        "input grad oneDNN": _best_ms(lambda: onednn_linear(grad, w_t)),
         "weight grad MKL": _best_ms(lambda: grad.t().mm(x)),
-        "weight grad oneDNN (operands pre-transposed)": _best_ms(lambda: _onednn(grad_t, x_t)),
-        "weight grad oneDNN (strided views, maskdn)": _best_ms(lambda: _onednn_strided(grad.t(), x.t())),
+        "weight grad oneDNN (operands pre-transposed)": _best_ms(lambda: onednn_linear(grad_t, x_t)),
+        "weight grad oneDNN (strided views, maskdn)": _best_ms(lambda: onednn_strided(grad.t(), x.t())),
     }
 
 

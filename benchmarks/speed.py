@@ -11,7 +11,7 @@ interleaved rounds (every row once, then every row again) and each keeps its bes
 drifts by 10-15% over minutes, and interleaving spreads the drift over all rows instead of over the
 rows that happened to run last. Rows: path × allocator × dtype, so the table
 shows where the time goes; "maskdn default" is the fast path with ``keep_freed_memory`` (and, where a C
-compiler is present, the fused attention kernel of ``maskdn.kernels``; one more row runs the default
+compiler is present, the fused attention kernel of ``maskdn.fastpath.kernels``; one more row runs the default
 with ``MASKDN_CPU_KERNEL=0``). Achieved
 GFLOP/s count the reference path's matrix FLOPs (torch's FlopCounterMode) against a matmul measured in
 the same run with the same threads.
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from maskdn.kernels import kernel_status
+from maskdn.fastpath.kernels import kernel_status
 
 ROOT = Path(__file__).resolve().parent
 IMAGE = (512, 768)  # (a): H, W
@@ -139,7 +139,7 @@ def _peak_rss_gib() -> float:
 
 def worker(args: argparse.Namespace) -> dict:
     if args.keep_memory:
-        from maskdn.runtime import keep_freed_memory
+        from maskdn.fastpath.runtime import keep_freed_memory
 
         keep_freed_memory()
     torch.set_num_threads(args.threads)
@@ -174,9 +174,9 @@ def count_flops(preset_name: str) -> dict:
 
 def matmul_peak(device: str, threads: int, dtype: torch.dtype, n: int = 2048) -> float:
     """GFLOP/s of an ``n×n`` matmul with ``threads`` threads (best of five): the faster of ``torch.mm``
-    and, where :mod:`maskdn.linear` uses it, oneDNN's product (a float32 ``torch.mm`` on CPU runs MKL,
-    which reached less than half of oneDNN's speed on this project's machine)."""
-    from maskdn.linear import _onednn, uses_onednn
+    and, where :mod:`maskdn.fastpath.linear` uses it, oneDNN's product (a float32 ``torch.mm`` on CPU
+    runs MKL, slower than oneDNN on this project's machine: see docs/performance.md)."""
+    from maskdn.fastpath.linear import onednn_linear, uses_onednn
 
     torch.set_num_threads(threads)
     a = torch.rand(n, n, device=device, dtype=dtype)
@@ -184,7 +184,7 @@ def matmul_peak(device: str, threads: int, dtype: torch.dtype, n: int = 2048) ->
     seconds = _timed(lambda: a @ b, device, 5)
     if uses_onednn(a, b):
         b_t = b.t().contiguous()
-        seconds = min(seconds, _timed(lambda: _onednn(a, b_t), device, 5))
+        seconds = min(seconds, _timed(lambda: onednn_linear(a, b_t), device, 5))
     return 2 * n**3 / seconds / 1e9
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskdn import kernels
+from maskdn.fastpath import kernels
 from maskdn.model import MaskedSwinIR, preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ HAS_C_COMPILER = bool(os.environ.get("CC") or shutil.which("cc") or shutil.which
 
 @pytest.fixture(params=["kernel", "torch"])
 def attention_core(request):
-    """The fast path's kept-keys core two ways: the fused C kernel (maskdn.kernels) and PyTorch ops."""
+    """The fast path's kept-keys core two ways: the fused C kernel (maskdn.fastpath.kernels) and PyTorch ops."""
     if request.param == "kernel":
         if not HAS_C_COMPILER:
             pytest.skip("no C compiler on this machine")

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from maskdn import bench
-from maskdn.bench import PAPER_GRID, run_bench
+from maskdn import generalization as bench
+from maskdn.datasets import load_dataset
 from maskdn.errors import MaskdnError
-from maskdn.evaluate import load_dataset
+from maskdn.generalization import PAPER_GRID, run_bench
 from maskdn.io import write_image
 from maskdn.metrics import psnr
 from maskdn.model import MaskedSwinIR, preset
@@ -164,14 +164,34 @@ def test_unknown_method(data, tmp_path):
         run_bench(data["dirs"], ["no-such-method"], NOISES, tmp_path, progress=False)
 
 
-def test_write_summary_md_atomic(tmp_path):
-    with pytest.raises(MaskdnError):
+def test_write_summary_md_atomic(tmp_path, monkeypatch):
+    """A failure while writing leaves the old summary intact and no temporary file behind."""
+    from pathlib import Path
+
+    path = tmp_path / "summary.md"
+    path.write_text("the old summary\n", encoding="utf-8")
+    real_write_text = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):  # half the text reaches the disk, then it is full
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(MaskdnError, match=r"summary\.md: cannot write \(.*No space left on device"):
+        write_summary_md([], path, notes=["a note"])
+    monkeypatch.undo()
+    assert path.read_text(encoding="utf-8") == "the old summary\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]  # no temporary file left
+    write_summary_md([], path, notes=["a note"])  # without a failure it is replaced
+    assert path.read_text(encoding="utf-8").startswith("# Benchmark summary") and "- a note" in path.read_text(encoding="utf-8")
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+    with pytest.raises(MaskdnError, match="does not exist"):  # a missing folder: an error, nothing written
         write_summary_md([], tmp_path / "missing" / "summary.md")
 
 
 def test_bm3d_method_when_installed():
     pytest.importorskip("bm3d")
-    from maskdn.bench import resolve_method
+    from maskdn.generalization import resolve_method
 
     torch.manual_seed(0)
     clean = torch.full((3, 32, 32), 0.5)
@@ -187,7 +207,8 @@ def test_bm3d_method_when_installed():
 
 
 def test_true_sigma():
-    from maskdn.classical import defined_for, true_sigma
+    from maskdn.classical import defined_for
+    from maskdn.noise import true_sigma
 
     assert true_sigma("gaussian:25") == 25 / 255
     assert true_sigma("correlated:45") == pytest.approx(45 / 255 / 3)

@@ -127,7 +127,10 @@ def test_models_lists_the_zoo(capsys):
 
 def test_train_rejects_unknown_setting(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--set", "lr_typo=1"]) == 1
-    assert "lr_typo=1: expected key=value" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--set lr_typo: unknown key" in err and err.count("\n") == 1  # one line, from load_config
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--set", "lr"]) == 1
+    assert "--set lr: expected key=value" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point():

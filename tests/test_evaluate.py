@@ -7,7 +7,8 @@ import pytest
 
 from maskdn.cli import main
 from maskdn.errors import MaskdnError
-from maskdn.evaluate import evaluate, load_dataset, scores_table
+from maskdn.datasets import load_dataset
+from maskdn.evaluate import evaluate, scores_table
 from maskdn.io import write_image
 from maskdn.metrics import psnr
 from maskdn.noise import noise_seed
@@ -77,7 +78,7 @@ def test_cli_evaluate_records_scores(folders, tmp_path, tiny_model, capsys):
 
 def test_evaluate_is_the_bench_loop(folders, tiny_masked_model, tmp_path):
     """evaluate's scores are the means of run_bench's records (one loop), keyed as the noises were written."""
-    from maskdn.bench import model_method, run_bench
+    from maskdn.generalization import model_method, run_bench
 
     clean, pairs = folders
     got = evaluate(tiny_masked_model, [clean, pairs], ["gaussian:15.0"], passes=2, progress=False)
@@ -87,3 +88,99 @@ def test_evaluate_is_the_bench_loop(folders, tiny_masked_model, tmp_path):
     for name in ("Clean", "Pairs"):
         want = round(float(np.mean([r["psnr"] for r in records if r["dataset"] == name])), 2)
         assert list(got[name].values()) == [want]
+
+
+def _validation_reference(model, folder, noise, seed, crop=0, limit=0, holdout=0, device=None):
+    """The training validation as it was written before the evaluator took it over (train/data.py
+    ``load_validation_set`` + ``_center_crop``, train/loop.py ``validate``), kept here as the reference."""
+    import torch
+
+    from maskdn.inference import denoise_tensor
+    from maskdn.io import read_image, to_float_rgb
+    from maskdn.noise import apply_noise
+    from maskdn.train.data import split_holdout
+
+    device = device or torch.device("cpu")
+
+    def center_crop(x, size):
+        if not size:
+            return x
+        _, H, W = x.shape
+        top, left = max(0, (H - size) // 2), max(0, (W - size) // 2)
+        return x[:, top : top + size, left : left + size]
+
+    if holdout:
+        held = split_holdout(folder, holdout)[1][: limit or None]
+        samples = [(p.stem, to_float_rgb(read_image(p))[0], None) for p in held]
+    else:
+        samples = [(s.name, s.clean, s.noisy) for s in load_dataset(folder, limit or None)]
+    pairs = []
+    for name, clean, real in samples:
+        noisy = real if real is not None else apply_noise(clean, noise, seed=noise_seed(seed, name, noise))
+        pairs.append((center_crop(noisy, crop), center_crop(clean, crop)))
+    scores = []
+    with torch.no_grad():
+        for noisy, clean in pairs:
+            gen = torch.Generator(device).manual_seed(seed)
+            out = denoise_tensor(model, noisy[None].to(device), generator=gen)[0]
+            scores.append(psnr(out.float().cpu(), clean))
+    return sum(scores) / len(scores)
+
+
+@pytest.mark.parametrize("noise, seed, crop, limit, holdout", [
+    ("poisson:2", 0, 16, 0, 0),      # crop with odd margins on 24×20 images
+    ("gaussian:15", 3, 0, 1, 0),     # whole images, first one only
+    ("gaussian:15", 5, 32, 0, 0),    # a crop larger than the images: whole images
+    ("poisson:2", 7, 12, 0, 1),      # the last image held out of training
+])
+def test_training_validation_is_the_evaluator_unchanged(folders, tiny_masked_model, noise, seed, crop, limit, holdout):
+    """Validation through the evaluator (load_validation_set + validate, and run_bench with ``crop``) gives
+    exactly, to the float, the PSNR of the protocol a training run logs: noise on the whole image, then
+    the center crop, one pass per image under a generator freshly seeded with the run's seed."""
+    import torch
+
+    from maskdn.datasets import Sample
+    from maskdn.generalization import model_method, run_bench
+    from maskdn.train.data import load_validation_set, split_holdout
+    from maskdn.train.loop import validate
+
+    clean, _ = folders
+    want = _validation_reference(tiny_masked_model, clean, noise, seed, crop, limit, holdout)
+    pairs = load_validation_set(clean, noise, seed, crop=crop, limit=limit, holdout=holdout)
+    assert validate(tiny_masked_model, pairs, seed, torch.device("cpu")) == want
+    if holdout:  # the held-out images as an in-memory dataset
+        from maskdn.datasets import load_image
+
+        data = [("held", [Sample(p.stem, load_image(p)) for p in split_holdout(clean, holdout)[1]])]
+    else:
+        data = [clean]
+    records = run_bench(data, [model_method(tiny_masked_model, "m", [1])], [noise], None, seed=seed, limit=limit or None,
+                        crop=crop, progress=False, lpips=False, with_ssim=False)
+    assert sum(r["psnr"] for r in records) / len(records) == want
+    assert all(r.get("crop") == (crop or None) for r in records)
+
+
+def test_validation_on_real_pairs_is_unchanged(folders, tiny_masked_model):
+    import torch
+
+    from maskdn.train.data import load_validation_set
+    from maskdn.train.loop import validate
+
+    _, pairs = folders
+    want = _validation_reference(tiny_masked_model, pairs, "gaussian:15", 1, crop=8)
+    assert validate(tiny_masked_model, load_validation_set(pairs, "gaussian:15", 1, crop=8), 1, torch.device("cpu")) == want
+
+
+def test_run_bench_bf16_and_crop_are_part_of_the_record(folders, tiny_model, tmp_path):
+    from maskdn.generalization import record_key, run_bench
+
+    clean, _ = folders
+    path = save_model(tiny_model, tmp_path / "m.safetensors")
+    plain = run_bench([clean], [str(path)], ["gaussian:15"], tmp_path / "b", progress=False, reports=False,
+                      lpips=False, with_ssim=False)
+    both = run_bench([clean], [str(path)], ["gaussian:15"], tmp_path / "b", progress=False, reports=False,
+                     lpips=False, with_ssim=False, bf16=True, crop=16)
+    assert all("crop" not in r and "bf16" not in r for r in plain)
+    new = [r for r in both if r.get("bf16")]
+    assert len(new) == len(plain) and all(r["crop"] == 16 for r in new)  # not resumed from the plain records
+    assert {record_key(r) for r in new}.isdisjoint(record_key(r) for r in plain)

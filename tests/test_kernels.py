@@ -1,4 +1,4 @@
-"""The fused CPU attention kernel (maskdn.kernels): build, numerics against the PyTorch path, fallbacks."""
+"""The fused CPU attention kernel (maskdn.fastpath.kernels): build, numerics against the PyTorch path, fallbacks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import HAS_C_COMPILER
 
-from maskdn import kernels
+from maskdn.fastpath import kernels
 from maskdn.model import MaskedSwinIR, SwinTransformerBlock, preset
 
 
@@ -84,7 +84,7 @@ def test_masked_model_runs_the_kernel_in_training_and_inference(monkeypatch):
     torch.manual_seed(0)
     model = MaskedSwinIR(preset("tiny"))
     model.train()(torch.rand(1, 3, 16, 16)).mean().backward()
-    # four blocks, each attending its four windows in four groups (SwinTransformerBlock.KEPT_KEY_CUTS)
+    # four blocks, each attending its four windows in four groups (maskdn.fastpath.block.KEPT_KEY_CUTS)
     assert calls == {"forward": 16, "backward": 16}
     with torch.no_grad():
         model.eval()(torch.rand(1, 3, 16, 16))

@@ -1,4 +1,4 @@
-"""maskdn.linear: the oneDNN float32 linear layer against F.linear, values and gradients."""
+"""maskdn.fastpath.linear: the oneDNN float32 linear layer against F.linear, values and gradients."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import maskdn.linear as lin
+import maskdn.fastpath.linear as lin
 
 
 @pytest.fixture
@@ -20,13 +20,13 @@ def onednn():
 def calls(monkeypatch):
     """Counts the oneDNN calls, so a silent fallback to F.linear fails the test."""
     count = {"n": 0}
-    real = lin._onednn
+    real = lin.onednn_linear
 
     def spy(*args, **kwargs):
         count["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lin, "_onednn", spy)
+    monkeypatch.setattr(lin, "onednn_linear", spy)
     return count
 
 
@@ -41,13 +41,13 @@ def _grads(fn, *tensors):
 @pytest.mark.parametrize("width", [24, 64], ids=["weight_grad_mkl", "weight_grad_onednn"])
 def test_linear_matches_f_linear_with_gradients(onednn, calls, monkeypatch, bias, width):
     strided = {"n": 0}
-    real = lin._onednn_strided
+    real = lin.onednn_strided
 
     def spy(*args):
         strided["n"] += 1
         return real(*args)
 
-    monkeypatch.setattr(lin, "_onednn_strided", spy)
+    monkeypatch.setattr(lin, "onednn_strided", spy)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 50, width, generator=g).transpose(0, 1)  # non-contiguous input
     w, b = torch.randn(40, width, generator=g), torch.randn(40, generator=g)

@@ -182,7 +182,9 @@ def test_kept_keys_train_under_bf16_autocast(tiny_masked_model, attention_core):
 def test_window_with_every_token_kept_has_no_folded_key(attention_core):
     """With nothing masked there is no masked key to fold: its logit must be −inf, not log(tiny), which
     wins when every kept key scores far below the bias key (q·(k − b_k) ≪ 0), as built here."""
-    from maskdn.model import WindowAttention, window_layout
+    from maskdn.fastpath import kept_keys, key_tables
+    from maskdn.model import WindowAttention
+    from maskdn.windows import window_layout
 
     attn = WindowAttention(16, 8, 2)
     with torch.no_grad():
@@ -197,8 +199,8 @@ def test_window_with_every_token_kept_has_no_folded_key(attention_core):
     layout = window_layout(24, 8, 8, 0, x.device)  # three windows, no shift
     with torch.no_grad():
         expected = attn.reference(x, None, keep.unsqueeze(-1).float())
-        got = attn.kept_keys(x.view(-1, 16), torch.arange(3 * 64).view(3, 64), keep, layout.kind,
-                             attn.key_tables(layout.kind_mask))
+        got = kept_keys(attn, x.view(-1, 16), torch.arange(3 * 64).view(3, 64), keep, layout.kind,
+                        key_tables(attn, layout.kind_mask))
     assert (got - expected).abs().max().item() <= 1e-4
 
 
@@ -208,7 +210,7 @@ def test_unknown_attention_path_is_an_error(tiny_model):
 
 
 def test_shifted_window_layout_gathers_like_roll_and_partition():
-    from maskdn.model import shift_attention_mask, window_layout, window_partition
+    from maskdn.windows import shift_attention_mask, window_layout, window_partition
 
     H, W, ws, shift = 24, 16, 8, 4
     x = torch.rand(2, H, W, 5)
@@ -227,7 +229,7 @@ def test_shifted_window_layout_gathers_like_roll_and_partition():
 def test_tokens_and_images_convert_without_copies():
     """The convolutions read the token stream through a channels-last view: no copy either way, and a
     conv on the view equals the conv on the plain NCHW image."""
-    from maskdn.model import image_to_tokens, tokens_to_image
+    from maskdn.windows import image_to_tokens, tokens_to_image
 
     tokens = torch.rand(2, 6 * 10, 4)
     image = tokens_to_image(tokens, (6, 10))
@@ -293,13 +295,13 @@ def test_forward_intermediates_names(tiny_model):
 @pytest.mark.parametrize("impl", ["fast"])
 def test_inference_window_chunks_change_nothing(sharp_masked_model, monkeypatch, impl):
     """Without autograd, blocks run in groups of windows; groups must not cross images or masks."""
-    from maskdn.model import SwinTransformerBlock
+    from maskdn.fastpath import block as fast_block
 
     sharp_masked_model.set_attention(impl)
     x = torch.rand(2, 3, 40, 24)  # 15 windows per image: chunks of 4 straddle nothing they should not
     with torch.no_grad():
         whole = sharp_masked_model(x, generator=torch.Generator().manual_seed(0))
-        monkeypatch.setattr(SwinTransformerBlock, "WINDOW_GROUP", 4)
+        monkeypatch.setattr(fast_block, "WINDOW_GROUP", 4)
         chunked = sharp_masked_model(x, generator=torch.Generator().manual_seed(0))
     assert (whole - chunked).abs().max().item() <= 1e-6
 

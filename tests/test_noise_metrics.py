@@ -215,7 +215,7 @@ def test_psnr_y_channel_hand_value():
     dy = 65.481 * 10 / 255
     assert psnr(a, b, y_channel=True) == pytest.approx(10 * math.log10(255**2 / (dy**2 / 16)), abs=1e-9)
     assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / (100 / 48)), abs=1e-9)  # default unchanged
-    with pytest.raises(ValueError):
+    with pytest.raises(MaskdnError):
         psnr(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4), y_channel=True)
 
 

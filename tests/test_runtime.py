@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-CHECK = "from maskdn.runtime import keep_freed_memory as k; a = k(); b = k(); print(a, b)"
+CHECK = "from maskdn.fastpath.runtime import keep_freed_memory as k; a = k(); b = k(); print(a, b)"
 
 
 def _run(env_value: str | None) -> str:

@@ -16,7 +16,7 @@ import maskdn
 from maskdn.cli import main
 from maskdn.errors import MaskdnError
 from maskdn.geometry import dihedral, dihedral_inverse
-from maskdn.model import MaskedSwinIR, preset
+from maskdn.model import MaskedSwinIR, ModelConfig, preset
 from maskdn.train import EMA, TrainConfig, export, learning_rate, load_config, loop, shipped_configs, train, train_step
 from maskdn.train.checkpoint import load_state
 from maskdn.train.config import to_toml
@@ -73,36 +73,31 @@ def test_config_toml_round_trip_and_overrides(tmp_path):
     assert dataclasses.replace(twin, attn_mask_ratio=0.75, input_mask=True, input_mask_range=small.input_mask_range) == small
 
 
-def test_config_errors_name_the_file_and_key(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text('preset = "tiny"\nlearning_rate = 1e-3\n')
-    with pytest.raises(MaskdnError, match=r"bad\.toml: unknown key 'learning_rate'"):
-        load_config(bad)
-    bad.write_text('lr = "fast"\n')
-    with pytest.raises(MaskdnError, match=r"bad\.toml: lr: expected float, got 'fast'"):
-        load_config(bad)
-    bad.write_text('input_mask_range = [0.8]\n')
-    with pytest.raises(MaskdnError, match=r"bad\.toml: input_mask_range: expected a list of 2"):
-        load_config(bad)
-    bad.write_text('noise = ["gaussian:15", "pink:3"]\n')
-    with pytest.raises(MaskdnError, match=r"bad\.toml: noise pink:3: unknown noise"):
-        load_config(bad)
-    bad.write_text('iterations = 1.5\n')
-    with pytest.raises(MaskdnError, match=r"bad\.toml: iterations: expected int"):
-        load_config(bad)
-    bad.write_text('lr = \n')
-    with pytest.raises(MaskdnError, match=r"bad\.toml: not valid TOML"):
-        load_config(bad)
-    with pytest.raises(MaskdnError, match=r"--set batch_size: expected int, got 'x'"):
-        load_config("paper", {"batch_size": "x"})
-    with pytest.raises(MaskdnError, match=r"--set bogus: unknown key"):
-        load_config("paper", {"bogus": 1})
-    with pytest.raises(MaskdnError, match=r"nosuch: no such config file or shipped config \(shipped: .*paper"):
-        load_config("nosuch")
-    with pytest.raises(MaskdnError, match=r"unknown preset 'huge'"):
-        TrainConfig(preset="huge")
-    with pytest.raises(MaskdnError, match=r"schedule must be one of"):
-        TrainConfig(schedule="linear")
+@pytest.mark.parametrize("source, overrides, match", [
+    ('preset = "tiny"\nlearning_rate = 1e-3\n', None, r"bad\.toml: unknown key 'learning_rate'"),
+    ('lr = "fast"\n', None, r"bad\.toml: lr: expected float, got 'fast'"),
+    ('input_mask_range = [0.8]\n', None, r"bad\.toml: input_mask_range: expected a list of 2"),
+    ('input_mask_range = [0.9, 0.8]\n', None, r"bad\.toml: input_mask_range must satisfy 0 <= lo <= hi < 1, not \[0\.9, 0\.8\]"),
+    ('noise = ["gaussian:15", "pink:3"]\n', None, r"bad\.toml: noise pink:3: unknown noise"),
+    ('iterations = 1.5\n', None, r"bad\.toml: iterations: expected int"),
+    ('patch_size = 0\n', None, r"bad\.toml: patch_size must be an integer >= 1, not 0"),
+    ('lr = \n', None, r"bad\.toml: not valid TOML"),
+    ('preset = "huge"\n', None, r"bad\.toml: unknown preset 'huge'"),
+    ('schedule = "linear"\n', None, r"bad\.toml: schedule must be one of"),
+    ("paper", {"batch_size": "x"}, r"--set batch_size: expected int, got 'x'"),
+    ("paper", {"bogus": 1}, r"--set bogus: unknown key"),
+    ("paper", {"input_mask_range": [0.9, 0.8]}, r"paper\.toml with --set input_mask_range: input_mask_range must satisfy"),
+    ("nosuch", None, r"nosuch: no such config file or shipped config \(shipped: .*paper"),
+])
+def test_config_errors_name_the_file_and_key(source, overrides, match, tmp_path):
+    """A bad config (``source``: a shipped name or, with a newline, the text of bad.toml) or ``--set``
+    override is one error naming the file or ``--set`` and the key."""
+    if "\n" in source:
+        (tmp_path / "bad.toml").write_text(source)
+        source = tmp_path / "bad.toml"
+    with pytest.raises(MaskdnError, match=match) as e:
+        load_config(source, overrides)
+    assert "\n" not in str(e.value)
 
 
 def test_learning_rate_schedules():
@@ -266,13 +261,29 @@ def test_each_shipped_config_trains(name, image_folder, tmp_path):
     assert load_config(tmp_path / name / "config.toml") == cfg  # the saved config reruns the run
 
 
-def test_compiled_training_computes_the_same_run(image_folder, tmp_path):
-    """compile=true trains through torch.compile; the saved weights keep plain key names and match eager."""
-    eager = train(_cfg(image_folder, tmp_path / "eager", iterations=2), progress=False)
-    compiled = train(_cfg(image_folder, tmp_path / "compiled", iterations=2, compile=True), progress=False)
+def test_compiled_training_computes_the_same_run(image_folder, tmp_path, monkeypatch):
+    """compile=true trains through torch.compile; the saved weights keep plain key names and match eager.
+
+    Compiling is the cost, so this is one step of a one-block model without attention masking."""
+    import maskdn.model
+
+    one_block = ModelConfig(embed_dim=8, depths=(1,), num_heads=(2,), resi_connection="1conv")
+    monkeypatch.setitem(maskdn.model.PRESETS, "tiny", one_block)
+    compiled_nets, real_compile = [], torch.compile
+
+    def compile_spy(net, *args, **kwargs):
+        compiled_nets.append(net)
+        return real_compile(net, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_spy)
+    kw = dict(iterations=1, warmup=0, attn_mask_ratio=0.0)  # masked attention is data-dependent: many graphs
+    eager = train(_cfg(image_folder, tmp_path / "eager", **kw), progress=False)
+    compiled = train(_cfg(image_folder, tmp_path / "compiled", compile=True, **kw), progress=False)
+    assert len(compiled_nets) == 1 and isinstance(compiled_nets[0], MaskedSwinIR)  # the training forward's
     a, b = load_file(eager), load_file(compiled)
     assert a.keys() == b.keys() and not any("_orig_mod" in k for k in b)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert load_model(compiled).config == dataclasses.replace(one_block, attn_mask_ratio=0.0)
 
 
 def test_resume_continues_and_refuses_a_changed_config(image_folder, tmp_path, monkeypatch):

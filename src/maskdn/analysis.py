@@ -5,7 +5,7 @@ very differently for Gaussian, speckle, Poisson and mixed noise, while the maske
 alike whatever the noise. :func:`analyze` measures that on any models and images:
 
 * every model sees the same noisy images (pure functions of image name, noise and seed, as in
-  :mod:`maskdn.bench`), center-cropped to keep it fast;
+  :mod:`maskdn.generalization`), center-cropped to keep it fast;
 * features are taken at the named points of :meth:`MaskedSwinIR.forward_intermediates` (``embed``,
   ``group{i}``, ``body``) on a fixed, seeded random subset of token positions per image: the *same*
   positions under every noise, so the features of one token under two noises can be compared;
@@ -45,8 +45,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .errors import MaskdnError
-from .evaluate import load_dataset
+from .errors import MaskdnError, check_int
+from .datasets import load_dataset
+from .geometry import center_crop
 from .io import make_output_dir
 from .model import MaskedSwinIR
 from .noise import apply_noise, noise_seed, parse_noise
@@ -325,15 +326,6 @@ def _layers(models: list[tuple[str, str, MaskedSwinIR]], layers: Sequence[str] |
     return list(dict.fromkeys(layers))
 
 
-def _center_crop(x: Tensor, size: int | None) -> Tensor:
-    if not size:
-        return x
-    h, w = x.shape[-2:]
-    sh, sw = min(size, h), min(size, w)
-    top, left = (h - sh) // 2, (w - sw) // 2
-    return x[..., top : top + sh, left : left + sw]
-
-
 def _token_positions(n_pixels: int, tokens: int, seed: int, image: str) -> Tensor:
     """A fixed, seeded subset of ``tokens`` flat pixel positions of an image (sorted), all if fewer."""
     g = torch.Generator().manual_seed(derive_seed(seed, image, "analysis-tokens"))
@@ -356,11 +348,6 @@ def _features(
 # --------------------------------------------------------------------------------------------------
 # The analysis
 # --------------------------------------------------------------------------------------------------
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise MaskdnError(f"{name} must be an integer >= {minimum}, not {value!r}")
 
 
 def analyze(
@@ -388,11 +375,11 @@ def analyze(
     image. Returns the dict written to ``OUT/analysis.json``; with ``out_dir`` None nothing is written.
     """
     if limit is not None:
-        _positive_int("limit", limit)
+        check_int("limit", limit)
     if crop:
-        _positive_int("crop", crop)
-    _positive_int("tokens", tokens, 2)
-    _positive_int("bins", bins, 2)
+        check_int("crop", crop)
+    check_int("tokens", tokens, 2)
+    check_int("bins", bins, 2)
     ref = str(parse_noise(reference or REFERENCE_NOISE))
     conds = list(dict.fromkeys([ref, *(str(parse_noise(n)) for n in (DEFAULT_NOISES if noises is None else noises))]))
     samples = load_dataset(data, limit)
@@ -404,7 +391,7 @@ def analyze(
     if out is not None:
         make_output_dir(out)
 
-    images = [(s.name, _center_crop(s.clean, crop)) for s in samples]
+    images = [(s.name, center_crop(s.clean, crop)) for s in samples]
     positions = {name: _token_positions(x.shape[-2] * x.shape[-1], tokens, seed, name) for name, x in images}
     noisy_cache: dict[tuple[str, str], Tensor] = {}
 
@@ -568,9 +555,9 @@ def _safe_name(label: str) -> str:
 
 def plot_histograms(result: Mapping[str, Any], model: str, path: str | os.PathLike) -> Path:
     """One panel per layer: the density of feature values under each noise, on the shared bins."""
-    from .report import _pyplot, _save_figure
+    from .report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     rec = result["models"][model]
     layers = list(rec["layers"])
     ref = result["reference"]
@@ -595,14 +582,14 @@ def plot_histograms(result: Mapping[str, Any], model: str, path: str | os.PathLi
     masked = "attention-masked" if rec["masks_attention"] else "unmasked at test time"
     fig.suptitle(f"Feature values of {model} ({masked})", fontsize=10)
     fig.tight_layout(rect=(0, 0.08 if nrows == 1 else 0.05, 1, 0.95))
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_cka(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """One panel per model: linear CKA with the reference against the layer, one line per noise."""
-    from .report import _pyplot, _save_figure
+    from .report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     labels = list(result["models"])
     ref = result["reference"]
     others = [c for c in result["noises"] if c != ref]
@@ -625,13 +612,13 @@ def plot_cka(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
     if handles:
         fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def write_outputs(result: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
     """``analysis.json``, ``summary.md``, ``cka.png`` and ``histograms_<model>.png`` in ``out_dir``."""
     from .io import atomic_write
-    from .report import _write_text
+    from .report import write_text
 
     out = Path(out_dir)
 
@@ -646,7 +633,7 @@ def write_outputs(result: Mapping[str, Any], out_dir: str | os.PathLike) -> list
 
     with atomic_write(out / "analysis.json") as tmp:
         tmp.write_text(json.dumps(clean(dict(result)), indent=1) + "\n", encoding="utf-8")
-    paths = [out / "analysis.json", _write_text(out / "summary.md", summary_markdown(result) + "\n"),
+    paths = [out / "analysis.json", write_text(out / "summary.md", summary_markdown(result) + "\n"),
              plot_cka(result, out / "cka.png")]
     for label in result["models"]:
         paths.append(plot_histograms(result, label, out / f"histograms_{_safe_name(label)}.png"))

@@ -7,7 +7,7 @@ the benchmark can run them by name in worker processes and get the same result i
 * ``nlm`` — scikit-image non-local means, ``h = 0.8·σ̂``, with σ̂ estimated from the noisy image.
 * ``bm3d`` — BM3D (the optional ``bm3d`` package, non-commercial licence) with σ̂ estimated from the
   noisy image (scikit-image ``estimate_sigma``: wavelet MAD, mean over channels): the blind baseline.
-* ``bm3d-oracle`` — BM3D given the true noise std where one is defined (:func:`true_sigma`): the
+* ``bm3d-oracle`` — BM3D given the true noise std where one is defined (:func:`maskdn.noise.true_sigma`): the
   non-blind upper reference. For other noises the method is not defined and the benchmark records
   nothing for it (the table shows –).
 """
@@ -19,28 +19,11 @@ import torch
 from torch import Tensor
 
 from .errors import MaskdnError
-from .noise import parse_noise
+from .noise import true_sigma
 
-__all__ = ["CLASSICAL_METHODS", "check_available", "defined_for", "denoise_classical", "true_sigma"]
+__all__ = ["CLASSICAL_METHODS", "check_available", "defined_for", "denoise_classical"]
 
 CLASSICAL_METHODS = ("noisy", "nlm", "bm3d", "bm3d-oracle")
-
-
-def true_sigma(condition: str) -> float | None:
-    """The std (on the [0, 1] scale) of the added noise of ``condition``, where one is defined.
-
-    ``gaussian:σ`` → σ/255; ``correlated:σ`` → σ/255/3 (the per-value std after the 3×3 box filter);
-    every other noise (signal-dependent, impulsive, compression, camera, mixtures, ``real``) → None.
-    Clipping and 8-bit quantization of the noisy image are ignored, as papers do.
-    """
-    if condition == "real":
-        return None
-    spec = parse_noise(condition)
-    if spec.name == "gaussian":
-        return spec.level / 255.0
-    if spec.name == "correlated":
-        return spec.level / 255.0 / 3.0
-    return None
 
 
 def defined_for(method: str, condition: str) -> bool:

@@ -12,7 +12,7 @@ import json
 import sys
 
 from .errors import MaskdnError
-from .runtime import keep_freed_memory
+from .fastpath.runtime import keep_freed_memory
 
 
 def _add_denoise_options(p: argparse.ArgumentParser) -> None:
@@ -52,9 +52,9 @@ def cmd_noise(a: argparse.Namespace) -> int:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
-    from .zoo import describe
+    from .weights import describe_zoo
 
-    rows = describe()
+    rows = describe_zoo()
     if a.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -110,7 +110,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .bench import PAPER_GRID, run_bench
+    from .generalization import PAPER_GRID, run_bench
 
     methods = [*a.model, *a.method]
     if not methods:
@@ -145,13 +145,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.list:
         print("\n".join(shipped_configs()))
         return 0
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    kinds = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     overrides: dict = {}
-    for item in a.set:
+    for item in a.set:  # the keys and values are checked by load_config (or cooldown), naming the key
         key, sep, text = item.partition("=")
-        if not sep or key not in fields:
-            raise MaskdnError(f"--set {item}: expected key=value with key one of {', '.join(fields)}")
-        overrides[key] = text if fields[key].type == "str" else _parse_value(text)
+        if not sep:
+            raise MaskdnError(f"--set {item}: expected key=value")
+        overrides[key] = text if kinds.get(key) == "str" else _parse_value(text)
     overrides.update({k: v for k, v in (("data", a.data), ("out", a.out)) if v is not None})
     if a.cooldown is not None:
         from .train import cooldown

@@ -16,3 +16,26 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (or its type name), to quote inside a one-line error."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def check_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` if it is an integer >= ``minimum`` (not a bool), else :class:`MaskdnError` naming ``name``.
+
+    The one check of counts given by users (passes, jobs, patch sizes, iterations, …).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise MaskdnError(f"{name} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+def problem(check, *args) -> list[str]:
+    """The message of the :class:`MaskdnError` that ``check(*args)`` raises, as a list of zero or one.
+
+    For validators that report every problem of a config at once rather than the first.
+    """
+    try:
+        check(*args)
+    except MaskdnError as e:
+        return [str(e)]
+    return []
+

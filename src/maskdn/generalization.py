@@ -1,11 +1,15 @@
-"""The benchmark runner: PSNR/SSIM (and LPIPS) of denoising methods over datasets × noise conditions.
+"""The generalization benchmark, and the one evaluator: PSNR/SSIM (and LPIPS) of denoising methods
+over datasets × noise conditions.
 
 For every dataset × image × condition (each noise of the grid for folders of clean images; ``real``
 for real-noise pair folders) × method (× pass count for stochastic models) one record is written:
 ``{dataset, image, method, passes, noise, level, psnr, ssim, [lpips,] seed}``. Noisy inputs are the
-pure functions :func:`~maskdn.noise.apply_noise` of (image name, noise, seed) and every model run uses
-a generator seeded with ``seed``, so every method sees the same noisy image and runs are
-reproducible. ``maskdn evaluate`` is a thin layer over the same loop.
+pure functions :func:`~maskdn.noise.apply_noise` of (image name, noise, seed) (:func:`noisy_pair`;
+with ``crop`` the noise is added to the whole image, then the noisy and the clean image are
+center-cropped) and every model run uses a generator seeded with ``seed``, so every method sees the
+same noisy image and runs are reproducible. ``maskdn evaluate``, the training loop's validation
+(:func:`maskdn.train.loop.validate`), ``maskdn demo`` and ``benchmarks/quick_grid.py`` all score
+through :func:`run_bench`. The CLI subcommand is ``maskdn bench``.
 
 ``OUT/results.json`` is rewritten atomically every few seconds and at the end, and a rerun resumes:
 records already there (same dataset, image, method, passes, noise, level, seed) are not recomputed.
@@ -50,8 +54,9 @@ from .classical import (
     defined_for,
     denoise_classical,
 )
-from .errors import MaskdnError
-from .evaluate import REAL, Sample, load_dataset
+from .datasets import REAL, Sample, load_dataset
+from .errors import MaskdnError, check_int
+from .geometry import center_crop
 from .inference import check_passes, denoise_tensor
 from .io import atomic_write, make_output_dir
 from .metrics import psnr, ssim
@@ -66,6 +71,7 @@ __all__ = [
     "Method",
     "load_results",
     "model_method",
+    "noisy_pair",
     "record_key",
     "resolve_method",
     "run_bench",
@@ -129,12 +135,31 @@ def _classical_method(name: str) -> Method:
 
 
 def model_method(
-    model, name: str, pass_counts: Sequence[int], *, tile: int | None = None, device: str | torch.device = "cpu"
+    model, name: str, pass_counts: Sequence[int], *, tile: int | None = None, device: str | torch.device = "cpu",
+    bf16: bool = False,
 ) -> Method:
-    """A :class:`Method` running a loaded :class:`~maskdn.model.MaskedSwinIR` with each of ``pass_counts``."""
+    """A :class:`Method` running a loaded :class:`~maskdn.model.MaskedSwinIR` with each of ``pass_counts``.
+
+    Args:
+        model: The denoiser, on ``device``.
+        name: The method's name in the records.
+        pass_counts: The pass counts it is scored with (each an int >= 1; averaged stochastic passes,
+            :func:`maskdn.inference.denoise_tensor`).
+        tile: Denoise in ``tile``×``tile`` tiles (None: whole images).
+        device: Where the model runs; inputs are moved there and estimates back to the CPU.
+        bf16: Run the network under bfloat16 autocast (within 0.05 dB PSNR of float32,
+            :func:`maskdn.inference.denoise_tensor`).
+
+    Returns:
+        A :class:`Method` whose ``fn(noisy [3, H, W], passes, generator)`` returns the float
+        ``[3, H, W]`` CPU estimate, not clamped.
+
+    Raises:
+        MaskdnError: A pass count that is not an int >= 1.
+    """
 
     def run(x: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
-        y = denoise_tensor(model, x[None].to(device), passes=k, tile=tile, generator=generator)
+        y = denoise_tensor(model, x[None].to(device), passes=k, tile=tile, generator=generator, bf16=bf16)
         return y[0].cpu()
 
     for k in pass_counts:
@@ -142,12 +167,19 @@ def model_method(
     return Method(name, run, list(pass_counts))
 
 
-def resolve_method(method: str | tuple[str, Callable[[Tensor], Tensor]] | Method, passes: int = 4, device: str | torch.device = "cpu") -> Method:
+def resolve_method(
+    method: str | tuple[str, Callable[[Tensor], Tensor]] | Method, passes: int = 4, device: str | torch.device = "cpu",
+    bf16: bool = False,
+) -> Method:
     """A :class:`Method` from a built-in name, a model name / weights path, or a ``(name, callable)`` pair.
 
     A model is loaded once; it runs under a generator seeded per call by :func:`run_bench`. A
-    stochastic model is scored with ``[1, passes]`` passes (just ``[1]`` when ``passes`` is 1).
-    Unknown names and a missing ``bm3d`` package raise :class:`MaskdnError`.
+    stochastic model is scored with ``[1, passes]`` passes (just ``[1]`` when ``passes`` is 1); ``bf16``
+    runs a loaded model under bfloat16 autocast (see :func:`model_method`). A :class:`Method` is
+    returned as is.
+
+    Raises:
+        MaskdnError: An unknown name, a callable that is not one, or a missing ``bm3d`` package.
     """
     if isinstance(method, Method):
         return method
@@ -171,17 +203,17 @@ def resolve_method(method: str | tuple[str, Callable[[Tensor], Tensor]] | Method
         ) from None
     counts = [1, passes] if model.masks_attention and passes > 1 else [1]
     label = Path(name).stem if (os.sep in name or name.endswith((".safetensors", ".pth"))) else name
-    method = model_method(model, label, counts, device=device)
+    method = model_method(model, label, counts, device=device, bf16=bf16)
     method.source = str(Path(name).resolve()) if Path(name).exists() else name
     return method
 
 
-def _resolve_all(methods: Any, passes: int, device: str | torch.device) -> list[Method]:
+def _resolve_all(methods: Any, passes: int, device: str | torch.device, bf16: bool = False) -> list[Method]:
     if isinstance(methods, (str, os.PathLike, tuple, Method)):
         methods = [methods]
     if isinstance(methods, Mapping):
         methods = [(k, v) if callable(v) else v for k, v in methods.items()]
-    out = [resolve_method(m, passes, device) for m in methods]
+    out = [resolve_method(m, passes, device, bf16) for m in methods]
     if not out:
         raise MaskdnError("no methods to benchmark")
     names = [m.name for m in out]
@@ -197,11 +229,15 @@ def _resolve_all(methods: Any, passes: int, device: str | torch.device) -> list[
 
 
 def record_key(r: Mapping[str, Any]) -> tuple:
-    """The identity of a record: (dataset, image, method, passes, noise, level, seed)."""
+    """The identity of a record: (dataset, image, method, passes, noise, level, seed, crop, bf16).
+
+    ``crop`` and ``bf16`` are only in the records of runs that set them (:func:`run_bench`); absent,
+    they are None and False.
+    """
     level = r.get("level")
     return (
         r["dataset"], r["image"], r["method"], int(r["passes"]), r["noise"],
-        None if level is None else float(level), int(r["seed"]),
+        None if level is None else float(level), int(r["seed"]), r.get("crop") or None, bool(r.get("bf16", False)),
     )
 
 
@@ -230,28 +266,27 @@ def _write_results(path: Path, records: list[dict]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _crop_box(h: int, w: int, size: int = GALLERY_CROP) -> tuple[int, int, int]:
-    s = min(size, h, w)
-    return (h - s) // 2, (w - s) // 2, s
+def _gallery_side(h: int, w: int, size: int = GALLERY_CROP) -> int:
+    """The side of the gallery's square center crop of an ``h``×``w`` image."""
+    return min(size, h, w)
 
 
-def _crop_u8(x: Tensor, box: tuple[int, int, int]) -> np.ndarray:
-    top, left, s = box
-    c = x[:, top : top + s, left : left + s]
+def _crop_u8(x: Tensor, side: int) -> np.ndarray:
+    c = center_crop(x, side)
     return torch.round(c.detach().cpu().double().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 class _Gallery:
     """Crops of one image: ``panels[condition][label] = (uint8 HxWx3, psnr or nan)``, cached in an npz."""
 
-    def __init__(self, path: Path, dataset: str, image: str, seed: int) -> None:
-        self.path, self.dataset, self.image, self.seed = path, dataset, image, seed
+    def __init__(self, path: Path, dataset: str, image: str, seed: int, variant: str = "") -> None:
+        self.path, self.dataset, self.image, self.seed, self.variant = path, dataset, image, seed, variant
         self.panels: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
         self.clean: np.ndarray | None = None
         self._load()
 
     def _tag(self) -> str:
-        return f"{self.dataset}/{self.image}/seed{self.seed}"
+        return f"{self.dataset}/{self.image}/seed{self.seed}{self.variant}"
 
     def _load(self) -> None:
         try:
@@ -304,10 +339,42 @@ def _condition(cond: str) -> tuple[str, float | None]:
     return spec.name, float(spec.level)
 
 
-def _noisy_input(sample: Sample, cond: str, seed: int) -> Tensor:
+def noisy_pair(
+    sample: Sample, cond: str, seed: int, crop: int | None = 0,
+    noise_seeding: Callable[[int, str, str], int] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The noisy input and the clean target of one (image, condition), as every evaluation scores them.
+
+    A clean image gets :func:`~maskdn.noise.apply_noise` of ``cond`` (clipped to [0, 1] and quantized
+    to 8-bit levels, as a saved noisy PNG would be) seeded with
+    :func:`~maskdn.noise.noise_seed` ``(seed, sample.name, cond)``, so the noisy image is the same for
+    every method and run; a real-noise pair uses its own noisy photo. The noise is added to the whole
+    image and only then are both images center-cropped (:func:`maskdn.geometry.center_crop`), so a crop
+    sees exactly the pixels of the whole-image protocol; this is the training loop's validation
+    protocol (:func:`maskdn.train.data.load_validation_set`).
+
+    Args:
+        sample: The image (:class:`~maskdn.datasets.Sample`).
+        cond: The noise spec (``name:level``, see :func:`~maskdn.noise.parse_noise`); its text, as
+            written, is part of the noise seed. Ignored for a real-noise pair.
+        seed: The run's seed.
+        crop: The side of the center crop in pixels; 0 or None: the whole image.
+        noise_seeding: ``(seed, image name, cond) → the seed of apply_noise``; None:
+            :func:`maskdn.noise.noise_seed`.
+
+    Returns:
+        ``(noisy, clean)``: float ``[3, h, w]`` tensors in [0, 1], ``h, w`` the crop's size (at most
+        ``crop``; the image's own size without crop).
+
+    Raises:
+        MaskdnError: An invalid noise spec (:func:`maskdn.noise.parse_noise`).
+    """
     if sample.noisy is not None:
-        return sample.noisy
-    return apply_noise(sample.clean, cond, seed=noise_seed(seed, sample.name, cond))
+        noisy = sample.noisy
+    else:
+        noise_seeding = noise_seed if noise_seeding is None else noise_seeding
+        noisy = apply_noise(sample.clean, cond, seed=noise_seeding(seed, sample.name, cond))
+    return center_crop(noisy, crop), center_crop(sample.clean, crop)
 
 
 def _scores(est: Tensor, clean: Tensor, with_ssim: bool) -> dict[str, float]:
@@ -318,49 +385,54 @@ def _scores(est: Tensor, clean: Tensor, with_ssim: bool) -> dict[str, float]:
 
 
 def _unit_result(
-    est: Tensor, sample: Sample, box: tuple[int, int, int] | None, want_est: bool, with_ssim: bool
-) -> tuple[dict[str, float], np.ndarray | None, Tensor | None]:
-    """(scores, gallery crop or None, 8-bit estimate or None) of one estimate."""
-    crop = None if box is None else _crop_u8(est, box)
+    est: Tensor, clean: Tensor, side: int | None, want_est: bool, with_ssim: bool, keep: bool
+) -> tuple[dict[str, float], np.ndarray | None, Tensor | None, Tensor | None]:
+    """(scores, gallery crop or None, 8-bit estimate or None, the float estimate if ``keep``) of one estimate."""
+    crop = None if side is None else _crop_u8(est, side)
     est8 = torch.round(est.clamp(0, 1) * 255).to(torch.uint8) if want_est else None
-    return _scores(est, sample.clean, with_ssim), crop, est8
+    return _scores(est, clean, with_ssim), crop, est8, est if keep else None
 
 
 def _classical_unit(
-    method: str, sample: Sample, cond: str, seed: int, box: tuple[int, int, int] | None, want_est: bool, with_ssim: bool
-) -> tuple[dict[str, float], np.ndarray | None, Tensor | None]:
+    method: str, sample: Sample, cond: str, seed: int, side: int | None, want_est: bool, with_ssim: bool,
+    crop: int | None = 0, noise_seeding: Callable[[int, str, str], int] | None = None, keep: bool = False,
+) -> tuple[dict[str, float], np.ndarray | None, Tensor | None, Tensor | None]:
     """One built-in (method, image, condition), a pure function of its arguments: run here or in a worker
     process, the same result either way."""
-    est = denoise_classical(method, _noisy_input(sample, cond, seed), cond).float()
-    return _unit_result(est, sample, box, want_est, with_ssim)
+    noisy, clean = noisy_pair(sample, cond, seed, crop, noise_seeding)
+    est = denoise_classical(method, noisy, cond).float()
+    return _unit_result(est, clean, side, want_est, with_ssim, keep)
 
 
 def _method_unit(
-    method: Method, passes: int, sample: Sample, cond: str, seed: int, box: tuple[int, int, int] | None,
-    want_est: bool, with_ssim: bool, device: str | torch.device = "cpu", noisy: Tensor | None = None,
-) -> tuple[dict[str, float], np.ndarray | None, Tensor | None]:
-    """One run of a model (or callable) method under a generator seeded with ``seed``; ``noisy`` saves
-    regenerating the input when the caller has it."""
-    noisy = _noisy_input(sample, cond, seed) if noisy is None else noisy
+    method: Method, passes: int, sample: Sample, cond: str, seed: int, side: int | None,
+    want_est: bool, with_ssim: bool, crop: int | None = 0, noise_seeding: Callable[[int, str, str], int] | None = None,
+    keep: bool = False, device: str | torch.device = "cpu", pair: tuple[Tensor, Tensor] | None = None,
+) -> tuple[dict[str, float], np.ndarray | None, Tensor | None, Tensor | None]:
+    """One run of a model (or callable) method under a generator seeded with ``seed``; ``pair`` (the
+    :func:`noisy_pair`) saves regenerating the input when the caller has it."""
+    noisy, clean = noisy_pair(sample, cond, seed, crop, noise_seeding) if pair is None else pair
     est = method.fn(noisy.clone(), passes, torch.Generator(device=device).manual_seed(seed))
-    if not isinstance(est, Tensor) or est.shape != sample.clean.shape:
+    if not isinstance(est, Tensor) or est.shape != clean.shape:
         got = tuple(est.shape) if isinstance(est, Tensor) else type(est).__name__
-        raise MaskdnError(f"method {method.name}: returned {got}, expected {tuple(sample.clean.shape)}")
-    return _unit_result(est.detach().cpu().float(), sample, box, want_est, with_ssim)
+        raise MaskdnError(f"method {method.name}: returned {got}, expected {tuple(clean.shape)}")
+    return _unit_result(est.detach().cpu().float(), clean, side, want_est, with_ssim, keep)
 
 
-_WORKER_MODELS: dict[tuple[str, int], Method] = {}
+_WORKER_MODELS: dict[tuple[str, int, bool], Method] = {}
 
 
-def _model_unit(source: str, max_passes: int, passes: int, *args) -> tuple[dict[str, float], np.ndarray | None, Tensor | None]:
+def _model_unit(
+    source: str, max_passes: int, bf16: bool, passes: int, *args
+) -> tuple[dict[str, float], np.ndarray | None, Tensor | None, Tensor | None]:
     """:func:`_method_unit` in a worker process, which loads each model once."""
-    if (source, max_passes) not in _WORKER_MODELS:
-        _WORKER_MODELS[(source, max_passes)] = resolve_method(source, max_passes)
-    return _method_unit(_WORKER_MODELS[(source, max_passes)], passes, *args)
+    if (source, max_passes, bf16) not in _WORKER_MODELS:
+        _WORKER_MODELS[(source, max_passes, bf16)] = resolve_method(source, max_passes, bf16=bf16)
+    return _method_unit(_WORKER_MODELS[(source, max_passes, bf16)], passes, *args)
 
 
 def _worker_init() -> None:
-    from .runtime import keep_freed_memory
+    from .fastpath.runtime import keep_freed_memory
 
     keep_freed_memory()  # a spawned process starts with glibc's defaults
     torch.set_num_threads(1)  # one work item per process: threads inside it only contend
@@ -376,16 +448,11 @@ class _Unit:
     cond: str
     method: Method
     passes: int
-    box: tuple[int, int, int] | None  # its crop goes to the gallery
-
-
-def _check_jobs(jobs: int) -> None:
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise MaskdnError(f"jobs must be an integer >= 1, not {jobs!r}")
+    box: int | None  # the side of its gallery crop (None: not in the gallery)
 
 
 def run_bench(
-    data_dirs: Sequence[str | Path],
+    data_dirs: Sequence[str | Path | tuple[str, Sequence[Sample]]],
     methods: Sequence[str | tuple[str, Callable[[Tensor], Tensor]] | Method] | Mapping[str, Any],
     noises: Sequence[str] = PAPER_GRID,
     out_dir: str | Path | None = "bench",
@@ -400,34 +467,88 @@ def run_bench(
     lpips: bool | None = None,
     lpips_backbone: str | Path | None = None,
     with_ssim: bool = True,
+    crop: int | None = 0,
+    bf16: bool = False,
+    noise_seeding: Callable[[int, str, str], int] | None = None,
+    on_estimate: Callable[[dict, Tensor, Tensor], None] | None = None,
 ) -> list[dict]:
     """Benchmark ``methods`` on ``data_dirs`` under ``noises``; returns all records of ``OUT/results.json``.
 
-    ``methods``: names (``noisy``, ``nlm``, ``bm3d``, ``bm3d-oracle``, a zoo model, a weights path),
-    ``(name, callable)`` pairs, :class:`Method` objects, or a mapping name → callable/name. ``limit``
-    caps the images per folder. Records already in ``OUT/results.json`` are kept and not recomputed
-    (records of other runs, e.g. other methods or seeds, are kept too). With ``reports`` the summaries
-    and plots are written. ``out_dir=None`` keeps everything in memory (no resume, files or reports).
+    Each record scores one estimate against its clean image: PSNR in dB and SSIM on 8-bit levels over
+    the RGB values (:mod:`maskdn.metrics`, as BasicSR/KAIR compute them), LPIPS (AlexNet, lower is
+    better) when available. Every model run gets a fresh ``torch.Generator(device).manual_seed(seed)``
+    (the same for every image and condition), and the noisy inputs come from :func:`noisy_pair`.
 
-    ``jobs``: worker processes for the built-in methods and CPU models. ``lpips``: True/None (automatic) scores LPIPS
-    when :func:`~maskdn.perceptual.lpips_status` finds its weights (``lpips_backbone`` or the torch hub
-    cache), else the reason goes into ``summary.md``; False never. ``with_ssim=False`` skips SSIM.
-    ``progress``: a tqdm bar (with ETA) on stderr; a string is its label.
+    Args:
+        data_dirs: Dataset folders (:func:`maskdn.datasets.load_dataset`; the dataset is named after the
+            folder) or ``(name, samples)`` pairs of :class:`~maskdn.datasets.Sample` objects already
+            in memory.
+        methods: Names (``noisy``, ``nlm``, ``bm3d``, ``bm3d-oracle``, a zoo model, a weights path),
+            ``(name, callable)`` pairs, :class:`Method` objects, or a mapping name → callable/name.
+        noises: The noise specs (``name:level``) applied to the clean-image datasets; real-noise pairs
+            are scored under ``real`` alone.
+        out_dir: Where ``results.json`` (and with ``reports`` the summaries and plots) go. Records
+            already in ``OUT/results.json`` are kept and not recomputed (records of other runs, e.g.
+            other methods or seeds, are kept too). None keeps everything in memory (no resume, files
+            or reports).
+        seed: Seeds the noise (:func:`maskdn.noise.noise_seed`) and every model run.
+        passes: The averaged pass count a stochastic model given by name is scored with, besides 1.
+        limit: Caps the images per dataset, the first ones in name order (None: all).
+        progress: A tqdm bar (with ETA) on stderr; a string is its label.
+        device: Where models given by name run (and LPIPS); estimates are scored on the CPU.
+        reports: Write the summaries and plots (:func:`maskdn.report.write_reports`) into ``out_dir``.
+        jobs: Worker processes for the built-in methods and CPU models (the records are the same for
+            any ``jobs``).
+        lpips: True/None (automatic) scores LPIPS when :func:`~maskdn.perceptual.lpips_status` finds
+            its weights (``lpips_backbone`` or the torch hub cache), else the reason goes into
+            ``summary.md``; False never.
+        lpips_backbone: The LPIPS backbone weights file.
+        with_ssim: False skips SSIM.
+        crop: Score the central ``crop``×``crop`` window only (:func:`noisy_pair`: the noise is added
+            to the whole image first, the protocol of the training loop's validation); 0 or None:
+            whole images. Non-zero, it is part of each record (and of its identity on resuming).
+        bf16: Run the models given by name under bfloat16 autocast (within 0.05 dB of float32). True,
+            it is part of each record (and of its identity on resuming). :class:`Method` objects keep
+            their own setting (:func:`model_method`).
+        noise_seeding: ``(seed, image name, condition) → seed of the noise``; None:
+            :func:`maskdn.noise.noise_seed`. A run with workers (``jobs`` > 1) needs it picklable (a
+            module-level function or a :func:`functools.partial` of one). Records do not say which
+            seeding made them: resume only with the same one.
+        on_estimate: Called in this process, in plan order, with ``(record, noisy, estimate)`` for
+            every record this call computes (not for resumed ones): the noisy input and the method's
+            estimate, float ``[3, h, w]`` CPU tensors (the estimate as returned, not clamped). When
+            given, all work runs in this process.
+
+    Returns:
+        The records, in plan order (dataset, image, condition, method, passes), then any other
+        records of ``OUT/results.json``: ``{dataset, image, method, passes, noise, level, psnr, ssim,
+        [lpips,] seed, [crop,] [bf16]}`` with ``noise`` ``"real"`` and ``level`` None for real-noise
+        pairs.
+
+    Raises:
+        MaskdnError: Invalid ``passes``/``jobs``/``crop`` or noise specs, no folders or an empty one,
+            a dataset name given twice, no noises for clean images, unknown or duplicate methods, a
+            method returning the wrong shape, or an unreadable ``results.json``.
     """
     check_passes(passes)
-    _check_jobs(jobs)
+    check_int("jobs", jobs)
+    if crop:
+        check_int("crop", crop)
+    crop = crop or 0
     conds_noise = list(dict.fromkeys(str(parse_noise(n)) for n in noises))
-    resolved = _resolve_all(methods, passes, device)
+    resolved = _resolve_all(methods, passes, device, bf16)
     if not data_dirs:
         raise MaskdnError("no dataset folders given")
     datasets: list[tuple[str, list[Sample]]] = []
     for d in data_dirs:
-        samples = load_dataset(d, limit)
+        if isinstance(d, tuple):
+            name, samples = str(d[0]), list(d[1])[:limit]
+        else:
+            name, samples = Path(d).resolve().name, load_dataset(d, limit)
         if not samples:
-            raise MaskdnError(f"{d}: no images")
-        name = Path(d).resolve().name
+            raise MaskdnError(f"{name if isinstance(d, tuple) else d}: no images")
         if any(name == n for n, _ in datasets):
-            raise MaskdnError(f"{d}: dataset name {name} given twice")
+            raise MaskdnError(f"{d if not isinstance(d, tuple) else name}: dataset name {name} given twice")
         datasets.append((name, samples))
     if not conds_noise and any(all(s.noisy is None for s in samples) for _, samples in datasets):
         raise MaskdnError("no noises given for the clean-image folders")
@@ -456,11 +577,14 @@ def run_bench(
     first_name, first_samples = datasets[0]
     first = first_samples[0]
     gallery_conds = conditions_of(first_samples)[:GALLERY_NOISES]
-    gallery = None if out is None else _Gallery(out / _GALLERY_CACHE, first_name, first.name, seed)
-    box = _crop_box(*first.clean.shape[-2:])
+    variant = (f"/crop{crop}" if crop else "") + ("/bf16" if bf16 else "")
+    gallery = None if out is None else _Gallery(out / _GALLERY_CACHE, first_name, first.name, seed, variant)
+    first_clean = center_crop(first.clean, crop)
+    box = _gallery_side(*first_clean.shape[-2:])
     method_labels = [method_label(m.name, k) for m in resolved for k in m.pass_counts if m.name != "noisy"]
 
     # the plan, in order; a built-in not defined under a condition (bm3d-oracle) has no record there
+    extra = {**({"crop": crop} if crop else {}), **({"bf16": True} if bf16 else {})}
     plan: list[_Unit] = []
     for dname, samples in datasets:
         for idx, s in enumerate(samples):
@@ -475,7 +599,7 @@ def run_bench(
                     for k in m.pass_counts:
                         rec = {"dataset": dname, "image": s.name, "method": m.name, "passes": k,
                                "noise": noise, "level": level}
-                        key = record_key({**rec, "seed": seed})
+                        key = record_key({**rec, "seed": seed, **extra})
                         plan.append(_Unit(key, rec, s, cond, m, k, box if show and m.name != "noisy" else None))
     planned = [u.key for u in plan]
     order = {k: i for i, k in enumerate(planned)}
@@ -505,46 +629,50 @@ def run_bench(
     if len(plan) > len(todo):
         bar.set_postfix_str(f"{len(plan) - len(todo)} resumed")
 
-    def finish(u: _Unit, scores: dict[str, float], est: Tensor | None, crop: np.ndarray | None) -> None:
+    def finish(u: _Unit, scores: dict[str, float], est: Tensor | None, gallery_crop: np.ndarray | None) -> dict:
         rec = {**u.rec, **scores}
         if scorer is not None:
-            rec["lpips"] = scorer(est, u.sample.clean)
+            rec["lpips"] = scorer(est, center_crop(u.sample.clean, crop))
         rec["seed"] = seed
+        rec.update(extra)
         new[u.key] = rec
-        if crop is not None and gallery is not None:
-            gallery.add(u.cond, method_label(u.method.name, u.passes), crop, scores["psnr"])
+        if gallery_crop is not None and gallery is not None:
+            gallery.add(u.cond, method_label(u.method.name, u.passes), gallery_crop, scores["psnr"])
         state["dirty"] = True
         bar.update(1)
         flush()
+        return rec
 
     if gallery is not None:
-        gallery.clean = _crop_u8(first.clean, box)
+        gallery.clean = _crop_u8(first_clean, box)
         for cond in gallery_conds:
             if "noisy input" not in gallery.panels.get(cond, {}):
-                noisy = _noisy_input(first, cond, seed)
-                gallery.add(cond, "noisy input", _crop_u8(noisy, box), psnr(noisy, first.clean))
+                noisy, clean = noisy_pair(first, cond, seed, crop, noise_seeding)
+                gallery.add(cond, "noisy input", _crop_u8(noisy, box), psnr(noisy, clean))
                 state["dirty"] = True
 
     pool: ProcessPoolExecutor | None = None
     pending: dict[Future, _Unit] = {}
 
     def payload(u: _Unit) -> tuple:
-        return (u.method.name, u.sample, u.cond, seed, u.box, scorer is not None, with_ssim)
+        return (u.method.name, u.sample, u.cond, seed, u.box, scorer is not None, with_ssim, crop, noise_seeding,
+                on_estimate is not None)
 
     def in_worker(u: _Unit) -> bool:  # models in workers on the CPU only (one process per GPU is enough)
-        return jobs > 1 and (u.method.classical or (u.method.source is not None and torch.device(device).type == "cpu"))
+        return jobs > 1 and on_estimate is None and (
+            u.method.classical or (u.method.source is not None and torch.device(device).type == "cpu"))
 
     def submit(u: _Unit) -> Future:
         if u.method.classical:
             return pool.submit(_classical_unit, *payload(u))
-        return pool.submit(_model_unit, u.method.source, max(u.method.pass_counts), u.passes, *payload(u)[1:])
+        return pool.submit(_model_unit, u.method.source, max(u.method.pass_counts), bf16, u.passes, *payload(u)[1:])
 
     def drain(block: bool) -> None:
         ready = wait_futures(list(pending), return_when="FIRST_COMPLETED")[0] if block else [f for f in pending if f.done()]
         for f in sorted(ready, key=lambda f: order[pending[f].key]):  # finished together: plan order
             u = pending.pop(f)
-            scores, crop, est8 = f.result()
-            finish(u, scores, None if est8 is None else est8.float() / 255, crop)
+            scores, gallery_crop, est8, _ = f.result()
+            finish(u, scores, None if est8 is None else est8.float() / 255, gallery_crop)
 
     ok = False
     try:
@@ -553,19 +681,24 @@ def run_bench(
             for u in todo:
                 if in_worker(u):
                     pending[submit(u)] = u
-        cached: tuple[tuple, Tensor] | None = None  # the noisy input of the last (dataset, image, condition)
+        cached: tuple[tuple, tuple[Tensor, Tensor]] | None = None  # the noisy pair of the last (dataset, image, condition)
         for u in todo:
             if in_worker(u):
                 continue
+            ident = (u.rec["dataset"], u.sample.name, u.cond)
             if u.method.classical:  # the same function as in a worker: the same record
-                scores, crop, est8 = _classical_unit(*payload(u))
+                scores, gallery_crop, est8, est = _classical_unit(*payload(u))
             else:
                 bar.set_postfix_str(f"{u.method.name} {u.rec['dataset']}/{u.sample.name} {u.cond}", refresh=False)
-                ident = (u.rec["dataset"], u.sample.name, u.cond)
                 if cached is None or cached[0] != ident:
-                    cached = (ident, _noisy_input(u.sample, u.cond, seed))
-                scores, crop, est8 = _method_unit(u.method, u.passes, *payload(u)[1:], device=device, noisy=cached[1])
-            finish(u, scores, None if est8 is None else est8.float() / 255, crop)
+                    cached = (ident, noisy_pair(u.sample, u.cond, seed, crop, noise_seeding))
+                scores, gallery_crop, est8, est = _method_unit(u.method, u.passes, *payload(u)[1:], device=device,
+                                                               pair=cached[1])
+            rec = finish(u, scores, None if est8 is None else est8.float() / 255, gallery_crop)
+            if on_estimate is not None:
+                if cached is None or cached[0] != ident:
+                    cached = (ident, noisy_pair(u.sample, u.cond, seed, crop, noise_seeding))
+                on_estimate(dict(rec), cached[1][0], est)
             drain(block=False)
         while pending:
             drain(block=True)

@@ -13,11 +13,13 @@ Why the options exist:
   forward pass is one random draw. Averaging ``K`` passes (each drawn from the same seeded generator
   in turn, so the result is reproducible) reduces that variance; a few passes gain about 0.3 dB. A
   model without test-time masking is deterministic and runs once whatever ``K`` is.
-* ``self_ensemble``: the classic ×8 geometric ensemble (flips and rotations, each undone after the
-  model, averaged).
-* ``tile``: the window attention's buffers grow with the image; overlapping tiles, blended with a
-  smooth positive weight window, keep the peak memory set by the tile size, so a 6000×4000 photo
-  denoises with only the image and two accumulators at full resolution.
+* ``self_ensemble``: the classic ×8 geometric ensemble (the 8 flips and rotations, each undone after
+  the model, averaged), as in EDSR (Lim et al. 2017) and KAIR's ``utils_model.test_x8``.
+* ``tile``: the window attention's buffers grow with the image; overlapping tiles keep the peak
+  memory set by the tile size, so a 6000×4000 photo denoises with only the image and two
+  accumulators at full resolution. The tile grid is that of SwinIR's ``main_test_swinir.py``; where
+  SwinIR averages overlaps uniformly, here they are blended with a linear ramp weight (positive
+  everywhere), which hides tile seams.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import MaskdnError
+from .errors import MaskdnError, check_int
 from .geometry import dihedral, dihedral_inverse
 from .io import make_output_dir
 from .model import MaskedSwinIR
@@ -89,13 +91,22 @@ def _ramp(size: int, overlap: int, at_start: bool, at_end: bool, like: Tensor) -
 
 
 def check_tile_options(tile: int | None, tile_overlap: int, window_size: int) -> None:
-    """Raise :class:`MaskdnError` unless ``tile > tile_overlap >= 0`` and ``tile >= window_size``."""
+    """Raise :class:`MaskdnError` unless ``tile > tile_overlap >= 0`` and ``tile >= window_size``.
+
+    Args:
+        tile: The tile side in pixels, or None for no tiling (then nothing is checked).
+        tile_overlap: The overlap of neighbouring tiles in pixels.
+        window_size: The model's attention window side in pixels (``model.config.window_size``).
+
+    Raises:
+        MaskdnError: If ``tile`` or ``tile_overlap`` is not an int (a bool counts as not one),
+            ``tile < 1``, ``tile_overlap < 0``, ``tile <= tile_overlap`` or ``tile < window_size``;
+            the one-line message names the option and the value.
+    """
     if tile is None:
         return
-    if isinstance(tile, bool) or not isinstance(tile, int) or not isinstance(tile_overlap, int):
-        raise MaskdnError(f"tile ({tile!r}) and tile overlap ({tile_overlap!r}) must be integers")
-    if tile_overlap < 0:
-        raise MaskdnError(f"tile overlap must be >= 0, not {tile_overlap}")
+    check_int("tile", tile)
+    check_int("tile overlap", tile_overlap, 0)
     if tile <= tile_overlap:
         raise MaskdnError(f"tile ({tile}) must be larger than the tile overlap ({tile_overlap})")
     if tile < window_size:
@@ -103,9 +114,16 @@ def check_tile_options(tile: int | None, tile_overlap: int, window_size: int) ->
 
 
 def check_passes(passes: int) -> None:
-    """Raise :class:`MaskdnError` unless ``passes`` is an integer >= 1."""
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise MaskdnError(f"passes must be an integer >= 1, not {passes!r}")
+    """Raise :class:`MaskdnError` unless ``passes`` is an integer >= 1.
+
+    Args:
+        passes: The number of stochastic forward passes to average.
+
+    Raises:
+        MaskdnError: ``"passes must be an integer >= 1, not <value>"`` if ``passes`` is not an int
+            (a bool counts as not one) or is < 1.
+    """
+    check_int("passes", passes)
 
 
 def denoise_tensor(
@@ -123,15 +141,37 @@ def denoise_tensor(
     """Denoise a float batch ``[B, C, H, W]`` (``C = model.config.in_chans``, values in [0, 1]).
 
     Runs in eval mode (the model's mode is restored afterwards) under ``torch.inference_mode()``.
-    ``passes`` stochastic passes are averaged (one pass if the model is deterministic);
-    ``self_ensemble`` averages the 8 flips/rotations, each with its ``passes``; ``tile`` processes
-    overlapping ``tile``×``tile`` tiles (stride ``tile - tile_overlap``) blended with a ramp window,
-    only along sides longer than the tile. ``generator`` (on ``x``'s device) drives the masks in
-    sequence, so a seeded generator gives a reproducible result. ``bf16`` runs the network under bfloat16
-    autocast (within 0.05 dB; on this project's CPU, which has bf16 matrix units, inference runs
-    at most 1.1x faster, 0.99-1.13x measured: bf16 shortens the matrix products alone, and float32 ones
-    already run on oneDNN; see docs/performance.md).
-    The output is not clamped and keeps ``x``'s dtype.
+    ``passes`` stochastic passes are averaged (one pass if the model is deterministic, i.e.
+    ``model.masks_attention`` is False in eval mode); ``self_ensemble`` averages the 8 flips/rotations
+    of :func:`maskdn.geometry.dihedral` (the ×8 self-ensemble of EDSR / KAIR's ``test_x8``), each
+    undone after the model and each with its ``passes``; ``tile`` processes overlapping
+    ``tile``×``tile`` tiles (stride ``tile - tile_overlap``, the last one flush with the border, as in
+    SwinIR's ``main_test_swinir.py``) blended with a separable linear ramp that rises over
+    ``tile_overlap`` pixels at inner tile edges, only along sides longer than the tile; an image that
+    fits in one tile is processed exactly as untiled.
+
+    Args:
+        model: The denoiser, on ``x``'s device.
+        x: ``[B, C, H, W]`` float tensor (any float dtype), ``C = model.config.in_chans``, values in
+            [0, 1]; any ``H`` and ``W`` (the model pads to its window by reflection).
+        passes: Stochastic forward passes to average per transform (int >= 1).
+        self_ensemble: Average over the 8 flips/rotations (8× the work).
+        tile: The tile side in pixels (>= the model's window size), or None to process the whole
+            image at once.
+        tile_overlap: The overlap of neighbouring tiles in pixels (0 <= ``tile_overlap`` < ``tile``).
+        generator: Drives the attention masks in sequence, so a seeded generator gives a
+            reproducible result; it must live on ``x``'s device. None: torch's global RNG.
+        progress: Show a tqdm bar over the tiles (only when tiling splits the image).
+        bf16: Run the network under bfloat16 autocast on ``x``'s device type (within 0.05 dB PSNR of
+            float32; for its speed see docs/performance.md).
+
+    Returns:
+        The denoised batch: same shape, dtype and device as ``x``; not clamped.
+
+    Raises:
+        MaskdnError: Invalid ``passes`` or tile options (see :func:`check_passes` and
+            :func:`check_tile_options`), ``x`` not a 4-D float tensor, or ``C`` not
+            ``model.config.in_chans`` (raised by the model).
     """
     check_passes(passes)
     check_tile_options(tile, tile_overlap, model.config.window_size)
@@ -264,12 +304,36 @@ def denoise(
 ) -> Any:
     """Denoise ``image`` and return the same kind of object.
 
-    ``image``: a NumPy array (uint8, uint16 or float; HxW, HxWx1, HxWx3 or HxWx4), a PIL image (L, RGB,
-    RGBA, I;16, F) or a float tensor (``[C, H, W]`` or ``[B, C, H, W]``, C = 1 or 3, values in [0, 1]).
-    The result keeps the input's type, dtype, shape, range and (for tensors) device; gray stays gray
-    and an alpha channel is passed through unchanged. ``model``: a :class:`MaskedSwinIR` (moved to
-    ``device``), a zoo name or a weights path; None is the default zoo model. ``seed`` seeds the
-    attention masks (``None``: torch's global RNG). Other options: see :func:`denoise_tensor`.
+    Arrays and PIL images go through :func:`maskdn.io.to_float_rgb` / :func:`maskdn.io.from_float_rgb`:
+    integers are scaled to [0, 1] and back (clamped, rounded), floats are taken unscaled and clamped to
+    [0, 1] only if they lay in it. Tensors are denoised in float32 and cast back, not clamped. Gray
+    stays gray (replicated into a colour model and averaged back; a colour image into a gray model is
+    denoised channel by channel) and an alpha channel is passed through unchanged.
+
+    Args:
+        image: A NumPy array ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` (RGBA), uint8
+            (0–255), uint16 (0–65535) or float (nominally [0, 1]); a PIL image in mode ``L``, ``RGB``,
+            ``RGBA``, ``I;16`` or ``F``; or a float tensor ``[C, H, W]`` or ``[B, C, H, W]``,
+            ``C`` = 1 or 3, values in [0, 1], on any device.
+        model: A :class:`MaskedSwinIR` (moved to ``device`` in place), a zoo name or a weights path
+            (loaded with :func:`maskdn.load_model`); None: the default zoo model.
+        passes: As in :func:`denoise_tensor`.
+        self_ensemble: As in :func:`denoise_tensor`.
+        tile: As in :func:`denoise_tensor`.
+        tile_overlap: As in :func:`denoise_tensor`.
+        seed: Seeds a new ``torch.Generator`` on ``device`` for the attention masks, so one seed
+            gives one result; None: torch's global RNG.
+        device: Where the model runs; the input is copied there and the result copied back.
+        progress: As in :func:`denoise_tensor`.
+        bf16: As in :func:`denoise_tensor`.
+
+    Returns:
+        The denoised image, of the input's type, dtype, shape, value range and (for tensors) device.
+
+    Raises:
+        MaskdnError: An unsupported input type, PIL mode, array or tensor shape or dtype, a channel
+            count the model cannot take, an unknown zoo name or unusable weights file, or invalid
+            options (see :func:`denoise_tensor`).
     """
     from PIL import Image
 
@@ -321,11 +385,32 @@ def denoise_files(
 ) -> list[tuple[Path, str]]:
     """Denoise image files (files, folders or globs in ``inputs``) into ``output``; returns the failures.
 
-    With exactly one input file and an ``output`` ending in an image suffix, that is the output file;
-    otherwise ``output`` is a folder (created) and each result keeps its input's file name. Inputs are
-    never overwritten. Each file is read, denoised with :func:`denoise` (``denoise_options``: passes,
-    self_ensemble, tile, tile_overlap, seed, device) and written atomically; a file that fails does not
-    stop the batch but is reported as ``(input path, one-line message)``.
+    The batch behind ``maskdn denoise``. With exactly one input file and an ``output`` ending in an
+    image suffix (and not an existing folder), that is the output file; otherwise ``output`` is a
+    folder (created with its parents) and each result keeps its input's file name, so its format
+    follows the input's suffix. Inputs are never overwritten. Each file is read with
+    :func:`maskdn.io.read_image`, denoised with :func:`denoise` (native dtype kept) and written with
+    :func:`maskdn.io.write_image` (atomically); a file that fails does not stop the batch.
+
+    Args:
+        inputs: Files, folders and glob patterns (see :func:`maskdn.io.expand_inputs`); a single
+            ``str`` or path-like is one spec.
+        output: The output file or folder.
+        model: As in :func:`denoise`; loaded once for the whole batch.
+        progress: Show tqdm bars over the images (and over the tiles of each).
+        **denoise_options: Passed to :func:`denoise`: ``passes``, ``self_ensemble``, ``tile``,
+            ``tile_overlap``, ``seed`` (each file starts from it afresh), ``device`` (default
+            ``"cpu"``), ``bf16``.
+
+    Returns:
+        The failures in input order, as ``(input path, one-line message)``; empty if all succeeded.
+        Per-file problems (unreadable input, an output that would overwrite an input or another
+        result, a failed write, a :class:`MaskdnError` while denoising) are reported here.
+
+    Raises:
+        MaskdnError: Before any file is processed: no matching inputs, an unusable model, invalid
+            ``passes`` or tile options, several inputs for an image-file ``output``, an ``output``
+            that exists and is not a folder, or an output folder that cannot be created.
     """
     from tqdm.auto import tqdm
 

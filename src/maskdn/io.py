@@ -60,7 +60,23 @@ def _os_reason(e: OSError) -> str:
 
 
 def check_file(path: Path, kind: str = "an image") -> bytes:
-    """Fail early, with a clear message, on paths that cannot be ``kind``; return the first bytes."""
+    """Fail early, with a clear message, on paths that cannot be ``kind``; return the first bytes.
+
+    The bytes let the caller detect the format from the content (magic numbers), not the suffix.
+
+    Args:
+        path: The file to check.
+        kind: What the file should be, for the message (e.g. ``"an image"``).
+
+    Returns:
+        The first 33 bytes of the file (fewer if it is shorter): for a PNG, its signature and whole
+        ``IHDR`` chunk, including bit depth and colour type.
+
+    Raises:
+        MaskdnError: ``"<path>: no such file"``, ``"<path>: is a folder, not <kind>"``,
+            ``"<path>: empty file"``, ``"<path>: permission denied"`` or
+            ``"<path>: cannot read (<reason>)"`` for any other ``OSError``.
+    """
     try:
         if not path.exists():
             raise MaskdnError(f"{path}: no such file")
@@ -157,10 +173,24 @@ def _read_tiff(path: Path) -> np.ndarray | None:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """The image at ``path`` in its native dtype and layout (see the module docstring).
+    """Read the image at ``path`` in its native dtype and layout (see the module docstring).
 
-    The format is detected from the file's content, not its suffix. Missing, empty, unreadable,
-    truncated, corrupt or non-image files raise :class:`MaskdnError` naming the file.
+    The format is detected from the file's content, not its suffix: TIFF through ``tifffile`` (through
+    Pillow for palette, CMYK, YCbCr, min-is-white and bilevel TIFFs, and 8-bit ones whose codec needs
+    ``imagecodecs``), 16-bit colour or gray+alpha PNG through ``pypng``, everything else through
+    Pillow. EXIF orientation is applied; a multi-page TIFF gives its first page.
+
+    Args:
+        path: The image file.
+
+    Returns:
+        ``[H, W]`` (gray), ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA) array as stored: uint8 (0–255) or
+        uint16 (0–65535); float images (float TIFFs, Pillow mode ``F``) as float32, unscaled.
+
+    Raises:
+        MaskdnError: A one-line message naming the file, for a missing, empty, folder or unreadable
+            path, a non-image or unsupported format, mode, layout or sample type, an image over
+            Pillow's decompression-bomb limit, running out of memory, or truncated or corrupt data.
     """
     path = Path(path)
     head = check_file(path)
@@ -192,7 +222,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def make_output_dir(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` (and parents) for outputs; a failure is a one-line :class:`MaskdnError`."""
+    """Create ``folder`` (and parents) for outputs; an existing folder is fine.
+
+    Args:
+        folder: The folder to create.
+
+    Returns:
+        ``folder`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        MaskdnError: ``"<folder>: cannot create the output folder (<reason>)"`` on any ``OSError``
+            (permission denied, a file in the way, ...).
+    """
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -217,9 +258,23 @@ def _create_temp(path: Path) -> Path:
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); on success fsync it and rename it onto ``path``.
 
-    Readers never see a half-written file. If the block raises, the temporary file is removed and
-    ``path`` is left as it was; an ``OSError`` (disk full, permission denied, ...) becomes a
-    :class:`MaskdnError` naming ``path``, other exceptions propagate unchanged.
+    The temporary file, ``.<stem>.<8 hex digits>.tmp<suffix>`` in ``path``'s folder, is created empty
+    (mode 0o666 less the umask) for the block to write. When the block returns, the file is fsynced,
+    renamed onto ``path`` with :func:`os.replace` (atomic within one file system), and the folder is
+    fsynced (POSIX) so the rename survives a crash. Readers never see a half-written file.
+
+    Args:
+        path: The destination; its folder must exist.
+
+    Yields:
+        The temporary :class:`~pathlib.Path` to write.
+
+    Raises:
+        MaskdnError: ``"<path>: cannot write (folder <parent> does not exist)"``, or
+            ``"<path>: cannot write (<reason>)"`` when creating, syncing or renaming the temporary
+            file, or the block itself, raises an ``OSError`` (disk full, permission denied, ...).
+            Other exceptions from the block propagate unchanged. On any failure the temporary file
+            is removed and ``path`` is left as it was.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -260,8 +315,24 @@ def _write_png16(tmp: Path, a: np.ndarray) -> None:
 def write_image(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = True) -> Path:
     """Write a uint8/uint16 ``HxW``, ``HxWx1``, ``HxWx3`` or ``HxWx4`` array, format by suffix, atomically.
 
-    PNG and TIFF (deflate-compressed) store 8 and 16 bits with or without alpha; JPEG (quality 95)
-    and BMP store 8-bit gray or RGB only. Returns ``path``.
+    PNG (16-bit through ``pypng``) and TIFF (``tifffile``, deflate-compressed) store gray, RGB and
+    RGBA at 8 and 16 bits; JPEG (Pillow, quality 95) and BMP store 8-bit gray or RGB only. The file is
+    written through :func:`atomic_write`, so ``path`` is never left half-written.
+
+    Args:
+        path: The output file; its suffix (case-insensitive) is one of :data:`IMAGE_SUFFIXES` and its
+            folder must exist.
+        array: ``[H, W]``, ``[H, W, 1]`` (written as gray), ``[H, W, 3]`` or ``[H, W, 4]``, uint8
+            (0–255) or uint16 (0–65535), no axis of size 0.
+        overwrite: If False, an existing ``path`` is an error.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        MaskdnError: A one-line message naming ``path``: unknown suffix, unsupported shape or dtype,
+            16 bits or alpha for JPEG/BMP, ``path`` exists and ``overwrite`` is False, missing
+            folder, or an encoder error or ``OSError`` while writing.
     """
     path = Path(path)
     a = np.asarray(array)
@@ -332,8 +403,21 @@ def _expand_one(spec: str | os.PathLike) -> list[Path]:
 def expand_inputs(specs: Sequence[str | os.PathLike]) -> list[Path]:
     """Files, folders (their images, sorted, non-recursive) and glob patterns (``**`` recursive) → paths.
 
-    The result keeps the order of ``specs`` and lists each file once. A spec that matches nothing,
-    or a folder without images, raises :class:`MaskdnError`.
+    A folder gives its files with an image suffix (:data:`IMAGE_SUFFIXES`), sorted by name; an
+    existing file is kept whatever its suffix (:func:`read_image` judges it); anything else is a
+    :mod:`glob` pattern, giving the matching files with an image suffix, sorted.
+
+    Args:
+        specs: Files, folders and glob patterns, as ``str`` or path-like.
+
+    Returns:
+        The paths, in the order of ``specs``, each file once (compared by resolved path; the first
+        occurrence is kept).
+
+    Raises:
+        MaskdnError: ``"<spec>: no images (...)"`` for a folder without images,
+            ``"<spec>: no such file, folder or matching images"`` for a spec that matches nothing,
+            or ``"<spec>: cannot list (<reason>)"`` on an ``OSError`` while listing.
     """
     out: list[Path] = []
     seen: set[Path] = set()
@@ -357,15 +441,25 @@ def expand_inputs(specs: Sequence[str | os.PathLike]) -> list[Path]:
 
 @dataclass(frozen=True, eq=False)
 class ImageInfo:
-    """What :func:`from_float_rgb` needs to rebuild the native array from the model's output."""
+    """What :func:`from_float_rgb` needs to rebuild the native array from the model's output.
 
-    dtype: np.dtype  # uint8 (÷255), uint16 (÷65535) or a float type (unscaled)
-    shape: tuple[int, ...]  # original layout: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)
-    alpha: np.ndarray | None  # HxW alpha channel, set aside untouched
-    clamp: bool  # clamp the output to [0, 1]: integer input, or float input that lay in [0, 1]
+    Made by :func:`to_float_rgb`.
+
+    Attributes:
+        dtype: The native dtype: uint8 (scaled by 1/255), uint16 (by 1/65535) or a float type (unscaled).
+        shape: The original layout: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)``.
+        alpha: The ``[H, W]`` alpha channel in the native dtype, set aside untouched; None without one.
+        clamp: Whether to clamp the output to [0, 1]: integer input, or float input that lay in [0, 1].
+    """
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    alpha: np.ndarray | None
+    clamp: bool
 
     @property
     def gray(self) -> bool:
+        """Whether the original image was gray: shape ``(H, W)`` or ``(H, W, 1)``."""
         return len(self.shape) == 2 or self.shape[2] == 1
 
 
@@ -375,8 +469,20 @@ _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 def to_float_rgb(array: np.ndarray) -> tuple[torch.Tensor, ImageInfo]:
     """Native ``HxW`` / ``HxWx1`` / ``HxWx3`` / ``HxWx4`` array → float32 ``[3, H, W]`` and its info.
 
-    Integers are scaled to [0, 1] (÷255 or ÷65535); floats are taken as they are. Gray is replicated
-    to three channels; an alpha channel is set aside untouched (the model sees RGB only).
+    Integers are scaled to [0, 1] (÷255 or ÷65535); floats are taken as they are (neither scaled nor
+    clamped). Gray is replicated to three channels; an alpha channel is set aside untouched in the
+    info (the model sees RGB only).
+
+    Args:
+        array: ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]``; uint8, uint16 or any float dtype.
+
+    Returns:
+        ``(x, info)``: ``x`` a contiguous float32 CPU tensor ``[3, H, W]``, and the :class:`ImageInfo`
+        that :func:`from_float_rgb` needs to go back.
+
+    Raises:
+        MaskdnError: ``"expected an image HxW, HxWx1, HxWx3 or HxWx4, got shape ..."`` or
+            ``"unsupported pixel type ... (use uint8, uint16 or float)"``.
     """
     a = np.asarray(array)
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
@@ -402,12 +508,24 @@ def to_float_rgb(array: np.ndarray) -> tuple[torch.Tensor, ImageInfo]:
 def from_float_rgb(tensor: torch.Tensor, info: ImageInfo) -> np.ndarray:
     """Float ``[3, H, W]`` → the native layout and dtype described by ``info`` (inverse of :func:`to_float_rgb`).
 
-    Gray is the mean of the three channels. Integers are clamped to [0, 1], scaled and rounded; floats
-    come back as float32, clamped to [0, 1] only if the input lay in [0, 1] (HDR data is left alone).
+    Gray is the mean of the three channels. Integers are clamped to [0, 1], scaled (×255 or ×65535)
+    and rounded to nearest (``np.rint``, ties to even); floats come back as float32, clamped to [0, 1]
+    only if the input lay in [0, 1] (HDR data is left alone). The alpha set aside is appended,
+    cast to the output dtype.
+
+    Args:
+        tensor: ``[3, H, W]`` tensor, any float dtype and device (copied to the CPU as float32).
+        info: The :class:`ImageInfo` returned by :func:`to_float_rgb`.
+
+    Returns:
+        An array of shape ``info.shape``: dtype ``info.dtype`` for uint8/uint16, else float32.
+
+    Raises:
+        MaskdnError: If ``tensor`` is not ``[3, H, W]`` with ``info``'s ``H`` and ``W``.
     """
     h, w = info.shape[:2]
     if tuple(tensor.shape) != (3, h, w):
-        raise ValueError(f"expected a tensor of shape (3, {h}, {w}), got {tuple(tensor.shape)}")
+        raise MaskdnError(f"expected a tensor of shape (3, {h}, {w}), got {tuple(tensor.shape)}")
     x = tensor.detach().to("cpu", torch.float32)
     x = x.mean(dim=0) if info.gray else x.permute(1, 2, 0)
     a = x.numpy()

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import MaskdnError
+
 __all__ = ["psnr", "ssim", "to_uint8_levels", "rgb_to_y"]
 
 
@@ -30,7 +32,7 @@ def to_uint8_levels(x: Tensor) -> Tensor:
 def rgb_to_y(levels: Tensor) -> Tensor:
     """BT.601 luma (MATLAB ``rgb2ycbcr``) of ``[3, H, W]`` RGB on the 0–255 scale → ``[1, H, W]`` in [16, 235]."""
     if levels.ndim != 3 or levels.shape[0] != 3:
-        raise ValueError(f"y_channel needs RGB images [3, H, W], got {tuple(levels.shape)}")
+        raise MaskdnError(f"y_channel needs RGB images [3, H, W], got {tuple(levels.shape)}")
     w = torch.tensor([65.481, 128.553, 24.966], dtype=levels.dtype, device=levels.device)
     return 16.0 + torch.einsum("c,chw->hw", w, levels / 255.0)[None]
 
@@ -38,7 +40,7 @@ def rgb_to_y(levels: Tensor) -> Tensor:
 def _prepare(output: Tensor, target: Tensor, crop_border: int, y_channel: bool) -> tuple[Tensor, Tensor]:
     """Both images as float64 8-bit levels (or their Y), border-cropped."""
     if output.shape != target.shape:
-        raise ValueError(f"shape mismatch: {tuple(output.shape)} vs {tuple(target.shape)}")
+        raise MaskdnError(f"shape mismatch: {tuple(output.shape)} vs {tuple(target.shape)}")
     a, b = to_uint8_levels(output), to_uint8_levels(target)
     if y_channel:
         a, b = rgb_to_y(a), rgb_to_y(b)
@@ -71,7 +73,7 @@ def ssim(output: Tensor, target: Tensor, crop_border: int = 0, y_channel: bool =
 
     a, b = _prepare(output, target, crop_border, y_channel)
     if a.shape[-1] < 11 or a.shape[-2] < 11:
-        raise ValueError(f"ssim needs images of at least 11x11 after cropping, got {tuple(a.shape)}")
+        raise MaskdnError(f"ssim needs images of at least 11x11 after cropping, got {tuple(a.shape)}")
     an, bn = a.cpu().numpy().astype(np.float64), b.cpu().numpy().astype(np.float64)
     kwargs = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255.0)
     if an.ndim == 3:

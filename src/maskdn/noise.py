@@ -35,9 +35,10 @@ from PIL import Image
 from torch import Tensor
 
 from .errors import MaskdnError
+from .geometry import reflect_pad
 from .seeding import derive_seed
 
-__all__ = ["NOISES", "NoiseSpec", "parse_noise", "apply_noise", "noise_seed", "write_noisy_copies", "MIXTURE_VERSION", "MIXTURE_LEVELS", "CAMERA_LEVELS"]
+__all__ = ["NOISES", "NoiseSpec", "parse_noise", "apply_noise", "noise_seed", "true_sigma", "write_noisy_copies", "MIXTURE_VERSION", "MIXTURE_LEVELS", "CAMERA_LEVELS"]
 
 
 def _gaussian(x: Tensor, sigma: float, g: torch.Generator) -> Tensor:
@@ -67,8 +68,7 @@ def _saltpepper(x: Tensor, d: float, g: torch.Generator) -> Tensor:
 
 def _pad(x: Tensor, r: int) -> Tensor:
     """Pad the last two dims of a ``[N, C, H, W]`` tensor by ``r``: reflect (replicate if too small)."""
-    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
-    return F.pad(x, (r, r, r, r), mode=mode)
+    return reflect_pad(x, r, r, top=r, left=r, too_small="replicate")
 
 
 def _correlated(x: Tensor, sigma: float, g: torch.Generator) -> Tensor:
@@ -313,13 +313,51 @@ def parse_noise(spec: str) -> NoiseSpec:
 
 
 def apply_noise(x: Tensor, spec: str | NoiseSpec, seed: int = 0, quantize: bool = True) -> Tensor:
-    """Noisy copy of ``x`` (float, values in [0, 1], any shape), clipped and optionally 8-bit quantized."""
+    """A noisy copy of ``x``: the noise ``spec`` drawn from a generator seeded with ``seed``, clipped to [0, 1].
+
+    The noise is computed on the CPU in float32 (a generator of its own, so the global RNG is left
+    alone and the result is the same on every device) and the result is moved to ``x``'s device.
+
+    Args:
+        x: Clean image, float, values in [0, 1]. Shapes: every noise but ``jpeg`` and ``camera`` takes
+            any shape (``correlated`` filters the last two dims, ``[..., H, W]``); ``jpeg`` takes
+            ``[3, H, W]``, ``[1, H, W]`` or ``[H, W]``; ``camera`` takes ``[3, H, W]`` (RGB) only.
+        spec: A noise written ``name:level`` (see :data:`NOISES` for each level's meaning and range)
+            or a parsed :class:`NoiseSpec`.
+        seed: Seed of the noise (for a test image, :func:`noise_seed`).
+        quantize: Round to 8-bit levels (``round(255·y)/255``) as a saved noisy image would be; the
+            benchmark's test protocol. Training uses ``False``.
+
+    Returns:
+        A tensor of ``x``'s shape, float32, values in [0, 1], on ``x``'s device.
+
+    Raises:
+        MaskdnError: An unknown noise or a level out of its range (:func:`parse_noise`), or a shape
+            the noise does not take.
+    """
     spec = parse_noise(spec) if isinstance(spec, str) else spec
     g = torch.Generator().manual_seed(seed)
     y = NOISES[spec.name].fn(x.detach().float().cpu(), spec.level, g).clamp_(0.0, 1.0)
     if quantize:
         y = torch.round(y * 255.0) / 255.0
     return y.to(x.device)
+
+
+def true_sigma(condition: str) -> float | None:
+    """The std (on the [0, 1] scale) of the added noise of ``condition``, where one is defined.
+
+    ``gaussian:σ`` → σ/255; ``correlated:σ`` → σ/255/3 (the per-value std after the 3×3 box filter);
+    every other noise (signal-dependent, impulsive, compression, camera, mixtures, ``real``) → None.
+    Clipping and 8-bit quantization of the noisy image are ignored, as papers do.
+    """
+    if condition == "real":
+        return None
+    spec = parse_noise(condition)
+    if spec.name == "gaussian":
+        return spec.level / 255.0
+    if spec.name == "correlated":
+        return spec.level / 255.0 / 3.0
+    return None
 
 
 def noise_seed(seed: int, image: str, noise: str) -> int:

@@ -32,7 +32,13 @@ _INSTALL = "pip install 'maskdn[lpips]' (the lpips package with a torchvision ma
 
 @dataclass(frozen=True)
 class LpipsStatus:
-    """Whether LPIPS can be scored here: the backbone file to use, or the one-line reason it cannot."""
+    """Whether LPIPS can be scored here: the backbone file to use, or the one-line reason it cannot.
+
+    Attributes:
+        available: True if the ``lpips`` package imports and the backbone weights file exists.
+        backbone: The AlexNet weights file to use when available, else None.
+        reason: When not available, one line beginning ``"LPIPS not computed: "``; else ``""``.
+    """
 
     available: bool
     backbone: Path | None = None
@@ -40,7 +46,11 @@ class LpipsStatus:
 
 
 def hub_backbone_path() -> Path:
-    """Where torchvision caches the AlexNet weights: ``<torch hub dir>/checkpoints/alexnet-owt-7be5be79.pth``."""
+    """Where torchvision caches the AlexNet weights: ``<torch hub dir>/checkpoints/alexnet-owt-7be5be79.pth``.
+
+    Returns:
+        That path (``torch.hub.get_dir()`` / ``checkpoints`` / :data:`ALEXNET_FILE`); the file may not exist.
+    """
     return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
 
 
@@ -57,10 +67,19 @@ def _import_lpips():
 
 
 def lpips_status(backbone: str | Path | None = None) -> LpipsStatus:
-    """Can LPIPS run offline? Needs the ``lpips`` package and the AlexNet weights file.
+    """Can LPIPS run offline? Needs the ``lpips`` package and the AlexNet weights file; downloads nothing.
 
-    ``backbone``: the weights file to use (a missing file is an error: it was asked for); default the
-    torch hub cache's :data:`ALEXNET_FILE`.
+    Args:
+        backbone: The weights file to use (a missing file is an error: it was asked for); None: the
+            torch hub cache's :data:`ALEXNET_FILE` (:func:`hub_backbone_path`).
+
+    Returns:
+        An :class:`LpipsStatus`: available with the backbone path, or not available with the reason
+        (``lpips`` or torchvision missing or not importable, or no cached backbone file).
+
+    Raises:
+        MaskdnError: ``"<backbone>: no such LPIPS backbone weights file (...)"`` if ``backbone`` is
+            given and is not a file.
     """
     if backbone is not None:
         path = Path(backbone)
@@ -99,7 +118,26 @@ def _backbone_state(path: Path, slices: torch.nn.Module) -> dict[str, Tensor]:
 
 
 class LpipsScorer:
-    """LPIPS-alex v0.1 of ``[3, H, W]`` images in [0, 1] (8-bit rounded first); lower is more similar."""
+    """LPIPS-alex v0.1 of ``[3, H, W]`` images in [0, 1] (8-bit rounded first); lower is more similar.
+
+    The ``lpips`` package's network (``net='alex'``, ``version='0.1'``, its shipped linear layers) with
+    the AlexNet backbone loaded from a local file by ``torch.load(weights_only=True)``, never downloaded.
+    Call it as ``scorer(output, target)``.
+
+    Args:
+        backbone: The AlexNet weights file (torchvision's :data:`ALEXNET_FILE`, or a dict holding its
+            ``features.*`` entries, possibly under ``"state_dict"``); None: the torch hub cache's.
+        device: Where the network runs.
+
+    Attributes:
+        net: The ``lpips.LPIPS`` module, in eval mode on ``device``.
+        device: The device, as a :class:`torch.device`.
+        backbone: The backbone weights file used.
+
+    Raises:
+        MaskdnError: If LPIPS is not available (the one-line reason of :func:`lpips_status`), a given
+            ``backbone`` does not exist, or the file cannot be read or is not torchvision AlexNet weights.
+    """
 
     def __init__(self, backbone: str | Path | None = None, device: str | torch.device = "cpu") -> None:
         status = lpips_status(backbone)
@@ -114,8 +152,23 @@ class LpipsScorer:
 
     @torch.inference_mode()
     def __call__(self, output: Tensor, target: Tensor) -> float:
+        """The LPIPS distance between two images.
+
+        Both are clamped to [0, 1], rounded to 8-bit levels (:func:`maskdn.metrics.to_uint8_levels`),
+        scaled to [-1, 1] and compared; the spatial mean of the distance map is returned.
+
+        Args:
+            output: ``[3, H, W]`` float RGB image, values in [0, 1], any device.
+            target: The reference, same shape.
+
+        Returns:
+            The distance as a Python float; lower is more similar, 0 for identical images.
+
+        Raises:
+            MaskdnError: If the two are not RGB ``[3, H, W]`` images of one shape.
+        """
         if output.shape != target.shape or output.ndim != 3 or output.shape[0] != 3:
-            raise ValueError(f"lpips needs two RGB images [3, H, W] of one shape, got {tuple(output.shape)} and {tuple(target.shape)}")
+            raise MaskdnError(f"lpips needs two RGB images [3, H, W] of one shape, got {tuple(output.shape)} and {tuple(target.shape)}")
         a = (to_uint8_levels(output).float() / 127.5 - 1.0)[None].to(self.device)
         b = (to_uint8_levels(target).float() / 127.5 - 1.0)[None].to(self.device)
         return float(self.net(a, b).item())

@@ -1,4 +1,4 @@
-"""Reports of benchmark records (see :mod:`maskdn.bench`): summary tables, curves and a crop gallery.
+"""Reports of benchmark records (see :mod:`maskdn.generalization`): summary tables, curves and a crop gallery.
 
 Every file is written atomically. Records are dicts ``{dataset, image, method, passes, noise, level,
 psnr, ssim, [lpips,] seed}``; a condition is ``noise:level`` (``real`` for real-noise pairs). A metric
@@ -23,11 +23,14 @@ __all__ = [
     "method_label",
     "plot_curves",
     "plot_gallery",
+    "pyplot",
+    "save_figure",
     "summarize",
     "summary_markdown",
     "write_reports",
     "write_summary_csv",
     "write_summary_md",
+    "write_text",
 ]
 
 
@@ -80,7 +83,20 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict]:
     return rows
 
 
-def _write_text(path: str | Path, text: str) -> Path:
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` as UTF-8, atomically (:func:`maskdn.io.atomic_write`).
+
+    Args:
+        path: The file to write (its folder must exist).
+        text: The whole content.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        MaskdnError: The file cannot be written (:func:`maskdn.io.atomic_write`); a partly written
+            file never replaces the old one.
+    """
     with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
@@ -100,7 +116,7 @@ def write_summary_csv(records: Iterable[Mapping[str, Any]], path: str | Path) ->
         w.writerow({**row, "level": "" if row["level"] is None else f"{row['level']:g}",
                     "psnr": f"{row['psnr']:.4f}", "ssim": f"{row['ssim']:.5f}",
                     "lpips": "" if lp is None or math.isnan(lp) else f"{lp:.4f}"})
-    return _write_text(path, buf.getvalue())
+    return write_text(path, buf.getvalue())
 
 
 def _tables(rows: list[dict]) -> dict[str, tuple[list[str], list[str], dict[tuple[str, str], dict]]]:
@@ -155,10 +171,11 @@ def summary_markdown(records: Iterable[Mapping[str, Any]], notes: Sequence[str] 
 
 def write_summary_md(records: Iterable[Mapping[str, Any]], path: str | Path, notes: Sequence[str] = ()) -> Path:
     """Write :func:`summary_markdown` to ``path`` atomically."""
-    return _write_text(path, summary_markdown(records, notes))
+    return write_text(path, summary_markdown(records, notes))
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -167,8 +184,20 @@ def _pyplot():
     return plt
 
 
-def _save_figure(fig, path: str | Path) -> Path:
-    plt = _pyplot()
+def save_figure(fig, path: str | Path) -> Path:
+    """Save a matplotlib figure atomically at 120 dpi (tight bounding box) and close it.
+
+    Args:
+        fig: The :class:`matplotlib.figure.Figure`; closed afterwards, also on a failure.
+        path: The file; its suffix names the format (``.png`` when it has none).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        MaskdnError: The file cannot be written (:func:`maskdn.io.atomic_write`).
+    """
+    plt = pyplot()
     try:
         with atomic_write(path) as tmp, open(tmp, "wb") as f:
             fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
@@ -182,7 +211,7 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, dataset:
 
     Two rows (PSNR, SSIM) per dataset with synthetic noise, stacked (only ``dataset`` when given).
     """
-    plt = _pyplot()
+    plt = pyplot()
     rows = [r for r in summarize(records) if r["level"] is not None]
     datasets = [dataset] if dataset is not None else list(dict.fromkeys(r["dataset"] for r in rows))
     rows = [r for r in rows if r["dataset"] in datasets]
@@ -192,7 +221,7 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, dataset:
         fig, ax = plt.subplots(figsize=(4, 2))
         ax.axis("off")
         ax.text(0.5, 0.5, "no synthetic-noise results to plot", ha="center", va="center")
-        return _save_figure(fig, path)
+        return save_figure(fig, path)
     n = len(noises)
     fig, axes = plt.subplots(2 * len(datasets), n, figsize=(2.8 * n + 0.5, 5.2 * len(datasets)), squeeze=False)
     for d, name in enumerate(datasets):
@@ -222,24 +251,24 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, dataset:
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), fontsize=8, frameon=False)
     fig.suptitle("Datasets: " + ", ".join(datasets))
     fig.tight_layout(rect=(0, 0.07 / len(datasets), 1, 1 - 0.05 / len(datasets)))
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gallery(gallery: Mapping[str, Any], path: str | Path) -> Path:
     """A grid of center crops: one row per condition (noisy input, then each method), PSNR under each.
 
-    ``gallery`` is what :func:`maskdn.bench.run_bench` collects for the first image: ``{"title": str,
+    ``gallery`` is what :func:`maskdn.generalization.run_bench` collects for the first image: ``{"title": str,
     "clean": uint8 HxWx3 or None, "rows": [{"condition": str, "panels": [(label, uint8 HxWx3, psnr or
     None), ...]}, ...]}``. PSNRs are those of the whole image, not of the crop.
     """
-    plt = _pyplot()
+    plt = pyplot()
     rows = list(gallery.get("rows") or [])
     clean = gallery.get("clean")
     if not rows:
         fig, ax = plt.subplots(figsize=(4, 2))
         ax.axis("off")
         ax.text(0.5, 0.5, "no crops to show", ha="center", va="center")
-        return _save_figure(fig, path)
+        return save_figure(fig, path)
     ncols = max(len(r["panels"]) for r in rows) + (clean is not None)
     fig, axes = plt.subplots(len(rows), ncols, figsize=(1.9 * ncols, 2.2 * len(rows)), squeeze=False)
     for i, row in enumerate(rows):
@@ -262,7 +291,7 @@ def plot_gallery(gallery: Mapping[str, Any], path: str | Path) -> Path:
                 ax.set_ylabel(row["condition"], fontsize=8)
     fig.suptitle(str(gallery.get("title", "")), fontsize=10)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def write_reports(

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from . import zoo
 from .errors import MaskdnError, first_line
 from .io import atomic_write, check_file
 from .model import MaskedSwinIR, ModelConfig, checkpoint_filter_fn, infer_config
@@ -43,6 +44,39 @@ def read_metadata(path: str | Path) -> dict:
     if CONFIG_KEY not in meta:
         raise MaskdnError(f"{path}: not a maskdn weights file (no {CONFIG_KEY} metadata)")
     return {"config": json.loads(meta[CONFIG_KEY]), "training": json.loads(meta.get(TRAINING_KEY, "null"))}
+
+
+def describe_zoo() -> list[dict]:
+    """What each bundled model is, read from its own metadata (:func:`read_metadata`); ``maskdn models`` prints it.
+
+    Returns:
+        One dict per zoo model, sorted by name: ``name``, ``default`` (whether it is
+        :data:`maskdn.zoo.DEFAULT_MODEL`), ``preset`` (``"custom"`` when the record names none),
+        ``parameters`` (the count of the architecture in its config), ``attn_mask_ratio`` (the
+        fraction of attention keys masked, 0–1), ``training`` (the training record, ``{}`` when
+        absent) and ``scores`` (``{dataset: {condition: PSNR in dB}}`` recorded by ``maskdn evaluate
+        --record``, ``{}`` when absent).
+
+    Raises:
+        MaskdnError: A bundled file that is not a readable maskdn weights file.
+    """
+    rows = []
+    for name in zoo.names():
+        meta = read_metadata(zoo.zoo_dir() / f"{name}.safetensors")
+        training = meta["training"] or {}
+        config = ModelConfig.from_dict(meta["config"])
+        rows.append(
+            {
+                "name": name,
+                "default": name == zoo.DEFAULT_MODEL,
+                "preset": training.get("preset", "custom"),
+                "parameters": sum(p.numel() for p in MaskedSwinIR(config).parameters()),
+                "attn_mask_ratio": config.attn_mask_ratio,
+                "training": training,
+                "scores": training.get("scores", {}),
+            }
+        )
+    return rows
 
 
 def update_training_record(path: str | Path, **fields) -> dict:
@@ -96,12 +130,31 @@ def load_model(
 ) -> MaskedSwinIR:
     """A :class:`MaskedSwinIR` in eval mode from a zoo name, one of our files, or a foreign checkpoint.
 
-    ``None`` gives the default zoo model. For foreign files ``config`` gives the architecture; without
-    it the architecture is read off the tensors and masking fields keep :class:`ModelConfig` defaults.
-    For our own files a given ``config`` overrides the stored one (e.g. to switch masking off).
-    """
-    from . import zoo
+    How ``source`` is read: ``None`` is the default zoo model; a string that is a zoo name (``maskdn
+    models`` lists them) is that bundled file, even if a file of that name exists in the working
+    folder; anything else is a path. A ``.safetensors`` file written by :func:`save_model` carries its
+    config in its metadata; other files (the authors' ``.pth`` releases, other safetensors) are read
+    with ``torch.load(weights_only=True)`` (tensors only, never an unpickled object) and their keys
+    mapped by :func:`~maskdn.model.checkpoint_filter_fn` (the authors' names, ``params``/``params_ema``
+    wrappers).
 
+    Args:
+        source: Zoo name, path, or None.
+        config: The architecture and masking. For foreign files without it, the architecture is read
+            off the tensors (:func:`~maskdn.model.infer_config`) and the masking fields keep the
+            :class:`ModelConfig` defaults (attention mask 0.75); for our own files a given ``config``
+            overrides the stored one (e.g. to switch masking off).
+        device: Where the model is put.
+
+    Returns:
+        The model in eval mode on ``device``.
+
+    Raises:
+        MaskdnError: One line naming the file: a bare name that is not in the zoo, a missing or
+            unreadable file, a file that is neither safetensors nor a tensors-only torch checkpoint,
+            an architecture that cannot be inferred, or weights that do not fit the config (missing,
+            unexpected or mis-shaped keys).
+    """
     path = zoo.resolve(source)
     tensors, meta = _read_tensors(path)
     state = checkpoint_filter_fn(tensors)
@@ -129,4 +182,4 @@ def load_model(
     return model.to(device).eval()
 
 
-__all__ = ["save_model", "load_model", "read_metadata", "update_training_record"]
+__all__ = ["describe_zoo", "save_model", "load_model", "read_metadata", "update_training_record"]

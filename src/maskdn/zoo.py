@@ -1,8 +1,9 @@
-"""The bundled model zoo: weights shipped inside the package, described by their own metadata.
+"""The bundled model zoo: weights shipped inside the package, found by name.
 
-Each ``weights/<name>.safetensors`` is one zoo entry; its name is the file stem. What a model is, how it
-was trained and what it scored live in the file's metadata (written by the trainer and the evaluation),
-so this listing can never disagree with the weights.
+Each ``weights/<name>.safetensors`` is one zoo entry; its name is the file stem. This module only maps
+names to files; what a model is, how it was trained and what it scored live in the file's metadata
+(written by the trainer and the evaluation), read by :func:`maskdn.weights.describe_zoo`, so the
+listing can never disagree with the weights.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ DEFAULT_MODEL = "baseline-small"
 
 
 def zoo_dir() -> Path:
+    """The folder of the bundled weights, ``maskdn/weights`` inside the installed package."""
     return Path(str(files("maskdn") / "weights"))
 
 
@@ -27,7 +29,19 @@ def names() -> list[str]:
 
 
 def resolve(source: str | Path | None) -> Path:
-    """A zoo name (or None for the default) → its bundled file; anything else is taken as a path."""
+    """A zoo name (or None for the default) → its bundled file; anything else is taken as a path.
+
+    Args:
+        source: A zoo name, a path to a weights file, or None for :data:`DEFAULT_MODEL`.
+
+    Returns:
+        The bundled file of a zoo name, else ``Path(source)`` (not checked to exist, unless it looks
+        like a bare name).
+
+    Raises:
+        MaskdnError: ``source`` is neither a zoo name nor an existing file and has no ``/`` or ``.``
+            (so it was meant as a zoo name); the message lists the zoo.
+    """
     if source is None:
         source = DEFAULT_MODEL
     if isinstance(source, str) and source in names():
@@ -37,27 +51,3 @@ def resolve(source: str | Path | None) -> Path:
         listed = ", ".join(names()) or "none bundled"
         raise MaskdnError(f"{source}: no such zoo model or file (zoo: {listed})")
     return path
-
-
-def describe() -> list[dict]:
-    """One record per bundled model: name, preset, parameters, training record and measured scores."""
-    from .model import MaskedSwinIR, ModelConfig
-    from .weights import read_metadata
-
-    rows = []
-    for name in names():
-        meta = read_metadata(zoo_dir() / f"{name}.safetensors")
-        training = meta["training"] or {}
-        config = ModelConfig.from_dict(meta["config"])
-        rows.append(
-            {
-                "name": name,
-                "default": name == DEFAULT_MODEL,
-                "preset": training.get("preset", "custom"),
-                "parameters": sum(p.numel() for p in MaskedSwinIR(config).parameters()),
-                "attn_mask_ratio": config.attn_mask_ratio,
-                "training": training,
-                "scores": training.get("scores", {}),
-            }
-        )
-    return rows

@@ -1,7 +1,7 @@
 """A fused CPU kernel for masked window attention, compiled from C on first use.
 
 With a token mask, the fast path attends each window's ~16 kept keys (plus one folded masked key)
-from 64 queries and a head dimension of 10 (:meth:`maskdn.model.WindowAttention.kept_keys`). At those
+from 64 queries and a head dimension of 10 (:func:`maskdn.fastpath.attention.kept_keys`). At those
 sizes PyTorch's batched matmuls run far below the machine's peak, and the permuted copies around
 them (queries into window positions, keys, values, the output back to token order) cost as much
 again. ``csrc/kept_attention.c`` does the whole core of a window in one pass over its data, in the
@@ -66,7 +66,7 @@ def _cpu_flags() -> str:
 
 
 def _build() -> ctypes.CDLL:
-    source = resources.files("maskdn").joinpath("csrc/kept_attention.c").read_bytes()
+    source = resources.files("maskdn.fastpath").joinpath("csrc/kept_attention.c").read_bytes()
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler (set CC, or install gcc)")

@@ -2,8 +2,8 @@
 
 PyTorch runs a float32 ``F.linear`` on CPU through MKL's GEMM. For this model's thin shapes (tens of
 thousands of tokens × 32–180 columns) oneDNN's matmul primitive, the one PyTorch's compiler emits for
-CPU linear layers (``torch.ops.mkldnn._linear_pointwise``), is 2–3× faster on this project's
-machines and gives the same result (``benchmarks/linear.py``, ``docs/performance.md``). :func:`linear`
+CPU linear layers (``torch.ops.mkldnn._linear_pointwise``), is faster on this project's machines and
+gives the same result (measured by ``benchmarks/linear.py``, see ``docs/performance.md``). :func:`linear`
 uses it for the forward product and for the input gradient, and for the weight's (a long reduction
 over tokens) where the layer is at least 48 wide (below that MKL is faster here), reading the
 transposed operands as strided views, which oneDNN takes in place (transposed copies would cost more
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .runtime import autocast_on_cpu, compiling
 
-__all__ = ["linear", "linear_gelu", "uses_onednn"]
+__all__ = ["linear", "linear_gelu", "onednn_linear", "onednn_strided", "uses_onednn"]
 
 
 def _probe() -> bool:
@@ -57,26 +57,29 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
     return _available
 
 
-def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "none") -> Tensor:
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "none") -> Tensor:
+    """``x @ weight.T + bias``, then ``activation`` (``"none"`` or ``"gelu"``), in one oneDNN call without
+    autograd (what :func:`linear` runs; ``benchmarks/linear.py`` times it). Only where :func:`uses_onednn`."""
     algorithm = "none" if activation == "gelu" else ""  # "none": the exact (erf) GELU, as nn.GELU
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), bias, activation, [], algorithm)
 
 
-def _onednn_strided(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b.T`` on oneDNN for transposed (column-major) views, without copying them."""
+def onednn_strided(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b.T`` on oneDNN for transposed (column-major) views, without copying them (the weight
+    gradient's product, without autograd)."""
     return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
 
 
 STRIDED_WEIGHT_GRAD_MIN_IN = 48
 """Input width from which the weight gradient runs on oneDNN (strided views) rather than MKL: in
-``benchmarks/linear.py`` oneDNN won at every layer 60 or more wide (paper preset, 8–25% faster) and
-at the small preset's 64-wide fc2, and lost at every 32-wide one (up to 1.7× slower)."""
+``benchmarks/linear.py`` oneDNN won at every layer 60 or more wide (paper preset) and at the small
+preset's 64-wide fc2, and lost at every 32-wide one (timings: see docs/performance.md)."""
 
 
 def _weight_grad(grad_rows: Tensor, x_rows: Tensor) -> Tensor:
     """``grad_rows.T @ x_rows`` (the weight gradient, a long reduction over tokens) on the faster library."""
     if x_rows.shape[1] >= STRIDED_WEIGHT_GRAD_MIN_IN:
-        return _onednn_strided(grad_rows.t(), x_rows.t())
+        return onednn_strided(grad_rows.t(), x_rows.t())
     return grad_rows.t().mm(x_rows)
 
 
@@ -87,14 +90,14 @@ class _OneDnnLinear(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _onednn(x, weight, bias)
+        return onednn_linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
         rows = grad.view(-1, grad.shape[-1])
-        d_x = _onednn(grad, weight.t()) if ctx.needs_input_grad[0] else None
+        d_x = onednn_linear(grad, weight.t()) if ctx.needs_input_grad[0] else None
         d_weight = _weight_grad(rows, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
         d_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return d_x, d_weight, d_bias
@@ -110,5 +113,5 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``gelu(F.linear(x, weight, bias))``; fused in one oneDNN call without autograd."""
     if not torch.is_grad_enabled() and uses_onednn(x, weight):
-        return _onednn(x, weight, bias, "gelu")
+        return onednn_linear(x, weight, bias, "gelu")
     return F.gelu(linear(x, weight, bias))

@@ -8,8 +8,8 @@ blocks from its heap and to keep freed memory for reuse, which removes those fau
 resident size that does not shrink after a peak. The CLI and the trainer call it; library users may.
 Set ``MASKDN_KEEP_FREED_MEMORY=0`` to leave the allocator alone.
 
-:func:`autocast_on_cpu` and :func:`compiling` tell the hand-written CPU paths (:mod:`maskdn.linear`,
-:mod:`maskdn.kernels`) when to step aside for PyTorch's own.
+:func:`autocast_on_cpu` and :func:`compiling` tell the hand-written CPU paths
+(:mod:`maskdn.fastpath.linear`, :mod:`maskdn.fastpath.kernels`) when to step aside for PyTorch's own.
 """
 
 from __future__ import annotations

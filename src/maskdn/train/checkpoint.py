@@ -1,6 +1,7 @@
 """The training state file and the slim weights export.
 
-``state.pt`` (one per run folder, replaced atomically at every save) holds everything a resumed run
+``state.pt`` (one per run folder, replaced atomically at every save: written to a temporary name
+beside it, then moved over it with ``os.replace``) holds everything a resumed run
 needs to continue exactly as if it had never stopped: model, EMA, optimizer, iteration (the learning
 rate is a pure function of it), elapsed wall time, best validation PSNR, the config, and every RNG
 state (torch CPU and CUDA, NumPy, Python). Batches and masks are pure functions of (seed, iteration),
@@ -25,11 +26,19 @@ from ..model import MaskedSwinIR
 from ..weights import save_model
 from .config import TrainConfig
 
+#: The file name of the training state in a run folder.
 STATE = "state.pt"
 
 
 def rng_states() -> dict:
-    """Every global RNG state, in types ``torch.load(weights_only=True)`` accepts."""
+    """Every global RNG state, in types ``torch.load(weights_only=True)`` accepts.
+
+    NumPy's legacy global state becomes a dict with its 624 uint32 keys stored as an int64 tensor.
+
+    Returns:
+        ``{"torch": uint8 tensor, "cuda": [uint8 tensor per GPU] (empty without CUDA),
+        "numpy": {"kind", "keys", "pos", "has_gauss", "cached"}, "python": random.getstate()}``.
+    """
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
@@ -41,7 +50,16 @@ def rng_states() -> dict:
 
 
 def set_rng_states(states: dict) -> None:
-    """Restore what :func:`rng_states` returned."""
+    """Restore what :func:`rng_states` returned.
+
+    CUDA states are restored only if some were saved and CUDA is available.
+
+    Args:
+        states: The dict from :func:`rng_states`, possibly after a save and load.
+
+    Raises:
+        KeyError: If an entry is missing.
+    """
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -52,13 +70,37 @@ def set_rng_states(states: dict) -> None:
 
 
 def save_state(path: Path, state: dict) -> None:
-    """Write ``state`` atomically: a reader (or a resumed run) never sees a half-written file."""
+    """Write ``state`` atomically: a reader (or a resumed run) never sees a half-written file.
+
+    ``torch.save`` into a temporary file beside ``path``, then ``os.replace`` onto it
+    (:func:`maskdn.io.atomic_write`), so a crash mid-save leaves the previous state intact.
+
+    Args:
+        path: The destination, normally ``<run folder>/state.pt`` (:data:`STATE`).
+        state: Tensors, numbers, strings and lists, tuples and dicts of them only, so that
+            :func:`load_state` can read it with ``torch.load(weights_only=True)``.
+
+    Raises:
+        MaskdnError: ``"<path>: cannot write (...)"`` if the folder is missing or writing fails with
+            an ``OSError`` (e.g. disk full).
+    """
     with atomic_write(path) as tmp:
         torch.save(state, tmp)
 
 
 def find_state(source: str | Path) -> Path:
-    """The state file of a run folder, or ``source`` itself if it is a file."""
+    """The state file of a run folder, or ``source`` itself if it is a file.
+
+    Args:
+        source: A run folder (its :data:`STATE` file is used) or a state file.
+
+    Returns:
+        The path of the state file.
+
+    Raises:
+        MaskdnError: ``"<source>: no checkpoint (state.pt) in this folder"`` or
+            ``"<source>: no such file"``.
+    """
     source = Path(source)
     path = source / STATE if source.is_dir() else source
     if not path.is_file():
@@ -68,7 +110,21 @@ def find_state(source: str | Path) -> Path:
 
 
 def load_state(path: str | Path) -> dict:
-    """A state file written by :func:`save_state`, with a one-line error if it is not one."""
+    """A state file written by :func:`save_state`, with a one-line error if it is not one.
+
+    Read onto the CPU with ``torch.load(map_location="cpu", weights_only=True)``, which unpickles only
+    tensors and plain Python values, so a foreign file cannot run code.
+
+    Args:
+        path: The state file.
+
+    Returns:
+        The state dict; it has at least the keys ``"ema"``, ``"config"`` and ``"iteration"``.
+
+    Raises:
+        MaskdnError: ``"<path>: not a readable training state (<reason>)"`` if it cannot be read or
+            unpickled, or ``"<path>: not a maskdn training state"`` if it lacks those keys.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as e:
@@ -79,7 +135,21 @@ def load_state(path: str | Path) -> dict:
 
 
 def training_record(cfg: TrainConfig, state: dict) -> dict:
-    """The record stored with exported weights: recipe, amount of training, wall time, validation."""
+    """The record stored with exported weights: recipe, amount of training, wall time, validation.
+
+    Args:
+        cfg: The run's configuration.
+        state: The training state; uses ``iteration`` and, when present, ``world_size``, ``elapsed``
+            (seconds), ``threads`` and ``val_psnr`` (dB).
+
+    Returns:
+        A JSON-ready dict: ``preset``, ``data`` (folder name), ``noise``, ``input_mask`` (the
+        input-mask ratio range, or None without input masking), ``attn_mask_ratio``, ``iterations``,
+        ``batch_size``, ``patch_size``, ``patches_seen``, ``lr``, ``schedule``, ``ema_decay``,
+        ``bf16``, ``seed``, ``processes``, ``wall_time_s`` (seconds, to 0.1 s), ``threads`` (the
+        saved count, else this process's torch thread count) and, when validated, ``val_psnr`` (dB,
+        to 0.01), ``val_data`` and ``val_noise``.
+    """
     it = state["iteration"]
     return {
         "preset": cfg.preset,
@@ -109,7 +179,22 @@ def _val_source(cfg: TrainConfig) -> str:
 
 
 def export(source: str | Path, dest: str | Path) -> Path:
-    """Write the EMA weights of a run folder or state file to ``dest`` (safetensors), atomically."""
+    """Write the EMA weights of a run folder or state file to ``dest`` (safetensors), atomically.
+
+    The float32 EMA weights, with the model config and :func:`training_record` in the safetensors
+    metadata (:func:`maskdn.weights.save_model`: temporary name, then ``os.replace``).
+
+    Args:
+        source: A run folder or its state file.
+        dest: The output weights file.
+
+    Returns:
+        ``dest`` as a :class:`~pathlib.Path`, loadable by :func:`maskdn.load_model`.
+
+    Raises:
+        MaskdnError: No state file, an unreadable or foreign state file, an invalid stored config,
+            or a failed write.
+    """
     path = find_state(source)
     state = load_state(path)
     cfg = TrainConfig.from_dict(state["config"], str(path))

@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ..errors import MaskdnError, first_line
+from ..dataclass_io import plain_dict
+from ..errors import MaskdnError, check_int, first_line, problem
+from ..masking import check_mask_range
 from ..model import ModelConfig, preset
 from ..noise import parse_noise
 
 SCHEDULES = ("constant", "multistep", "cosine", "wsd")
 
 #: Fields that may change between a run and its resumption: they do not change what is computed.
-HARMLESS = frozenset({"out", "threads", "workers", "device", "log_every", "save_every", "tensorboard", "compile"})
+MAY_CHANGE_ON_RESUME = frozenset({"out", "threads", "workers", "device", "log_every", "save_every", "tensorboard", "compile"})
 
 
 @dataclass(frozen=True)
@@ -87,16 +89,12 @@ class TrainConfig:
         if not self.noise:
             problems.append("noise: give at least one noise spec")
         for name in ("patch_size", "batch_size", "val_every", "save_every", "log_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, not {getattr(self, name)}")
+            problems += problem(check_int, name, getattr(self, name), 1)
         if not self.val_noise:
             problems.append("val_noise: give at least one noise spec")
         for name in ("iterations", "warmup", "workers", "threads", "val_crop", "val_limit", "holdout", "cooldown"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, not {getattr(self, name)}")
-        lo, hi = self.input_mask_range
-        if not 0.0 <= lo <= hi < 1.0:
-            problems.append(f"input_mask_range must satisfy 0 <= lo <= hi < 1, not {list(self.input_mask_range)}")
+            problems += problem(check_int, name, getattr(self, name), 0)
+        problems += problem(check_mask_range, self.input_mask_range, "input_mask_range")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if self.cooldown > self.iterations:
@@ -120,7 +118,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """Plain JSON/TOML-ready dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> TrainConfig:
@@ -135,9 +133,9 @@ class TrainConfig:
             raise MaskdnError(f"{source}: {e}") from None
 
     def changed(self, other: TrainConfig) -> list[str]:
-        """Fields, other than :data:`HARMLESS` ones, whose values differ from ``other``'s."""
+        """Fields, other than :data:`MAY_CHANGE_ON_RESUME` ones, whose values differ from ``other``'s."""
         a, b = self.to_dict(), other.to_dict()
-        return [k for k in a if k not in HARMLESS and a[k] != b[k]]
+        return [k for k in a if k not in MAY_CHANGE_ON_RESUME and a[k] != b[k]]
 
     def stable_until(self) -> int:
         """wsd: the first iteration whose lr depends on ``iterations`` (the cool-down's start)."""
@@ -150,8 +148,7 @@ class TrainConfig:
         far had the same lr under both (none of them in a cool-down): the resumed run then computes
         exactly what one run of the new length would (warmup–stable–decay, Hu et al. 2024, MiniCPM §4).
         """
-        a, b = self.to_dict(), other.to_dict()
-        diff = {k for k in a if k not in HARMLESS and a[k] != b[k]}
+        diff = set(self.changed(other))
         return (bool(diff) and diff <= {"iterations", "cooldown"} and self.schedule == "wsd"
                 and iteration <= min(self.stable_until(), other.stable_until()))
 
@@ -246,4 +243,4 @@ def to_toml(cfg: TrainConfig) -> str:
     return "".join(f"{k} = {value(v)}\n" for k, v in cfg.to_dict().items())
 
 
-__all__ = ["HARMLESS", "SCHEDULES", "TrainConfig", "load_config", "read_toml", "shipped_configs", "to_toml"]
+__all__ = ["MAY_CHANGE_ON_RESUME", "SCHEDULES", "TrainConfig", "load_config", "read_toml", "shipped_configs", "to_toml"]

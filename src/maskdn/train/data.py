@@ -17,17 +17,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..datasets import Sample, load_dataset, load_image
 from ..errors import MaskdnError
-from ..evaluate import Sample, load_dataset
-from ..geometry import dihedral
+from ..generalization import noisy_pair
+from ..geometry import dihedral, reflect_pad
 from ..io import expand_inputs, read_image, to_float_rgb
-from ..masking import input_mask
-from ..model import reflect_pad
-from ..noise import NoiseSpec, apply_noise, noise_seed, parse_noise
+from ..masking import INPUT_MASK_FILL, input_mask
+from ..noise import NoiseSpec, apply_noise, parse_noise
 from ..seeding import derive_seed
-
-INPUT_MASK_FILL = -0.1
-"""Value of hidden input pixels: the paper's −0.1, a value no image has."""
 
 
 def sample_seed(seed: int, *keys: int) -> int:
@@ -161,32 +158,39 @@ def batch_loader(batches: Batches, workers: int, seed: int) -> torch.utils.data.
 def load_validation_set(
     folder: str | Path, noise: str, seed: int, crop: int = 0, limit: int = 0, holdout: int = 0
 ) -> list[tuple[Tensor, Tensor]]:
-    """``(noisy, clean)`` ``[3, H, W]`` pairs of ``folder``'s first ``limit`` images, center-cropped to ``crop``.
+    """The validation pairs of a training run, under the evaluator's protocol.
 
-    With ``holdout`` > 0 the images are the ones :func:`split_holdout` holds out of training. The noise
-    follows the test protocol of ``maskdn evaluate`` (seeded per image, clipped, 8-bit quantized);
-    real-noise pair folders use their own noisy images.
+    Each pair is :func:`maskdn.generalization.noisy_pair` of one image: the noise (seeded per image
+    by :func:`maskdn.noise.noise_seed` ``(seed, image name, noise)``, clipped, 8-bit quantized, as
+    ``maskdn evaluate`` adds it) is added to the whole image, then both images are center-cropped
+    (:func:`maskdn.geometry.center_crop`). Real-noise pair folders use their own noisy images.
+    :func:`maskdn.train.loop.validate` scores the pairs.
+
+    Args:
+        folder: The validation images (:func:`maskdn.datasets.load_dataset`), or with ``holdout`` the
+            training folder.
+        noise: The noise spec (``name:level``), as written (its text is part of the noise seed).
+        seed: The run's seed.
+        crop: The side of the center crop in pixels; 0: whole images.
+        limit: The first ``limit`` images (in name order); 0: all.
+        holdout: > 0: the images are the last ``holdout`` of ``folder`` that :func:`split_holdout`
+            holds out of training.
+
+    Returns:
+        ``[(noisy, clean)]``: float ``[3, h, w]`` tensors in [0, 1], ``h, w`` at most ``crop``.
+
+    Raises:
+        MaskdnError: No validation image, an unreadable image, an invalid noise spec, or a ``holdout``
+            that leaves no training image.
     """
     if holdout:
         held = split_holdout(folder, holdout)[1][: limit or None]
-        samples = [Sample(p.stem, to_float_rgb(read_image(p))[0]) for p in held]
+        samples = [Sample(p.stem, load_image(p)) for p in held]
     else:
         samples = load_dataset(folder, limit or None)
     if not samples:
         raise MaskdnError(f"{folder}: no validation image")
-    pairs = []
-    for s in samples:
-        noisy = s.noisy if s.noisy is not None else apply_noise(s.clean, noise, seed=noise_seed(seed, s.name, noise))
-        pairs.append((_center_crop(noisy, crop), _center_crop(s.clean, crop)))
-    return pairs
-
-
-def _center_crop(x: Tensor, size: int) -> Tensor:
-    if not size:
-        return x
-    _, H, W = x.shape
-    top, left = max(0, (H - size) // 2), max(0, (W - size) // 2)
-    return x[:, top : top + size, left : left + size]
+    return [noisy_pair(s, noise, seed, crop) for s in samples]
 
 
 __all__ = ["INPUT_MASK_FILL", "Batches", "PatchSampler", "batch_loader", "load_clean_images", "load_validation_set",

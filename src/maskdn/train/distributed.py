@@ -17,7 +17,14 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Context:
-    """Where this process stands: its rank, the number of processes and its device."""
+    """Where this process stands: its rank, the number of processes and its device.
+
+    Attributes:
+        rank: The global rank, 0 to ``world_size - 1`` (torchrun's ``RANK``).
+        world_size: The number of processes (``WORLD_SIZE``); 1 without torchrun.
+        local_rank: The rank on this machine (``LOCAL_RANK``); picks the GPU ``cuda:<local_rank>``.
+        device: The device this process computes on.
+    """
 
     rank: int = 0
     world_size: int = 1
@@ -37,7 +44,26 @@ def _device(name: str, local_rank: int) -> torch.device:
 
 
 def setup(device: str = "auto") -> Context:
-    """The :class:`Context` of this process, joining the process group when launched by torchrun."""
+    """The :class:`Context` of this process, joining the process group when launched by torchrun.
+
+    With ``WORLD_SIZE`` unset or <= 1 nothing is initialised. Otherwise ``RANK`` and ``LOCAL_RANK``
+    (default 0) are read, a CUDA device ``cuda:<LOCAL_RANK>`` is made current, and, unless a group
+    exists already, :func:`torch.distributed.init_process_group` is called with backend ``nccl``
+    (CUDA) or ``gloo`` (CPU) and init method ``$MASKDN_DIST_INIT``, default ``env://`` (torchrun's
+    ``MASTER_ADDR`` / ``MASTER_PORT``).
+
+    Args:
+        device: ``"auto"`` (CUDA if available, else CPU) or ``"cuda"``; any other value gives the CPU.
+
+    Returns:
+        The :class:`Context` of this process.
+
+    Raises:
+        KeyError: If ``WORLD_SIZE`` > 1 and ``RANK`` is unset.
+        ValueError: If ``WORLD_SIZE``, ``RANK`` or ``LOCAL_RANK`` is not an integer, or (from
+            ``init_process_group``) ``env://`` lacks ``MASTER_ADDR`` / ``MASTER_PORT``.
+        RuntimeError: From ``init_process_group``, e.g. a failed rendezvous.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Context(device=_device(device, 0))
@@ -54,7 +80,7 @@ def setup(device: str = "auto") -> Context:
 
 
 def teardown() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group (``destroy_process_group``) if this process is in one; else do nothing."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -9,7 +9,7 @@ weights with their config and training record).
 
 Running the same config on the same folder resumes from ``state.pt`` and ends with exactly the
 weights of an uninterrupted run: batches, noise and masks are pure functions of (seed, iteration),
-and the state holds everything else. A config that differs in anything but :data:`HARMLESS` fields
+and the state holds everything else. A config that differs in anything but :data:`MAY_CHANGE_ON_RESUME` fields
 is refused. Under ``torchrun`` every process trains on its slice of the global batch through
 DistributedDataParallel; only rank 0 logs, validates and saves.
 """
@@ -29,16 +29,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..errors import MaskdnError
-from ..inference import denoise_tensor
+from ..datasets import Sample
+from ..errors import MaskdnError, check_int
+from ..fastpath.runtime import keep_freed_memory
+from ..generalization import model_method, run_bench
 from ..io import atomic_write
-from ..metrics import psnr
 from ..model import MaskedSwinIR
-from ..runtime import keep_freed_memory
 from ..weights import save_model
 from . import distributed
 from .checkpoint import STATE, find_state, load_state, rng_states, save_state, set_rng_states, training_record
-from .config import HARMLESS, TrainConfig, to_toml
+from .config import MAY_CHANGE_ON_RESUME, TrainConfig, to_toml
 from .data import Batches, PatchSampler, batch_loader, load_clean_images, load_validation_set, sample_seed
 from .ema import EMA
 from .step import train_step
@@ -70,12 +70,30 @@ def learning_rate(cfg: TrainConfig, it: int) -> float:
 
 @torch.no_grad()
 def validate(model: MaskedSwinIR, pairs: list, seed: int, device: torch.device) -> float:
-    """Mean PSNR of one seeded pass of ``model`` (masks as at test time) over ``(noisy, clean)`` pairs."""
-    scores = []
-    for noisy, clean in pairs:
-        gen = torch.Generator(device).manual_seed(seed)
-        out = denoise_tensor(model, noisy[None].to(device), generator=gen)[0]
-        scores.append(psnr(out.float().cpu(), clean))
+    """Mean PSNR of one seeded pass of ``model`` (masks as at test time) over ``(noisy, clean)`` pairs.
+
+    The pairs are scored by the evaluator, :func:`maskdn.generalization.run_bench` (in memory, as
+    ready-made noisy inputs): one float32 pass per image under a generator on ``device`` freshly
+    seeded with ``seed`` (the same for every image), PSNR on 8-bit RGB levels
+    (:func:`maskdn.metrics.psnr`, as BasicSR/KAIR).
+
+    Args:
+        model: The model to score (its train/eval mode is restored afterwards), on ``device``.
+        pairs: ``[(noisy, clean)]`` float ``[3, h, w]`` tensors in [0, 1], from
+            :func:`maskdn.train.data.load_validation_set`.
+        seed: Seeds the attention masks of every pass.
+        device: Where the model runs.
+
+    Returns:
+        The mean PSNR in dB over the pairs (their sum divided by their number, in order).
+
+    Raises:
+        MaskdnError: ``pairs`` is empty, or a noisy input the model cannot take.
+    """
+    samples = [Sample(str(i), clean, noisy) for i, (noisy, clean) in enumerate(pairs)]
+    records = run_bench([("validation", samples)], [model_method(model, "model", [1], device=device)], [], None,
+                        seed=seed, passes=1, progress=False, device=device, lpips=False, with_ssim=False)
+    scores = [r["psnr"] for r in records]
     return sum(scores) / len(scores)
 
 
@@ -124,14 +142,14 @@ def _check_resumable(cfg: TrainConfig, before: TrainConfig, iteration: int, out:
                       "use a new folder or the run's own config.toml")
 
 
-def cooldown(source: str | Path, iterations: int, out: str | Path, progress: bool = True, **harmless) -> Path:
+def cooldown(source: str | Path, iterations: int, out: str | Path, progress: bool = True, **settings) -> Path:
     """Branch a cool-down off the wsd run ``source`` (folder or state file) into ``out`` and train it.
 
     The branch starts from a copy of the run's current state and trains ``iterations`` more with the lr
     decaying linearly to 0 (``cooldown = iterations``), then writes ``out/model.safetensors``, its
     export. The run itself is only read, so it continues later as if the branch never happened. A
-    branch interrupted part-way resumes from ``out`` when called again. ``harmless`` sets
-    :data:`HARMLESS` fields (threads, device, …) of the branch. Returns the exported weights' path.
+    branch interrupted part-way resumes from ``out`` when called again. ``settings`` sets
+    :data:`MAY_CHANGE_ON_RESUME` fields (threads, device, …) of the branch. Returns the exported weights' path.
 
     Raises :class:`MaskdnError` if ``source`` is not a wsd run, is already in its cool-down, or ``out``
     is the run's own folder.
@@ -146,15 +164,14 @@ def cooldown(source: str | Path, iterations: int, out: str | Path, progress: boo
         raise MaskdnError(f"{source}: a cool-down branches off a wsd run, not a {cfg.schedule} one")
     if it > cfg.stable_until() or (cfg.cooldown and it == cfg.stable_until() and it):
         raise MaskdnError(f"{source}: already in its cool-down at iteration {it}; branch from the main run")
-    if iterations < 1:
-        raise MaskdnError(f"cool-down length must be >= 1 iteration, not {iterations}")
+    check_int("cool-down length", iterations)
     dest = Path(out)
     if dest.resolve() == path.parent.resolve():
         raise MaskdnError(f"{out}: is the run's own folder; give the branch a new one")
-    unknown = set(harmless) - HARMLESS
+    unknown = set(settings) - MAY_CHANGE_ON_RESUME
     if unknown:
-        raise MaskdnError(f"cool-down: only {', '.join(sorted(HARMLESS))} may be set, not {', '.join(sorted(unknown))}")
-    branch = dataclasses.replace(cfg, out=str(dest), iterations=it + iterations, cooldown=iterations, **harmless)
+        raise MaskdnError(f"cool-down: only {', '.join(sorted(MAY_CHANGE_ON_RESUME))} may be set, not {', '.join(sorted(unknown))}")
+    branch = dataclasses.replace(cfg, out=str(dest), iterations=it + iterations, cooldown=iterations, **settings)
     if not (dest / STATE).exists():
         dest.mkdir(parents=True, exist_ok=True)
         save_state(dest / STATE, {**state, "config": branch.to_dict()})

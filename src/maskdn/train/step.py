@@ -21,7 +21,14 @@ from .ema import EMA
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model under ``torch.compile`` (``_orig_mod``) and DistributedDataParallel (``module``)."""
+    """The plain model under ``torch.compile`` (``_orig_mod``) and DistributedDataParallel (``module``).
+
+    Args:
+        model: A plain, compiled, DDP-wrapped, or compiled DDP-wrapped model.
+
+    Returns:
+        The innermost module; ``model`` itself if it is not wrapped.
+    """
     model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)
 
@@ -39,7 +46,27 @@ def train_step(
 ) -> float:
     """One optimisation step; returns the L1 loss (averaged over processes). The model must be in train mode.
 
-    Raises ``FloatingPointError`` on a NaN/inf loss, before any weight changes.
+    Forward (under bf16 autocast if asked), L1 loss in float32, then, when ``torch.distributed`` is
+    initialised, an ``all_reduce`` mean of the loss value over processes; that value is checked before
+    ``zero_grad``, ``backward``, optional gradient clipping, ``optimizer.step()`` and the EMA update,
+    so a non-finite loss stops every process at the same iteration with the weights untouched.
+
+    Args:
+        model: The denoiser (plain, compiled and/or DDP-wrapped), in train mode so that the attention
+            token masking is on; its forward takes ``generator=``.
+        optimizer: The optimizer over ``model``'s parameters.
+        noisy: ``[B, C, h, w]`` float input patches (noise added, then input-masked).
+        clean: ``[B, C, h, w]`` float target patches, values in [0, 1], on the same device.
+        generator: Drives the attention token masks; on ``noisy``'s device. None: torch's global RNG.
+        bf16: Run the forward under bfloat16 autocast on ``noisy``'s device type.
+        grad_clip: If nonzero, clip the gradients' global L2 norm to it (``clip_grad_norm_``).
+        ema: If given, updated from :func:`unwrap` of ``model`` after the step.
+
+    Returns:
+        The step's L1 loss (mean absolute error over all elements), averaged over processes.
+
+    Raises:
+        FloatingPointError: ``"loss is nan"`` or ``"loss is inf"``, before any weight changes.
     """
     with torch.autocast(noisy.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(noisy, generator=generator)

@@ -1,4 +1,4 @@
-/* Attention of windows over their kept tokens: the fused CPU kernel behind maskdn.kernels.
+/* Attention of windows over their kept tokens: the fused CPU kernel behind maskdn.fastpath.kernels.
  *
  * One call handles windows [w0, w1) of a group of b windows, all heads, in the layouts the model
  * already has, so no permuted copies are made around it:
@@ -15,7 +15,7 @@
  * Scores are laid out keys x queries, so every inner loop runs over the N (= 64) queries of a
  * window and vectorises; the softmax reduces across rows. Nothing of size [heads, b, K+1, N] is
  * stored: the backward recomputes each window's probabilities. Plain C, compiled on first use by
- * maskdn/kernels.py with -O3 -march=native; threads are the caller's (it splits [0, b)).
+ * maskdn/fastpath/kernels.py with -O3 -march=native; threads are the caller's (it splits [0, b)).
  */
 #include <math.h>
 #include <stdint.h>

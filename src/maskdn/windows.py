@@ -1,0 +1,132 @@
+"""Window bookkeeping shared by every attention path: partition and reverse, the relative-position
+index, the shift mask, the cached :class:`WindowLayout` of a feature map, and the token ↔ image views.
+
+Tokens are ``[B, H·W, C]`` in row-major image order; windows are ``[B·nW, ws·ws, C]`` with the ``nW``
+windows of an image in row-major order. Nothing here has weights: the attention modules live in
+:mod:`maskdn.model`, the CPU fast path in :mod:`maskdn.fastpath`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "WindowLayout",
+    "image_to_tokens",
+    "relative_position_index",
+    "shift_attention_mask",
+    "tokens_to_image",
+    "window_layout",
+    "window_partition",
+    "window_reverse",
+]
+
+
+def window_partition(x: Tensor, ws: int) -> Tensor:
+    """``[B, H, W, C] → [B·nW, ws·ws, C]`` with windows in row-major order (H, W multiples of ws)."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws * ws, C)
+
+
+def window_reverse(windows: Tensor, ws: int, H: int, W: int) -> Tensor:
+    """``[B·nW, ws·ws, C] → [B, H, W, C]``; inverse of :func:`window_partition`."""
+    C = windows.shape[-1]
+    x = windows.view(-1, H // ws, W // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, H, W, C)
+
+
+@functools.lru_cache(maxsize=8)
+def relative_position_index(ws: int) -> Tensor:
+    """``[ws², ws²]`` index into the ``(2ws−1)²`` relative-position bias table (row-major offsets)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
+    return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
+
+
+def shift_attention_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
+    """``[nW, ws², ws²]`` additive mask (0 or −100) for shifted windows of an ``H×W`` map.
+
+    After the cyclic shift, a window at the border holds pixels from up to four image regions that are
+    not neighbours; tokens from different regions must not attend to each other. The reference path
+    computes it on every call, as the authors' code does; the fast path keeps a :class:`WindowLayout`.
+    """
+    region = torch.zeros(1, H, W, 1)
+    cnt = 0
+    bands = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+    for h in bands:
+        for w in bands:
+            region[:, h, w, :] = cnt
+            cnt += 1
+    ids = window_partition(region, ws).squeeze(-1)  # [nW, N]
+    diff = ids.unsqueeze(1) - ids.unsqueeze(2)
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
+
+@dataclass(frozen=True, eq=False)
+class WindowLayout:
+    """Everything the fast path derives from ``(H, W, window, shift)``, computed once and cached.
+
+    ``order`` gathers the tokens ``[B, H·W, C]`` straight into shifted windows (the cyclic roll and the
+    window partition as one copy) and ``inverse`` scatters them back. The shift mask takes only a few
+    distinct values per window: ``kind`` ``[nW]`` indexes them in ``kind_mask`` ``[n_kinds, N, N]``
+    (interior, right column, bottom row, corner; one all-zero kind without a shift), and
+    ``border_kind`` ``[n_kinds]`` says which kinds are not all zero (the last window row and column).
+    """
+
+    order: Tensor
+    inverse: Tensor
+    n_windows: int
+    shifted: bool
+    kind: Tensor
+    kind_mask: Tensor
+    border_kind: Tensor
+
+    def border(self, start: int, count: int) -> tuple[Tensor, Tensor] | None:
+        """Of the windows ``start … start+count−1`` (numbered across the batch), the positions that need
+        the shift mask and their masks ``[n, N, N]``; None without a shift."""
+        if not self.shifted:
+            return None
+        kind = self.kind[torch.arange(start, start + count, device=self.kind.device) % self.n_windows]
+        hit = self.border_kind[kind].nonzero().squeeze(1)
+        return hit, self.kind_mask[kind[hit]]
+
+
+@functools.lru_cache(maxsize=32)
+def window_layout(H: int, W: int, ws: int, shift: int, device: torch.device) -> WindowLayout:
+    """The cached :class:`WindowLayout` of an ``H×W`` map (H, W multiples of ``ws``) on ``device``.
+
+    Built outside inference mode: a layout first made under ``torch.inference_mode`` must still serve
+    later training steps.
+    """
+    with torch.inference_mode(False):
+        return _build_window_layout(H, W, ws, shift, device)
+
+
+def _build_window_layout(H: int, W: int, ws: int, shift: int, device: torch.device) -> WindowLayout:
+    index = torch.arange(H * W).view(1, H, W, 1)
+    if shift:
+        index = torch.roll(index, shifts=(-shift, -shift), dims=(1, 2))
+    order = window_partition(index, ws).reshape(-1)
+    n_windows = (H // ws) * (W // ws)
+    kind, kind_mask = torch.zeros(n_windows, dtype=torch.long), torch.zeros(1, ws * ws, ws * ws)
+    if shift:
+        kind_mask, kind = torch.unique(shift_attention_mask(H, W, ws, shift), dim=0, return_inverse=True)
+    return WindowLayout(order.to(device), torch.argsort(order).to(device), n_windows, bool(shift), kind.to(device),
+                        kind_mask.to(device), kind_mask.flatten(1).any(1).to(device))
+
+
+def tokens_to_image(tokens: Tensor, size: tuple[int, int]) -> Tensor:
+    """Tokens ``[B, H·W, C]`` as an image ``[B, C, H, W]`` without a copy: a channels-last view, which
+    convolutions take as is (a transpose to contiguous NCHW costs more than a 3x3 conv's arithmetic)."""
+    B, _, C = tokens.shape
+    return tokens.reshape(B, *size, C).permute(0, 3, 1, 2)
+
+
+def image_to_tokens(image: Tensor) -> Tensor:
+    """An image ``[B, C, H, W]`` as tokens ``[B, H·W, C]``; a view when the image is channels-last."""
+    return image.permute(0, 2, 3, 1).flatten(1, 2)
