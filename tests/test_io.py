@@ -284,3 +284,20 @@ def test_from_float_clamps_and_keeps_alpha():
 def test_to_float_rejects_bad_input():
     assert "shape" in _error(to_float_rgb, np.zeros((4, 4, 2), np.uint8))
     assert "int32" in _error(to_float_rgb, np.zeros((4, 4), np.int32))
+
+
+def test_temporary_files_of_interrupted_writes_are_skipped_and_cleaned(tmp_path):
+    """A SIGKILL mid-write leaves ``.<stem>.<8 hex>.tmp<suffix>`` behind: folder inputs skip such names,
+    and the next write of the same file removes its own stale temporaries (not other files' ones)."""
+    from maskdn.io import atomic_write, expand_inputs, is_temp_file
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    stale = tmp_path / ".out.0123abcd.tmp.png"
+    other = tmp_path / ".out.x.0123abcd.tmp.png"  # a temporary of out.x.png
+    stale.write_bytes(b"partial")
+    other.write_bytes(b"partial")
+    assert is_temp_file(stale) and not is_temp_file(tmp_path / "a.png")
+    assert expand_inputs([tmp_path]) == [tmp_path / "a.png"]
+    with atomic_write(tmp_path / "out.png") as tmp:
+        tmp.write_bytes(b"done")
+    assert not stale.exists() and other.exists() and (tmp_path / "out.png").read_bytes() == b"done"

@@ -518,3 +518,53 @@ def test_init_starts_from_given_weights_and_checks_the_architecture(image_folder
     save_model(MaskedSwinIR(preset("small")), tmp_path / "other.safetensors")
     with pytest.raises(MaskdnError, match="architecture differs.*embed_dim 32 vs 24"):
         train(_cfg(image_folder, tmp_path / "run2", iterations=1, init=str(tmp_path / "other.safetensors")), progress=False)
+
+
+# ---- nothing lost: locks, changed data, exports, logs --------------------------------------------
+
+
+def test_a_run_folder_in_use_is_refused(image_folder, tmp_path):
+    out = tmp_path / "run"
+    with loop._folder_lock(out):
+        with pytest.raises(MaskdnError, match=rf"{out}: in use by another training run \(pid \d+\); wait for it"):
+            train(_cfg(image_folder, out), progress=False)
+    assert not (out / "state.pt").exists()
+    train(_cfg(image_folder, out, iterations=1), progress=False)  # free again once the holder is done
+
+
+def test_resuming_over_changed_training_images_is_refused(image_folder, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(image_folder, out, iterations=2, schedule="wsd"), progress=False)
+    assert load_state(out / "state.pt")["data"]["images"] == 3
+    make_images(image_folder, sizes=((40, 48), (33, 29), (12, 20), (20, 20)))  # a fourth image appears
+    with pytest.raises(MaskdnError, match=r"training images in .* changed since this run was saved \(3 images then, 4 now"):
+        train(_cfg(image_folder, out, iterations=4, schedule="wsd"), progress=False)
+    assert load_state(out / "state.pt")["iteration"] == 2
+
+
+def test_export_refuses_to_replace_a_file_the_run_needs(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(_cfg(image_folder, out, iterations=2), progress=False)
+    for name in ("state.pt", "config.toml", "log.csv"):
+        before = (out / name).read_bytes()
+        assert main(["export", str(out), "-o", str(out / name)]) == 1
+        assert f"{out / name}: is a file the run in {out} needs" in capsys.readouterr().err
+        assert (out / name).read_bytes() == before
+    assert main(["export", str(out), "-o", str(out / "weights.safetensors")]) == 0
+
+
+def test_the_log_is_whole_on_disk_before_training_resumes(image_folder, tmp_path, monkeypatch):
+    """A kill right after a resume must not leave log.csv empty: the kept rows are on disk before the
+    first step runs (written to a temporary file and renamed), and new rows are appended."""
+    out = tmp_path / "run"
+    train(_cfg(image_folder, out, iterations=4, schedule="wsd"), progress=False)
+    real_step, seen = loop.train_step, []
+
+    def step(*args, **kwargs):
+        seen.append((out / "log.csv").read_text())
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", step)
+    train(_cfg(image_folder, out, iterations=6, schedule="wsd"), progress=False)
+    assert [r.split(",")[0] for r in seen[0].splitlines()] == ["iteration", "1", "2", "3", "4"]
+    assert [r.split(",")[0] for r in (out / "log.csv").read_text().splitlines()] == ["iteration", *map(str, range(1, 7))]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -242,8 +243,26 @@ def make_output_dir(folder: str | os.PathLike) -> Path:
     return folder
 
 
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.[^.]*)?$")
+"""Names of :func:`atomic_write`'s temporary files: ``.<stem>.<8 hex digits>.tmp<suffix>``."""
+
+
+def is_temp_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like a temporary file of :func:`atomic_write` (readers skip those)."""
+    return bool(_TEMP_NAME.match(Path(path).name))
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove temporary files an interrupted earlier write of ``path`` left beside it (e.g. after SIGKILL)."""
+    with contextlib.suppress(OSError):
+        for old in path.parent.glob(f".{glob.escape(path.stem)}.*.tmp{glob.escape(path.suffix)}"):
+            if re.fullmatch(r"[0-9a-f]{8}", old.name[len(path.stem) + 2 : -len(f".tmp{path.suffix}")]):
+                old.unlink(missing_ok=True)
+
+
 def _create_temp(path: Path) -> Path:
     """A new empty file beside ``path``; created with mode 0o666 so the umask applies as usual."""
+    _remove_stale_temps(path)
     for _ in range(100):
         tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
         try:
@@ -382,7 +401,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool =
 
 
 def _is_image_file(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    return p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not is_temp_file(p)
 
 
 def _expand_one(spec: str | os.PathLike) -> list[Path]:

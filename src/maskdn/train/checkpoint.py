@@ -28,6 +28,8 @@ from .config import TrainConfig
 
 #: The file name of the training state in a run folder.
 STATE = "state.pt"
+RUN_FILES = (STATE, "config.toml", "log.csv", ".lock")
+"""Files of a run folder that the run itself needs (an export must never replace one)."""
 
 
 def rng_states() -> dict:
@@ -193,9 +195,12 @@ def export(source: str | Path, dest: str | Path) -> Path:
 
     Raises:
         MaskdnError: No state file, an unreadable or foreign state file, an invalid stored config,
-            or a failed write.
+            a ``dest`` that is a file the run needs (:data:`RUN_FILES`), or a failed write.
     """
     path = find_state(source)
+    needed = {(path.parent / name).resolve() for name in RUN_FILES} | {path.resolve()}
+    if Path(dest).resolve() in needed:
+        raise MaskdnError(f"{dest}: is a file the run in {path.parent} needs; export to another name")
     state = load_state(path)
     cfg = TrainConfig.from_dict(state["config"], str(path))
     model = MaskedSwinIR(cfg.model_config())
@@ -203,4 +208,4 @@ def export(source: str | Path, dest: str | Path) -> Path:
     return save_model(model, dest, training=training_record(cfg, state))
 
 
-__all__ = ["STATE", "export", "find_state", "load_state", "rng_states", "save_state", "set_rng_states", "training_record"]
+__all__ = ["RUN_FILES", "STATE", "export", "find_state", "load_state", "rng_states", "save_state", "set_rng_states", "training_record"]

@@ -11,6 +11,7 @@ Images are decoded once and kept in memory as uint8 (CBSD432 is about 200 MB dec
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -42,6 +43,19 @@ def split_holdout(folder: str | Path, holdout: int = 0) -> tuple[list[Path], lis
         raise MaskdnError(f"{folder}: holdout {holdout} leaves no training image (the folder has {len(paths)})")
     cut = len(paths) - holdout
     return paths[:cut], paths[cut:]
+
+
+def data_fingerprint(paths: list[Path]) -> dict:
+    """What a run trains on, to notice a change before resuming: ``{"images": n, "sha256": hex}``.
+
+    The hash covers each file's name and size in order (not its path, so the same data in another
+    folder or on another machine has the same fingerprint; not its bytes, which would mean reading
+    every file at every start).
+    """
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(f"{p.name}\t{p.stat().st_size}\n".encode())
+    return {"images": len(paths), "sha256": h.hexdigest()}
 
 
 def load_clean_images(folder: str | Path, holdout: int = 0) -> list[Tensor]:
@@ -193,5 +207,5 @@ def load_validation_set(
     return [noisy_pair(s, noise, seed, crop) for s in samples]
 
 
-__all__ = ["INPUT_MASK_FILL", "Batches", "PatchSampler", "batch_loader", "load_clean_images", "load_validation_set",
-           "sample_seed", "split_holdout"]
+__all__ = ["INPUT_MASK_FILL", "Batches", "PatchSampler", "batch_loader", "data_fingerprint", "load_clean_images",
+           "load_validation_set", "sample_seed", "split_holdout"]

@@ -16,6 +16,7 @@ DistributedDataParallel; only rank 0 logs, validates and saves.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -30,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..datasets import Sample
-from ..errors import MaskdnError, check_int
+from ..errors import MaskdnError, check_int, first_line
 from ..fastpath.runtime import keep_freed_memory
 from ..generalization import model_method, run_bench
 from ..io import atomic_write
@@ -39,7 +40,8 @@ from ..weights import save_model
 from . import distributed
 from .checkpoint import STATE, find_state, load_state, rng_states, save_state, set_rng_states, training_record
 from .config import MAY_CHANGE_ON_RESUME, TrainConfig, to_toml
-from .data import Batches, PatchSampler, batch_loader, load_clean_images, load_validation_set, sample_seed
+from .data import (Batches, PatchSampler, batch_loader, data_fingerprint, load_clean_images, load_validation_set,
+                   sample_seed, split_holdout)
 from .ema import EMA
 from .step import train_step
 
@@ -215,10 +217,44 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     own_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     ctx = distributed.setup(cfg.device)
     try:
-        return _train(cfg, ctx, progress)
+        with contextlib.ExitStack() as lock:
+            return _train(cfg, ctx, progress, lock)
     finally:
         if own_group:
             distributed.teardown()
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path):
+    """Hold an exclusive lock on the run folder ``out`` (created) while a run uses it (POSIX ``flock``).
+
+    Raises:
+        MaskdnError: another process holds it (naming its pid), or the folder cannot be created.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / ".lock", "a+")
+    except OSError as e:
+        raise MaskdnError(f"{out}: cannot create the run folder ({first_line(e)})") from None
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no lock
+        handle.close()
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise MaskdnError(f"{out}: in use by another training run ({holder}); "
+                              "wait for it to stop or use another folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
 
 
 def _load_init(model: MaskedSwinIR, init: str) -> None:
@@ -234,19 +270,23 @@ def _load_init(model: MaskedSwinIR, init: str) -> None:
     model.load_state_dict(source.state_dict())
 
 
-def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
+def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: contextlib.ExitStack) -> Path:
     out, dev, main = Path(cfg.out), ctx.device, ctx.is_main
     state_path = out / STATE
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
     # data first: a bad folder fails before anything is written
+    data_id = data_fingerprint(split_holdout(cfg.data, cfg.holdout)[0])
     sampler = PatchSampler(load_clean_images(cfg.data, cfg.holdout), cfg.patch_size, cfg.noise,
                            cfg.input_mask_range if cfg.input_mask else None, cfg.seed)
     val_sets = None
     if main and (cfg.val_data or cfg.holdout):
         source, held = (cfg.val_data, 0) if cfg.val_data else (cfg.data, cfg.holdout)
         val_sets = {n: load_validation_set(source, n, cfg.seed, cfg.val_crop, cfg.val_limit, held) for n in cfg.val_noise}
+
+    if main:  # one run per folder: a second process would silently replace the first one's state
+        lock.enter_context(_folder_lock(out))
 
     # model, EMA, optimizer; then the saved state, if this folder holds a run
     torch.manual_seed(cfg.seed)
@@ -263,6 +303,11 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
         except MaskdnError as e:
             raise MaskdnError(f"{out}: holds a run this version cannot resume ({e}); use a new folder") from None
         _check_resumable(cfg, before, state["iteration"], out)
+        if state.get("data", data_id) != data_id:
+            then = state["data"]
+            raise MaskdnError(f"{out}: the training images in {cfg.data} changed since this run was saved "
+                              f"({then['images']} images then, {data_id['images']} now, or their names or sizes); "
+                              "resuming would not continue the same run: restore them or use a new folder")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -287,7 +332,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
             raise MaskdnError(f"{out}: weights became NaN/inf at iteration {it}; stopped, "
                               f"last good checkpoint kept in {state_path}")
         state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                 "config": cfg.to_dict(), "rng": rng_states(), "val_history": history, **snapshot()}
+                 "config": cfg.to_dict(), "rng": rng_states(), "val_history": history, "data": data_id,
+                 **snapshot()}
         save_state(state_path, state)
 
     # logs: CSV (rows after the last checkpoint are redone), TensorBoard, progress bar; rank 0 only
@@ -297,10 +343,11 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool) -> Path:
         with atomic_write(out / "config.toml") as tmp:
             tmp.write_text(to_toml(cfg))
         kept = _log_rows_until(out / "log.csv", it)
-        log = open(out / "log.csv", "w", newline="")
-        writer = csv.writer(log)
         per_noise = [f"val_{n}" for n in cfg.val_noise] if len(cfg.val_noise) > 1 else []
-        writer.writerows([LOG_HEADER + per_noise, *kept])
+        with atomic_write(out / "log.csv") as tmp, open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([LOG_HEADER + per_noise, *kept])  # the old log stays whole until this is
+        log = open(out / "log.csv", "a", newline="")
+        writer = csv.writer(log)
         tb = _tensorboard(cfg, out, it)
     bar = tqdm(total=cfg.iterations, initial=it, disable=not (progress and main), unit="it", dynamic_ncols=True)
     start_it, t_start = it, time.perf_counter()
