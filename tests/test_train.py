@@ -568,3 +568,13 @@ def test_the_log_is_whole_on_disk_before_training_resumes(image_folder, tmp_path
     train(_cfg(image_folder, out, iterations=6, schedule="wsd"), progress=False)
     assert [r.split(",")[0] for r in seen[0].splitlines()] == ["iteration", "1", "2", "3", "4"]
     assert [r.split(",")[0] for r in (out / "log.csv").read_text().splitlines()] == ["iteration", *map(str, range(1, 7))]
+
+
+def test_an_incomplete_state_file_is_one_line(image_folder, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(image_folder, out, iterations=2), progress=False)
+    state = load_state(out / "state.pt")
+    del state["optimizer"]
+    torch.save(state, out / "state.pt")
+    with pytest.raises(MaskdnError, match=r"state.pt: not a complete training state \(KeyError: 'optimizer'\); use a new folder"):
+        train(_cfg(image_folder, out, iterations=2), progress=False)

@@ -124,3 +124,57 @@ def test_missing_file_and_unknown_zoo_name(tmp_path):
         load_model(tmp_path / "nope.safetensors")
     with pytest.raises(MaskdnError, match="no-such-model: no such zoo model"):
         load_model("no-such-model")
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, tiny_model):
+    for bad in (float("nan"), float("inf")):
+        tensors = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+        tensors["conv_last.weight"].view(-1)[3] = bad
+        tiny_model_copy = type(tiny_model)(tiny_model.config)
+        tiny_model_copy.load_state_dict(tensors)
+        save_model(tiny_model_copy, tmp_path / "bad.safetensors")
+        with pytest.raises(MaskdnError, match=r"bad.safetensors: tensor conv_last.weight holds NaN or inf"):
+            load_model(tmp_path / "bad.safetensors")
+
+
+def test_safetensors_recognized_by_structure_not_first_byte(tmp_path, tiny_model):
+    """A header length whose low byte is 0x80 (a pickle's first byte) must still be read as safetensors,
+    keeping its metadata: here an unmasked config that a pickle fallback would replace by the 0.75 default."""
+    from maskdn.model import MaskedSwinIR
+
+    model = MaskedSwinIR(preset("tiny", attn_mask_ratio=0.0))
+    for pad in range(300):
+        path = tmp_path / "w.safetensors"
+        save_model(model, path, training={"note": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no padding gave a header length with low byte 0x80")
+    assert load_model(path).config.attn_mask_ratio == 0.0
+
+
+@pytest.mark.parametrize("config, why", [
+    ("not json", "Expecting value"),
+    ("[1, 2]", "a JSON list, not an object"),
+    ('{"depths": 5}', "int' object is not iterable"),
+])
+def test_broken_config_metadata_is_one_line(tmp_path, tiny_model, config, why):
+    tensors = {k: v.contiguous() for k, v in tiny_model.state_dict().items()}
+    save_file(tensors, str(tmp_path / "m.safetensors"), metadata={"maskdn.config": config})
+    with pytest.raises(MaskdnError, match=rf"m.safetensors: broken maskdn.config metadata \(.*{why}") as e:
+        load_model(tmp_path / "m.safetensors")
+    assert "\n" not in str(e.value)
+
+
+def test_weights_files_get_the_users_umask(tmp_path, tiny_model):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        save_model(tiny_model, tmp_path / "a.safetensors")
+        assert os.stat(tmp_path / "a.safetensors").st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        save_model(tiny_model, tmp_path / "b.safetensors")
+        assert os.stat(tmp_path / "b.safetensors").st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

@@ -10,6 +10,7 @@ is given. Pickles are only ever opened with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -35,7 +36,15 @@ def save_model(model: MaskedSwinIR, path: str | Path, training: dict | None = No
         meta[TRAINING_KEY] = json.dumps(training)
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        _permissions_as_umask(tmp)
     return path
+
+
+def _permissions_as_umask(path: Path) -> None:
+    """safetensors writes files readable by their owner only (0600); give them the mode of any new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -90,6 +99,7 @@ def update_training_record(path: str | Path, **fields) -> dict:
     meta[TRAINING_KEY] = json.dumps(record)
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        _permissions_as_umask(tmp)
     return record
 
 
@@ -103,10 +113,36 @@ def _safetensors_metadata(path: Path) -> dict:
         raise MaskdnError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
 
 
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """The safetensors layout: an 8-byte little-endian header length N, then N bytes of JSON object."""
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
+def _config_from_metadata(path: Path, meta: dict) -> ModelConfig:
+    """The :class:`ModelConfig` stored in ``meta``, or one line saying what is wrong with it."""
+    try:
+        d = json.loads(meta[CONFIG_KEY])
+        if not isinstance(d, dict):
+            raise TypeError(f"a JSON {type(d).__name__}, not an object")
+        return ModelConfig.from_dict(d)
+    except (ValueError, TypeError, AttributeError, MaskdnError) as e:
+        raise MaskdnError(f"{path}: broken {CONFIG_KEY} metadata ({first_line(e)})") from None
+
+
+def _check_finite(path: Path, state: dict[str, Tensor]) -> None:
+    for name, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise MaskdnError(f"{path}: tensor {name} holds NaN or inf values; refused (the weights are broken)")
+
+
 def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict]:
     """Tensors and metadata of a safetensors file, or of a plain tensor pickle (weights_only)."""
     head = check_file(path, "a weights file")
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch zip archive or legacy pickle
+    if not _looks_like_safetensors(head, path.stat().st_size) and (head[:2] == b"PK" or head[:1] == b"\x80"):
+        # a torch zip archive or a legacy pickle (a safetensors header length may also start with 0x80)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
@@ -160,12 +196,13 @@ def load_model(
     state = checkpoint_filter_fn(tensors)
     if config is None:
         if CONFIG_KEY in meta:
-            config = ModelConfig.from_dict(json.loads(meta[CONFIG_KEY]))
+            config = _config_from_metadata(path, meta)
         else:
             try:
                 config = infer_config(state)
             except MaskdnError as e:
                 raise MaskdnError(f"{path}: {e}") from None
+    _check_finite(path, state)
     model = MaskedSwinIR(config)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))

@@ -308,12 +308,16 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
             raise MaskdnError(f"{out}: the training images in {cfg.data} changed since this run was saved "
                               f"({then['images']} images then, {data_id['images']} now, or their names or sizes); "
                               "resuming would not continue the same run: restore them or use a new folder")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        set_rng_states(state["rng"])
-        it, elapsed, last_val = state["iteration"], state["elapsed"], state["val_psnr"]
-        best_val, history = state["best_val_psnr"], state.get("val_history", [])
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["optimizer"])
+            set_rng_states(state["rng"])
+            it, elapsed, last_val = state["iteration"], state["elapsed"], state["val_psnr"]
+            best_val, history = state["best_val_psnr"], state.get("val_history", [])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise MaskdnError(f"{state_path}: not a complete training state ({type(e).__name__}: "
+                              f"{first_line(e)}); use a new folder") from None
         del state
     net = model
     if ctx.world_size > 1:  # a collective: no process starts (and rank 0 saves nothing) before all loaded
