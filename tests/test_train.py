@@ -86,6 +86,9 @@ def test_config_toml_round_trip_and_overrides(tmp_path):
     ('schedule = "linear"\n', None, r"bad\.toml: schedule must be one of"),
     ("paper", {"batch_size": "x"}, r"--set batch_size: expected int, got 'x'"),
     ("paper", {"bogus": 1}, r"--set bogus: unknown key"),
+    ("paper", {"grad_clip": -1}, r"grad_clip must be a number >= 0 \(0: no clipping\), not -1.0"),
+    ("paper", {"min_lr_ratio": -5}, r"min_lr_ratio must be in \[0, 1\], not -5.0"),
+    ("paper", {"gamma": float("nan")}, r"gamma must be in \(0, 1\] \(the factor of each lr step\), not nan"),
     ("paper", {"input_mask_range": [0.9, 0.8]}, r"paper\.toml with --set input_mask_range: input_mask_range must satisfy"),
     ("nosuch", None, r"nosuch: no such config file or shipped config \(shipped: .*paper"),
 ])

@@ -107,6 +107,12 @@ class TrainConfig:
             problems.append(f"lr must be a positive number, not {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay must be in [0, 1), not {self.ema_decay}")
+        if not (0.0 <= self.grad_clip and math.isfinite(self.grad_clip)):
+            problems.append(f"grad_clip must be a number >= 0 (0: no clipping), not {self.grad_clip}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            problems.append(f"min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}")
+        if not 0.0 < self.gamma <= 1.0:
+            problems.append(f"gamma must be in (0, 1] (the factor of each lr step), not {self.gamma}")
         if self.device not in ("auto", "cpu", "cuda"):
             problems.append(f"device must be auto, cpu or cuda, not {self.device!r}")
         if problems:
