@@ -101,6 +101,16 @@ def linear_cka(x: np.ndarray | Tensor, y: np.ndarray | Tensor) -> float:
     isotropic scaling of either side, and near 0 for independent features (bias ~ d/n). NaN when a side
     is constant.
 
+    Args:
+        x: ``[n, d1]`` array or tensor (any real dtype, converted to float64; a tensor may be on any device).
+        y: ``[n, d2]`` array or tensor, the same ``n`` examples in the same order.
+
+    Returns:
+        The CKA in [0, 1]; NaN when a side is constant.
+
+    Raises:
+        MaskdnError: ``"linear_cka: needs [n, d1] and [n, d2] with the same n >= 2, got <shapes>"``.
+
     >>> import numpy as np
     >>> x = np.random.default_rng(0).normal(size=(500, 8))
     >>> round(linear_cka(x, 3 * x), 6)
@@ -153,6 +163,19 @@ def histogram_edges(values: np.ndarray | Tensor, bins: int = 100, q: float = 0.0
     The range is the ``q`` to ``1 − q`` quantiles, widened by ``margin`` of its width on each side (a
     degenerate range becomes ``±0.5`` around its value). Values outside fall into the outlier bins of
     :class:`Histogram`.
+
+    Args:
+        values: Array or tensor of any shape (flattened, converted to float64; non-finite values ignored).
+        bins: The number of finite bins, >= 1.
+        q: The lower quantile of the robust range, in [0, 0.5).
+        margin: The widening on each side, as a fraction of the range's width, >= 0.
+
+    Returns:
+        Float64 ``[bins + 1]`` increasing edges, in the units of ``values``.
+
+    Raises:
+        MaskdnError: ``"histogram_edges: needs bins >= 1, 0 <= q < 0.5, margin >= 0 (got ...)"`` or
+            ``"histogram_edges: no finite values"``.
     """
     v = np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
@@ -173,6 +196,20 @@ class Histogram:
     ``counts`` has ``len(edges) + 1`` entries: ``[< edges[0], bin 0, ..., bin n−1, >= edges[-1]]``.
     The sums of the outlier values, of ``v``, ``v²``, ``v³`` and ``v⁴`` (shifted by ``center`` for
     accuracy) are kept too, for the outliers' means (see :meth:`support`) and for the moments.
+
+    Args:
+        edges: At least two strictly increasing finite bin edges (float64 ``[n + 1]``).
+        center: The shift of the power sums (e.g. the reference's mean), in value units.
+
+    Attributes:
+        edges: Float64 ``[n + 1]``.
+        counts: Int64 ``[n + 2]``: underflow, the ``n`` bins, overflow.
+        tail_sums: Float64 ``[2]``: sums of the underflow and of the overflow values.
+        center: The shift of ``power_sums``.
+        power_sums: Float64 ``[4]``: ``Σ(v − center)^k``, ``k = 1..4``.
+
+    Raises:
+        MaskdnError: ``"Histogram: edges must be increasing, at least two"``.
     """
 
     def __init__(self, edges: np.ndarray | Sequence[float], center: float = 0.0) -> None:
@@ -185,7 +222,14 @@ class Histogram:
         self.power_sums = np.zeros(4)  # Σ(v−c)^k, k = 1..4
 
     def add(self, values: np.ndarray | Tensor) -> Histogram:
-        """Count ``values`` (any shape; non-finite values are ignored)."""
+        """Count ``values`` (any shape; non-finite values are ignored).
+
+        Args:
+            values: Array or tensor of any shape and real dtype (converted to float64; any device).
+
+        Returns:
+            This histogram, updated in place.
+        """
         v = np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values, dtype=np.float64).ravel()
         v = v[np.isfinite(v)]
         idx = np.searchsorted(self.edges, v, side="right")  # 0: underflow, len(edges): overflow
@@ -198,26 +242,45 @@ class Histogram:
 
     @property
     def total(self) -> int:
+        """The number of values counted (outlier bins included)."""
         return int(self.counts.sum())
 
     def probabilities(self) -> np.ndarray:
-        """The counts as a probability vector (outlier bins included)."""
+        """The counts as a probability vector (outlier bins included).
+
+        Returns:
+            Float64 ``[len(edges) + 1]`` summing to 1; all zeros for an empty histogram.
+        """
         t = self.total
         return self.counts / t if t else np.zeros(self.counts.size)
 
     def support(self) -> np.ndarray:
-        """Where each bin's mass sits: finite bins at their centers, outliers at their own mean value."""
+        """Where each bin's mass sits: finite bins at their centers, outliers at their own mean value.
+
+        Returns:
+            Float64 ``[len(edges) + 1]`` positions in value units; an empty outlier bin sits at its edge.
+        """
         e = self.edges
         under = self.tail_sums[0] / self.counts[0] if self.counts[0] else e[0]
         over = self.tail_sums[1] / self.counts[-1] if self.counts[-1] else e[-1]
         return np.concatenate([[under], (e[:-1] + e[1:]) / 2, [over]])
 
     def density(self) -> np.ndarray:
-        """Probability density over the finite bins (what the plots draw)."""
+        """Probability density over the finite bins (what the plots draw).
+
+        Returns:
+            Float64 ``[len(edges) − 1]``: probability / bin width, per value unit (outlier mass excluded).
+        """
         return self.probabilities()[1:-1] / np.diff(self.edges)
 
     def moments(self) -> dict[str, float]:
-        """``mean``, ``std``, excess ``kurtosis`` (0 for a Gaussian) and ``outliers`` (outlier-bin mass)."""
+        """``mean``, ``std``, excess ``kurtosis`` (0 for a Gaussian) and ``outliers`` (outlier-bin mass).
+
+        Returns:
+            ``{"mean", "std", "kurtosis", "outliers"}``: exact moments of all counted values (from the
+            power sums, not the bins; population std), ``outliers`` in [0, 1]. All NaN when empty;
+            ``kurtosis`` NaN for zero variance.
+        """
         n = self.total
         if n == 0:
             return {"mean": math.nan, "std": math.nan, "kurtosis": math.nan, "outliers": math.nan}
@@ -244,7 +307,19 @@ def wasserstein1(p: Histogram, q: Histogram) -> float:
 
     Each bin's mass sits at :meth:`Histogram.support` (bin centers; outlier bins at the mean of their
     values), and ``W1 = ∫ |F_p − F_q|`` over the merged support points. 0 for identical histograms; a
-    shift of the values by ``s`` (within the range) moves it by about ``|s|``.
+    shift of the values by ``s`` (within the range) moves it by about ``|s|``. This is the 1-D
+    Wasserstein-1 definition of :func:`scipy.stats.wasserstein_distance` (CDF form).
+
+    Args:
+        p: A histogram.
+        q: A histogram on the same edges.
+
+    Returns:
+        The distance, >= 0, in the units of the histogrammed values.
+
+    Raises:
+        MaskdnError: ``"histograms must share their bins to be compared"`` or ``"cannot compare an
+            empty histogram"``.
     """
     _check_pair(p, q)
     xs = np.concatenate([p.support(), q.support()])
@@ -258,7 +333,19 @@ def jensen_shannon(p: Histogram, q: Histogram) -> float:
     """Jensen–Shannon divergence (base 2, in [0, 1]) between two histograms on the same bins.
 
     ``JS = ½ KL(p‖m) + ½ KL(q‖m)``, ``m = (p + q)/2``, outlier bins included. 0 for identical histograms,
-    1 for disjoint ones.
+    1 for disjoint ones. (Lin 1991; the square of :func:`scipy.spatial.distance.jensenshannon` with
+    ``base=2``.)
+
+    Args:
+        p: A histogram.
+        q: A histogram on the same edges.
+
+    Returns:
+        The divergence in bits, in [0, 1].
+
+    Raises:
+        MaskdnError: ``"histograms must share their bins to be compared"`` or ``"cannot compare an
+            empty histogram"``.
     """
     _check_pair(p, q)
     a, b = p.probabilities(), q.probabilities()
@@ -373,6 +460,34 @@ def analyze(
     :data:`REFERENCE_NOISE`, the training noise) is always analyzed, first. ``layers`` picks feature points (default: all that every model has). ``limit`` takes the first
     N images, ``crop`` center-crops them (0 or None: whole images), ``tokens`` positions are sampled per
     image. Returns the dict written to ``OUT/analysis.json``; with ``out_dir`` None nothing is written.
+
+    Args:
+        models: One model source or a sequence of them (see above); labels are made unique (``-2``, ...).
+        data: A folder of clean images (:func:`maskdn.datasets.load_dataset`; floats in [0, 1]).
+        noises: Noise specs ``name:level`` (:func:`maskdn.noise.parse_noise`); None: :data:`DEFAULT_NOISES`.
+        out_dir: Output folder (created; :func:`write_outputs`); None: write nothing.
+        layers: Feature point names of :meth:`MaskedSwinIR.feature_names`; None or empty: all common ones.
+        reference: The reference noise spec; None: :data:`REFERENCE_NOISE`.
+        limit: The first ``limit`` images in name order (None: all); an int >= 1.
+        crop: Side in pixels of the center crop; 0 or None: whole images.
+        tokens: Token (pixel) positions sampled per image, >= 2 (all when the crop has fewer).
+        bins: Finite histogram bins per layer, >= 2.
+        seed: Seeds the noise, the token positions and the attention masks.
+        device: Where the models run.
+        progress: Show a tqdm bar on stderr.
+
+    Returns:
+        ``{format, reference, noises, layers, data, images, crop, tokens_per_image, bins, seed, models}``
+        with ``models[label] = {source, masks_attention, attn_mask_ratio, layers}`` and
+        ``layers[layer] = {"edges": [lo, hi, n_bins], "noises": {cond: {w1, w1_std, js, cka, mean, std,
+        kurtosis, outliers, counts}}}``: ``w1`` in feature units, ``w1_std`` in reference stds, ``js`` in
+        bits in [0, 1], ``cka`` in [0, 1] (NaN where undefined), ``counts`` of ``n_bins + 2`` bins.
+
+    Raises:
+        MaskdnError: An invalid ``limit``/``crop``/``tokens``/``bins`` (:func:`maskdn.errors.check_int`)
+            or noise spec, ``"<data>: no images"`` or an unreadable folder/image, ``"no models to
+            analyze"``, a model that cannot be loaded, ``"unknown layer '<name>' (valid: ...)"``, or an
+            output folder or file that cannot be written.
     """
     if limit is not None:
         check_int("limit", limit)
@@ -486,7 +601,18 @@ def _histogram_of(layer_record: Mapping[str, Any], cond: str) -> Histogram:
 
 
 def mean_over_noises(result: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
-    """``{model: {layer: {w1, w1_std, js, cka}}}``: means over the non-reference noises."""
+    """``{model: {layer: {w1, w1_std, js, cka}}}``: means over the non-reference noises.
+
+    Args:
+        result: The dict :func:`analyze` returns (or ``analysis.json`` loaded back, NaN as None).
+
+    Returns:
+        Per model label and layer, the means of ``w1`` (feature units), ``w1_std`` (reference stds),
+        ``js`` (bits) and ``cka``; NaN when there is no other noise or a value is NaN/None.
+
+    Raises:
+        KeyError: ``result`` lacks ``reference``, ``models`` or a per-noise key.
+    """
     ref = result["reference"]
     out: dict[str, dict[str, dict[str, float]]] = {}
     for label, rec in result["models"].items():
@@ -509,7 +635,17 @@ def _fmt(v: float, digits: int = 3) -> str:
 
 
 def summary_markdown(result: Mapping[str, Any]) -> str:
-    """Markdown: the means over non-reference noises per model and layer, then JS / CKA per noise."""
+    """Markdown: the means over non-reference noises per model and layer, then JS / CKA per noise.
+
+    Args:
+        result: The dict :func:`analyze` returns (or ``analysis.json`` loaded back, NaN as None).
+
+    Returns:
+        The Markdown text; values with 3 decimals, ``–`` for NaN/None.
+
+    Raises:
+        KeyError: ``result`` lacks a key :func:`analyze` writes.
+    """
     ref = result["reference"]
     others = [c for c in result["noises"] if c != ref]
     n_img = len(result["images"])
@@ -554,7 +690,20 @@ def _safe_name(label: str) -> str:
 
 
 def plot_histograms(result: Mapping[str, Any], model: str, path: str | os.PathLike) -> Path:
-    """One panel per layer: the density of feature values under each noise, on the shared bins."""
+    """One panel per layer: the density of feature values under each noise, on the shared bins.
+
+    Args:
+        result: The dict :func:`analyze` returns (or ``analysis.json`` loaded back, NaN as None).
+        model: A model label of ``result["models"]``.
+        path: The image file; its suffix names the format (:func:`maskdn.report.save_figure`).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        KeyError: ``model`` is not in ``result["models"]``.
+        MaskdnError: The file cannot be written.
+    """
     from .report import pyplot, save_figure
 
     plt = pyplot()
@@ -586,7 +735,18 @@ def plot_histograms(result: Mapping[str, Any], model: str, path: str | os.PathLi
 
 
 def plot_cka(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """One panel per model: linear CKA with the reference against the layer, one line per noise."""
+    """One panel per model: linear CKA with the reference against the layer, one line per noise.
+
+    Args:
+        result: The dict :func:`analyze` returns (or ``analysis.json`` loaded back, NaN as None).
+        path: The image file; its suffix names the format (:func:`maskdn.report.save_figure`).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        MaskdnError: The file cannot be written.
+    """
     from .report import pyplot, save_figure
 
     plt = pyplot()
@@ -616,7 +776,21 @@ def plot_cka(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 
 def write_outputs(result: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
-    """``analysis.json``, ``summary.md``, ``cka.png`` and ``histograms_<model>.png`` in ``out_dir``."""
+    """``analysis.json``, ``summary.md``, ``cka.png`` and ``histograms_<model>.png`` in ``out_dir``.
+
+    Every file is written atomically; in ``analysis.json`` non-finite floats become ``null``; model
+    labels are made file-safe (characters outside ``[A-Za-z0-9._-]`` become ``_``).
+
+    Args:
+        result: The dict :func:`analyze` returns (or ``analysis.json`` loaded back, NaN as None).
+        out_dir: The existing folder to write into.
+
+    Returns:
+        The written paths: ``analysis.json``, ``summary.md``, ``cka.png``, then one histogram plot per model.
+
+    Raises:
+        MaskdnError: A file cannot be written (:func:`maskdn.io.atomic_write`).
+    """
     from .io import atomic_write
     from .report import write_text
 

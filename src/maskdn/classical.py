@@ -27,7 +27,20 @@ CLASSICAL_METHODS = ("noisy", "nlm", "bm3d", "bm3d-oracle")
 
 
 def defined_for(method: str, condition: str) -> bool:
-    """Whether the classical ``method`` is defined under ``condition`` (only the oracle may not be)."""
+    """Whether the classical ``method`` is defined under ``condition`` (only the oracle may not be).
+
+    Args:
+        method: A name of :data:`CLASSICAL_METHODS` (any other name counts as defined).
+        condition: A noise condition ``name:level`` (e.g. ``gaussian:25``) or ``real``.
+
+    Returns:
+        False only for ``bm3d-oracle`` under a noise without a true std (:func:`maskdn.noise.true_sigma`
+        is None), else True.
+
+    Raises:
+        MaskdnError: For ``bm3d-oracle``, ``condition`` is not a valid noise spec
+            (:func:`maskdn.noise.parse_noise`).
+    """
     return method != "bm3d-oracle" or true_sigma(condition) is not None
 
 
@@ -40,7 +53,19 @@ def _bm3d_module():
 
 
 def check_available(method: str) -> None:
-    """Raise :class:`MaskdnError` now when ``method`` cannot run here (unknown, or a missing package)."""
+    """Raise :class:`MaskdnError` now when ``method`` cannot run here (unknown, or a missing package).
+
+    Args:
+        method: The method name to check.
+
+    Returns:
+        None.
+
+    Raises:
+        MaskdnError: ``"method <method>: not a classical method (noisy, nlm, bm3d, bm3d-oracle)"``, or,
+            for ``bm3d``/``bm3d-oracle`` without the ``bm3d`` package, ``"method bm3d needs the
+            optional bm3d package: pip install bm3d (non-commercial licence)"``.
+    """
     if method not in CLASSICAL_METHODS:
         raise MaskdnError(f"method {method}: not a classical method ({', '.join(CLASSICAL_METHODS)})")
     if method.startswith("bm3d"):
@@ -56,7 +81,17 @@ def _from_hwc(a: np.ndarray, like: Tensor) -> Tensor:
 
 
 def estimate_sigma(img: np.ndarray) -> float:
-    """Noise std of an HxWx3 float image: scikit-image ``estimate_sigma`` (wavelet MAD), channel mean."""
+    """Noise std of an HxWx3 float image: scikit-image ``estimate_sigma`` (wavelet MAD), channel mean.
+
+    Args:
+        img: Float array ``[H, W, 3]`` (channels last), values in [0, 1].
+
+    Returns:
+        The estimated Gaussian noise std σ̂ on the [0, 1] scale (multiply by 255 for 8-bit levels):
+        ``skimage.restoration.estimate_sigma(img, channel_axis=-1, average_sigmas=True)`` (Donoho's
+        median absolute deviation of the finest diagonal wavelet detail coefficients / 0.6745,
+        averaged over the channels).
+    """
     from skimage.restoration import estimate_sigma as _estimate
 
     return float(_estimate(img, channel_axis=-1, average_sigmas=True))
@@ -80,6 +115,28 @@ def denoise_classical(method: str, noisy: Tensor, condition: str | None = None) 
     ``condition`` (``name:level``) is needed by ``bm3d-oracle`` only, which raises
     :class:`MaskdnError` where :func:`true_sigma` is undefined. A noise-free input (σ̂ = 0) is returned
     unchanged by the blind methods.
+
+    ``nlm`` is scikit-image ``denoise_nl_means`` (``h = 0.8·σ``, ``sigma = σ``, ``fast_mode``,
+    5×5 patches, search distance 6); ``bm3d`` / ``bm3d-oracle`` are ``bm3d.bm3d_rgb`` of the ``bm3d``
+    package (Dabov et al. 2007, CBM3D colour variant). σ is :func:`estimate_sigma` of the input
+    clamped to [0, 1] for the blind methods, the true std (:func:`maskdn.noise.true_sigma`) for the
+    oracle; both on the [0, 1] scale.
+
+    Args:
+        method: One of :data:`CLASSICAL_METHODS`: ``noisy``, ``nlm``, ``bm3d``, ``bm3d-oracle``.
+        noisy: The noisy image, float tensor ``[3, H, W]``, values in [0, 1] (clamped to [0, 1]
+            before ``nlm``/``bm3d``); any device.
+        condition: The noise condition ``name:level``; used by ``bm3d-oracle`` only.
+
+    Returns:
+        The estimate, ``[3, H, W]`` with the dtype of ``noisy`` on the CPU (for ``noisy``, or when
+        σ̂ ≤ 0, a clone of ``noisy`` on its own device). Not clamped.
+
+    Raises:
+        MaskdnError: ``method`` is unknown or its package is missing (:func:`check_available`);
+            for ``bm3d-oracle``, ``"method bm3d-oracle: no true σ for noise <condition> (defined
+            for gaussian and correlated)"`` when ``condition`` is None or has no true std, or
+            ``condition`` is not a valid noise spec.
     """
     check_available(method)
     if method == "noisy":

@@ -32,6 +32,18 @@ def _denoise_options(a: argparse.Namespace) -> dict:
 
 
 def cmd_denoise(a: argparse.Namespace) -> int:
+    """``maskdn denoise``: denoise files; each failed file is reported, exit status 1 if any failed.
+
+    Args:
+        a: the parsed arguments of the subcommand.
+
+    Returns:
+        the exit status.
+
+    Raises:
+        MaskdnError: an unusable model or options (:func:`maskdn.inference.denoise_files`); :func:`main`
+            prints it as one line.
+    """
     from .inference import denoise_files
 
     failures = denoise_files(a.inputs, a.output, a.model, **_denoise_options(a))
@@ -43,6 +55,18 @@ def cmd_denoise(a: argparse.Namespace) -> int:
 
 
 def cmd_noise(a: argparse.Namespace) -> int:
+    """``maskdn noise``: write seeded noisy copies; exit status 1 if any file failed.
+
+    Args:
+        a: the parsed arguments of the subcommand.
+
+    Returns:
+        the exit status.
+
+    Raises:
+        MaskdnError: an invalid noise spec or output (:func:`maskdn.noise.write_noisy_copies`); :func:`main`
+            prints it as one line.
+    """
     from .noise import write_noisy_copies
 
     failures = write_noisy_copies(a.inputs, a.output, a.noise, seed=a.seed, quantize=not a.float)
@@ -52,6 +76,18 @@ def cmd_noise(a: argparse.Namespace) -> int:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
+    """``maskdn models``: list the bundled models (``--json``: machine-readable).
+
+    Args:
+        a: the parsed arguments of the subcommand.
+
+    Returns:
+        the exit status.
+
+    Raises:
+        MaskdnError: an unreadable bundled file (:func:`maskdn.weights.describe_zoo`); :func:`main` prints it
+            as one line.
+    """
     from .weights import describe_zoo
 
     rows = describe_zoo()
@@ -81,6 +117,17 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    """``maskdn demo``: denoise the bundled sample photos and print the PSNR table.
+
+    Args:
+        a: the parsed arguments of the subcommand.
+
+    Returns:
+        the exit status.
+
+    Raises:
+        MaskdnError: from :func:`maskdn.demo.run_demo`; :func:`main` prints it as one line.
+    """
     from .demo import run_demo
 
     result = run_demo(a.output, model=a.model, seed=a.seed, passes=a.passes)
@@ -90,6 +137,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    """``maskdn evaluate``: print mean PSNR per dataset and noise (``--record``: store it in the file).
+
+    Args:
+        a: the parsed arguments of the subcommand.
+
+    Returns:
+        the exit status.
+
+    Raises:
+        MaskdnError: ``--record`` with ``noisy``, or from loading, evaluating or recording; :func:`main`
+            prints it as one line.
+    """
     from .evaluate import evaluate, scores_table
     from .weights import load_model, update_training_record
     from .zoo import resolve
@@ -108,6 +167,18 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    """``maskdn bench``: run the generalization benchmark and print its summary.
+
+    Args:
+        a: the parsed arguments of the subcommand.
+
+    Returns:
+        the exit status.
+
+    Raises:
+        MaskdnError: no ``--model`` or ``--method``, or from :func:`maskdn.generalization.run_bench`;
+            :func:`main` prints it as one line.
+    """
     from pathlib import Path
 
     from .generalization import PAPER_GRID, run_bench
@@ -128,6 +199,17 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_analyze(a: argparse.Namespace) -> int:
+    """``maskdn analyze``: feature statistics of models under several noises.
+
+    Args:
+        a: the parsed arguments of the subcommand.
+
+    Returns:
+        the exit status.
+
+    Raises:
+        MaskdnError: from :func:`maskdn.analysis.analyze`; :func:`main` prints it as one line.
+    """
     from .analysis import analyze, summary_markdown
 
     result = analyze(a.model, a.data, a.noise, a.out, layers=a.layer, reference=a.reference, limit=a.limit,
@@ -138,6 +220,19 @@ def cmd_analyze(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    """``maskdn train``: train or resume a run, or branch a wsd cool-down (``--cooldown``).
+
+    Args:
+        a: the parsed arguments of the subcommand.
+
+    Returns:
+        the exit status.
+
+    Raises:
+        MaskdnError: a ``--set`` item without ``=``, ``--cooldown`` without a run and ``--out`` (or with
+            ``--data``), or from :func:`maskdn.train.load_config`, :func:`maskdn.train.train` or
+            :func:`maskdn.train.cooldown`; :func:`main` prints it as one line.
+    """
     import os
 
     from .train import TrainConfig, load_config, shipped_configs, train
@@ -168,6 +263,17 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    """``maskdn export``: write a run's EMA weights, config and training record.
+
+    Args:
+        a: the parsed arguments of the subcommand.
+
+    Returns:
+        the exit status.
+
+    Raises:
+        MaskdnError: from :func:`maskdn.train.export`; :func:`main` prints it as one line.
+    """
     from .train import export
 
     print(f"wrote {export(a.run, a.output)}")
@@ -183,6 +289,11 @@ def _parse_value(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``maskdn`` argument parser, one subcommand per ``cmd_*`` function (``args.func``).
+
+    Returns:
+        The parser; a subcommand is required.
+    """
     p = argparse.ArgumentParser(prog="maskdn", description="Generalizable image denoising by masked image training.")
     from . import __version__
 
@@ -285,6 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``maskdn`` command.
+
+    Args:
+        argv: The arguments after the program name; ``None``: ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: the subcommand's, 1 after a :class:`MaskdnError` (printed as one line on
+        stderr), 130 after Ctrl-C.
+
+    Raises:
+        SystemExit: From argparse, for ``--help``, ``--version`` or invalid arguments (status 0 or 2).
+    """
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # large CPU buffers otherwise page-fault on every use (docs/performance.md)
     try:

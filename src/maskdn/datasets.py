@@ -43,6 +43,13 @@ class Sample:
 def load_image(path: str | Path) -> Tensor:
     """The image at ``path`` as float RGB ``[3, H, W]`` in [0, 1] (:func:`maskdn.io.to_float_rgb`).
 
+    Args:
+        path: The image file (format detected from its content by :func:`maskdn.io.read_image`).
+
+    Returns:
+        A float32 CPU tensor ``[3, H, W]``: uint8 (levels 0–255, ÷255) and uint16 (÷65535) scaled to
+        [0, 1], float files kept as stored; gray replicated to RGB, alpha dropped.
+
     Raises:
         MaskdnError: The file is missing or not a readable image (:func:`maskdn.io.read_image`).
     """

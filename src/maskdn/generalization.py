@@ -116,6 +116,15 @@ class Method:
     ``pass_counts`` lists the pass counts it is scored with (``[1]`` unless stochastic). ``classical``
     marks a built-in of :mod:`maskdn.classical`, run by name; ``source`` is the zoo name or weights
     path a model was loaded from. Both can run in worker processes (``jobs > 1``, on the CPU).
+
+    Attributes:
+        name: The method's name in the records (unique within a run).
+        fn: ``fn(noisy, passes, generator)``: ``noisy`` a float ``[3, H, W]`` CPU tensor in [0, 1],
+            ``passes`` the averaged pass count, ``generator`` the seeded :class:`torch.Generator` of
+            the run (or None); returns the estimate, float ``[3, H, W]`` (not clamped).
+        pass_counts: The pass counts it is scored with.
+        classical: A built-in of :mod:`maskdn.classical`, run by name in workers.
+        source: The zoo name or resolved weights path of a loaded model; None otherwise.
     """
 
     name: str
@@ -178,8 +187,23 @@ def resolve_method(
     runs a loaded model under bfloat16 autocast (see :func:`model_method`). A :class:`Method` is
     returned as is.
 
+    Args:
+        method: A built-in name (``noisy``, ``nlm``, ``bm3d``, ``bm3d-oracle``), a zoo model name or
+            weights path (str or path-like, :func:`maskdn.weights.load_model`), a ``(name, callable)``
+            pair whose callable maps a float ``[3, H, W]`` noisy image in [0, 1] to its estimate, or a
+            :class:`Method`.
+        passes: The averaged pass count a stochastic model is scored with besides 1.
+        device: Where a loaded model runs.
+        bf16: Run a loaded model under bfloat16 autocast.
+
+    Returns:
+        The :class:`Method`; a model's name is the file stem for a weights path, else ``method``.
+
     Raises:
-        MaskdnError: An unknown name, a callable that is not one, or a missing ``bm3d`` package.
+        MaskdnError: ``"method <name>: not callable"``; ``"method <m!r>: expected a name, a weights
+            path or a (name, callable) pair"``; ``"method <name>: not a built-in (...) nor a loadable
+            model (<reason>)"``; the missing ``bm3d`` package (:func:`maskdn.classical.check_available`);
+            or an invalid ``passes`` (:func:`maskdn.inference.check_passes`).
     """
     if isinstance(method, Method):
         return method
@@ -233,6 +257,16 @@ def record_key(r: Mapping[str, Any]) -> tuple:
 
     ``crop`` and ``bf16`` are only in the records of runs that set them (:func:`run_bench`); absent,
     they are None and False.
+
+    Args:
+        r: A benchmark record (the keys of :func:`run_bench`'s records).
+
+    Returns:
+        ``(dataset, image, method, int passes, noise, float level or None, int seed, crop or None,
+        bool bf16)``; a crop of 0 counts as None.
+
+    Raises:
+        KeyError: ``r`` lacks ``dataset``, ``image``, ``method``, ``passes``, ``noise`` or ``seed``.
     """
     level = r.get("level")
     return (
@@ -242,7 +276,20 @@ def record_key(r: Mapping[str, Any]) -> tuple:
 
 
 def load_results(path: str | Path) -> list[dict]:
-    """The records of a ``results.json`` (a JSON list, or ``{"records": [...]}``); [] when absent."""
+    """The records of a ``results.json`` (a JSON list, or ``{"records": [...]}``); [] when absent.
+
+    Args:
+        path: The results file.
+
+    Returns:
+        The record dicts as stored (each with ``dataset, image, method, passes, noise, level, seed``);
+        ``[]`` when ``path`` does not exist.
+
+    Raises:
+        MaskdnError: ``"<path>: cannot resume from it (<reason>); move it away to start afresh"`` when it
+            cannot be read or is not JSON; ``"<path>: not a benchmark results file; move it away to
+            start afresh"`` when it is not a list of records with those keys.
+    """
     path = Path(path)
     if not path.exists():
         return []

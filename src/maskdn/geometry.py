@@ -13,13 +13,30 @@ from torch import Tensor
 
 
 def dihedral(x: Tensor, k: int) -> Tensor:
-    """The ``k``-th (0–7) transform of ``[..., H, W]``: rotate by ``k mod 4`` quarter turns, then flip if ``k ≥ 4``."""
+    """The ``k``-th (0–7) transform of ``[..., H, W]``: rotate by ``k mod 4`` quarter turns, then flip if ``k ≥ 4``.
+
+    Args:
+        x: Tensor ``[..., H, W]``, any dtype and device.
+        k: Transform index in 0–7 (rotation ``torch.rot90`` over the last two dims, counter-clockwise;
+            the flip is left–right).
+
+    Returns:
+        The transformed tensor, ``[..., H, W]`` for even ``k mod 4``, else ``[..., W, H]``.
+    """
     y = torch.rot90(x, k % 4, dims=(-2, -1))
     return y.flip(-1) if k >= 4 else y
 
 
 def dihedral_inverse(y: Tensor, k: int) -> Tensor:
-    """Undo :func:`dihedral`."""
+    """Undo :func:`dihedral`.
+
+    Args:
+        y: Output of ``dihedral(x, k)``.
+        k: The same index, 0–7.
+
+    Returns:
+        ``x`` (equal values, shape ``[..., H, W]``).
+    """
     if k >= 4:
         y = y.flip(-1)
     return torch.rot90(y, -(k % 4), dims=(-2, -1))
@@ -35,6 +52,17 @@ def reflect_pad(x: Tensor, bottom: int = 0, right: int = 0, *, top: int = 0, lef
       pixel is replicated (the model's padding to a window multiple, small training images);
     * ``"replicate"``: one reflection where every side fits in it, else every side replicated
       (``[N, C, H, W]`` only; the noises' 3x3 filters).
+
+    Args:
+        x: Tensor ``[..., H, W]`` (``"steps"``: at least 2-D; ``"replicate"``: ``[N, C, H, W]``).
+        bottom: Rows added below (pixels, ≥ 0).
+        right: Columns added on the right (pixels, ≥ 0).
+        top: Rows added above (pixels, ≥ 0).
+        left: Columns added on the left (pixels, ≥ 0).
+        too_small: ``"steps"`` or ``"replicate"``, as above.
+
+    Returns:
+        ``[..., H + top + bottom, W + left + right]``, same dtype and device.
     """
     if too_small == "replicate":
         H, W = x.shape[-2:]
@@ -53,7 +81,16 @@ def reflect_pad(x: Tensor, bottom: int = 0, right: int = 0, *, top: int = 0, lef
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Reflection-pad ``[B, C, H, W]`` at the bottom/right up to a multiple of ``multiple``."""
+    """Reflection-pad ``[B, C, H, W]`` at the bottom/right up to a multiple of ``multiple``.
+
+    Args:
+        x: Images ``[B, C, H, W]``.
+        multiple: The multiple in pixels (the model's window size).
+
+    Returns:
+        ``[B, C, ⌈H/multiple⌉·multiple, ⌈W/multiple⌉·multiple]`` (``x`` unpadded where already a
+        multiple), via :func:`reflect_pad` with ``too_small="steps"``.
+    """
     H, W = x.shape[-2:]
     return reflect_pad(x, (-H) % multiple, (-W) % multiple)
 

@@ -248,7 +248,14 @@ _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.[^.]*)?$")
 
 
 def is_temp_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is named like a temporary file of :func:`atomic_write` (readers skip those)."""
+    """Whether ``path`` is named like a temporary file of :func:`atomic_write` (readers skip those).
+
+    Args:
+        path: Any path; only its final component is looked at, the file need not exist.
+
+    Returns:
+        True for names ``.<stem>.<8 hex digits>.tmp<suffix>``.
+    """
     return bool(_TEMP_NAME.match(Path(path).name))
 
 

@@ -25,7 +25,15 @@ INPUT_MASK_FILL = -0.1
 
 
 def check_mask_range(value: Any, name: str = "ratio_range") -> None:
-    """Raise :class:`MaskdnError` naming ``name`` unless ``value`` is a pair ``(lo, hi)`` with ``0 <= lo <= hi < 1``."""
+    """Raise :class:`MaskdnError` naming ``name`` unless ``value`` is a pair ``(lo, hi)`` with ``0 <= lo <= hi < 1``.
+
+    Args:
+        value: The value to check (expected a pair of floats).
+        name: The setting's name, used in the message.
+
+    Raises:
+        MaskdnError: ``"{name} must satisfy 0 <= lo <= hi < 1, not {value}"``.
+    """
     try:
         lo, hi = value
         ok = 0.0 <= lo <= hi < 1.0
@@ -45,7 +53,18 @@ def token_keep_mask(
 ) -> Tensor:
     """A mask of ``shape`` in ``like``'s dtype and device: 0 with probability ``ratio``, else 1.
 
-    Each token is dropped independently (Bernoulli), so about ``ratio`` of the tokens are zeroed.
+    Each token is dropped independently (Bernoulli), so about ``ratio`` of the tokens are zeroed. This
+    is the attention mask of Chen et al., CVPR 2023 ("Masked Image Training for Generalizable Deep
+    Image Denoising"), applied to the tokens before every qkv projection.
+
+    Args:
+        shape: Output shape, e.g. ``[n_blocks, B·nW, N, 1]`` with ``N = window_size²``.
+        ratio: Drop probability in [0, 1) (the paper: 0.75).
+        like: Tensor whose dtype and device the mask takes.
+        generator: Optional ``torch.Generator`` on ``like``'s device; else torch's global RNG.
+
+    Returns:
+        Tensor of ``shape``, values exactly 0 or 1, in ``like``'s dtype and on its device.
     """
     return (_uniform(shape, like, generator) >= ratio).to(like.dtype)
 
@@ -60,7 +79,20 @@ def input_mask(
 
     Per sample a ratio ``r`` is drawn uniformly from ``ratio_range``; each pixel is then hidden with
     probability ``r`` and all its channels are set to ``fill`` (default :data:`INPUT_MASK_FILL`, the paper's −0.1).
-    A ``ratio_range`` outside ``0 <= lo <= hi < 1`` is a :class:`MaskdnError`.
+    The input mask of Chen et al., CVPR 2023 (training only; the paper draws ratios in 0.8–0.9).
+
+    Args:
+        x: Images ``[B, C, H, W]``, float, values in [0, 1].
+        ratio_range: ``(lo, hi)`` with ``0 <= lo <= hi < 1``: range of the per-sample hiding ratio.
+        fill: Value given to every channel of a hidden pixel.
+        generator: Optional ``torch.Generator`` on ``x``'s device; else torch's global RNG.
+
+    Returns:
+        ``(masked, keep)``: ``masked`` ``[B, C, H, W]`` in ``x``'s dtype (``x`` where kept, ``fill``
+        where hidden) and ``keep`` ``[B, 1, H, W]`` in ``x``'s dtype, 1 for kept pixels and 0 for hidden.
+
+    Raises:
+        MaskdnError: ``"ratio_range must satisfy 0 <= lo <= hi < 1, not ..."``.
     """
     check_mask_range(ratio_range)
     lo, hi = ratio_range

@@ -25,12 +25,32 @@ __all__ = ["psnr", "ssim", "to_uint8_levels", "rgb_to_y"]
 
 
 def to_uint8_levels(x: Tensor) -> Tensor:
-    """Float image in [0, 1] → float64 values on the 0–255 integer grid (clamped and rounded)."""
+    """Float image in [0, 1] → float64 values on the 0–255 integer grid (clamped and rounded).
+
+    Args:
+        x: Image tensor of any shape, values nominally in [0, 1].
+
+    Returns:
+        float64 tensor of ``x``'s shape, detached, integer values in 0–255 (as a saved 8-bit PNG).
+    """
     return torch.round(x.detach().double().clamp(0.0, 1.0) * 255.0)
 
 
 def rgb_to_y(levels: Tensor) -> Tensor:
-    """BT.601 luma (MATLAB ``rgb2ycbcr``) of ``[3, H, W]`` RGB on the 0–255 scale → ``[1, H, W]`` in [16, 235]."""
+    """BT.601 luma (MATLAB ``rgb2ycbcr``) of ``[3, H, W]`` RGB on the 0–255 scale → ``[1, H, W]`` in [16, 235].
+
+    ``Y = 16 + (65.481·R + 128.553·G + 24.966·B)/255`` on 8-bit levels, not rounded (as BasicSR/KAIR's
+    ``bgr2ycbcr(..., y_only=True)``).
+
+    Args:
+        levels: RGB ``[3, H, W]`` on the 0–255 scale (e.g. from :func:`to_uint8_levels`).
+
+    Returns:
+        ``[1, H, W]`` in ``levels``' dtype, values in [16, 235].
+
+    Raises:
+        MaskdnError: ``"y_channel needs RGB images [3, H, W], got (...)"``.
+    """
     if levels.ndim != 3 or levels.shape[0] != 3:
         raise MaskdnError(f"y_channel needs RGB images [3, H, W], got {tuple(levels.shape)}")
     w = torch.tensor([65.481, 128.553, 24.966], dtype=levels.dtype, device=levels.device)
@@ -54,7 +74,20 @@ def psnr(output: Tensor, target: Tensor, crop_border: int = 0, y_channel: bool =
     """PSNR in dB between two ``[C, H, W]`` (or ``[H, W]``) images in [0, 1], on 8-bit levels.
 
     With ``y_channel=True`` (RGB only) it is taken on the BT.601 Y of the 8-bit values. Identical images
-    give ``inf``.
+    give ``inf``. As BasicSR/KAIR's ``calculate_psnr``: ``10·log10(255² / MSE)`` over all values jointly.
+
+    Args:
+        output: Restored image ``[C, H, W]`` or ``[H, W]``, float in [0, 1] (clamped, rounded to 8 bits).
+        target: Reference image, same shape.
+        crop_border: Pixels removed from each side before scoring (0: none).
+        y_channel: Score the BT.601 luma (:func:`rgb_to_y`) instead of all channels.
+
+    Returns:
+        PSNR in dB (``math.inf`` for identical images).
+
+    Raises:
+        MaskdnError: ``"shape mismatch: (...) vs (...)"``, or ``"y_channel needs RGB images [3, H, W],
+            got (...)"``.
     """
     a, b = _prepare(output, target, crop_border, y_channel)
     mse = torch.mean((a - b) ** 2).item()
@@ -67,7 +100,20 @@ def ssim(output: Tensor, target: Tensor, crop_border: int = 0, y_channel: bool =
     Computed with scikit-image's ``structural_similarity`` (Gaussian weights σ = 1.5 → 11 taps,
     ``use_sample_covariance=False``, ``data_range=255``), which averages the SSIM map over the valid
     region only, per channel, then over channels. Identical images give 1.0. Needs H, W ≥ 11 after
-    cropping.
+    cropping. SSIM of Wang et al. 2004 with the 11×11 Gaussian window, as BasicSR/KAIR compute it.
+
+    Args:
+        output: Restored image ``[C, H, W]`` or ``[H, W]``, float in [0, 1] (clamped, rounded to 8 bits).
+        target: Reference image, same shape.
+        crop_border: Pixels removed from each side before scoring (0: none).
+        y_channel: Score the BT.601 luma (:func:`rgb_to_y`) instead of all channels.
+
+    Returns:
+        Mean SSIM, a float ≤ 1.
+
+    Raises:
+        MaskdnError: ``"shape mismatch: (...) vs (...)"``, ``"y_channel needs RGB images [3, H, W], got
+            (...)"``, or ``"ssim needs images of at least 11x11 after cropping, got (...)"``.
     """
     from skimage.metrics import structural_similarity
 

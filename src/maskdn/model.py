@@ -64,7 +64,25 @@ class ModelConfig:
 
     ``attn_mask_ratio`` is the fraction of tokens zeroed before the qkv projection of every window
     attention (0 disables it). ``attn_mask_at_eval`` keeps that masking on in ``eval()`` mode, as the
-    paper does for train/test consistency; test outputs are then stochastic.
+    paper does for train/test consistency; test outputs are then stochastic. Architecture fields are
+    SwinIR's (Liang et al. 2021); the masking fields are Chen et al., CVPR 2023.
+
+    Attributes:
+        in_chans: Image channels (3: RGB, with :data:`RGB_MEAN` subtracted).
+        embed_dim: Token width C.
+        depths: Swin blocks per residual group.
+        num_heads: Attention heads per residual group (each divides ``embed_dim``).
+        window_size: Window side ws in tokens (pixels); N = ws².
+        mlp_ratio: MLP hidden width / ``embed_dim``.
+        resi_connection: ``"1conv"`` or ``"3conv"`` (the conv closing each residual group).
+        img_range: Scale of the normalised input (SwinIR's ``img_range``).
+        attn_mask_ratio: Fraction of tokens dropped per attention, in [0, 1) (paper: 0.75).
+        attn_mask_at_eval: Keep the attention mask in ``eval()`` mode.
+
+    Raises:
+        MaskdnError: ``"invalid ModelConfig: ..."`` listing every problem (unequal or empty
+            ``depths``/``num_heads``, ``embed_dim`` not divisible, bad ``resi_connection``,
+            ``attn_mask_ratio`` outside [0, 1), non-integer sizes).
     """
 
     in_chans: int = 3
@@ -99,12 +117,26 @@ class ModelConfig:
             raise MaskdnError("invalid ModelConfig: " + "; ".join(problems))
 
     def to_dict(self) -> dict:
-        """Plain JSON-ready dict (tuples become lists)."""
+        """Plain JSON-ready dict (tuples become lists).
+
+        Returns:
+            ``{field name: value}`` for every field.
+        """
         return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped.
+
+        Args:
+            d: ``{field name: value}``; missing fields take their defaults.
+
+        Returns:
+            The validated :class:`ModelConfig`.
+
+        Raises:
+            MaskdnError: ``"unknown ModelConfig field(s): ... (valid: ...)"``, or ``"invalid ModelConfig: ..."``.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -136,6 +168,14 @@ class WindowAttention(nn.Module):
       one);
     * ``fast`` (default): the CPU fast path, :func:`maskdn.fastpath.attention_branch`: the roll and the
       partition as one gather and, with a token mask, attention over the kept keys only.
+
+    SwinIR's ``WindowAttention`` (Liang et al. 2021; Swin Transformer, Liu et al. 2021) with the token
+    mask of Chen et al., CVPR 2023.
+
+    Args:
+        dim: Token width C.
+        window_size: Window side ws in tokens.
+        num_heads: Heads; each has width ``dim // num_heads`` and the scale ``head_dim^−0.5``.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
@@ -153,7 +193,19 @@ class WindowAttention(nn.Module):
                 token_keep: Tensor | None = None) -> Tensor:
         """The attention branch on tokens ``x`` ``[B, H·W, C]`` of an ``H×W`` map: ``norm`` (the block's
         pre-norm), windows cyclically shifted by ``shift``, attention, back to image order (the residual
-        is the caller's)."""
+        is the caller's).
+
+        Args:
+            x: Tokens ``[B, H·W, C]`` in row-major image order (H, W multiples of ``window_size``).
+            size: ``(H, W)`` in tokens.
+            shift: Cyclic shift in tokens (0 or ``window_size // 2``).
+            norm: The block's pre-norm (``nn.LayerNorm(C)``).
+            token_keep: Optional keep mask ``[B·nW, N, 1]``, values 0 or 1 in ``x``'s dtype, windows in the
+                shifted-window order.
+
+        Returns:
+            ``[B, H·W, C]`` in image order, ``x``'s dtype.
+        """
         if self.impl == "fast":
             return fastpath.attention_branch(self, x, size, shift, norm, token_keep)
         # the literal sequence: roll, partition, attend, reverse, roll back
@@ -172,13 +224,28 @@ class WindowAttention(nn.Module):
         return h.reshape(B, L, C)
 
     def relative_position_bias(self) -> Tensor:
-        """``[heads, N, N]`` bias gathered from the table."""
+        """``[heads, N, N]`` bias gathered from the table.
+
+        Returns:
+            ``[num_heads, N, N]`` (N = ws²) in the table's dtype, indexed by
+            :func:`maskdn.windows.relative_position_index` (Swin Transformer convention).
+        """
         N = self.window_size**2
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(N, N, -1).permute(2, 0, 1)
 
     def reference(self, x: Tensor, shift_mask: Tensor | None = None, token_keep: Tensor | None = None) -> Tensor:
-        """The literal path; ``shift_mask`` ``[nW, N, N]`` covers every window."""
+        """The literal path; ``shift_mask`` ``[nW, N, N]`` covers every window.
+
+        Args:
+            x: Windows ``[B·nW, N, C]`` (N = ws²), before the qkv projection.
+            shift_mask: Optional additive mask ``[nW, N, N]`` (0 or −100), see
+                :func:`maskdn.windows.shift_attention_mask`.
+            token_keep: Optional keep mask ``[B·nW, N, 1]`` (0 or 1) multiplied into ``x`` before qkv.
+
+        Returns:
+            ``[B·nW, N, C]`` after the output projection.
+        """
         B_, N, C = x.shape
         if token_keep is not None:
             x = x * token_keep
@@ -194,7 +261,16 @@ class WindowAttention(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(B_, N, C))
 
     def sdpa(self, x: Tensor, shift_mask: Tensor | None = None, token_keep: Tensor | None = None) -> Tensor:
-        """``scaled_dot_product_attention`` with the bias (and shift mask) as its float mask."""
+        """``scaled_dot_product_attention`` with the bias (and shift mask) as its float mask.
+
+        Args:
+            x: Windows ``[B·nW, N, C]`` (N = ws²), before the qkv projection.
+            shift_mask: Optional additive mask ``[nW, N, N]`` (0 or −100).
+            token_keep: Optional keep mask ``[B·nW, N, 1]`` (0 or 1) multiplied into ``x`` before qkv.
+
+        Returns:
+            ``[B·nW, N, C]`` after the output projection.
+        """
         B_, N, C = x.shape
         if token_keep is not None:
             x = x * token_keep
@@ -211,7 +287,12 @@ class WindowAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Two linear layers with GELU: ``[..., C] → [..., C]`` (on the fast path: :func:`maskdn.fastpath.mlp`)."""
+    """Two linear layers with GELU: ``[..., C] → [..., C]`` (on the fast path: :func:`maskdn.fastpath.mlp`).
+
+    Args:
+        dim: Input and output width C.
+        hidden: Hidden width (``C·mlp_ratio``).
+    """
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -220,6 +301,14 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``fc2(gelu(fc1(x)))``.
+
+        Args:
+            x: ``[..., C]``.
+
+        Returns:
+            ``[..., C]``, same dtype.
+        """
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -228,6 +317,13 @@ class SwinTransformerBlock(nn.Module):
 
     On the fast path (``attn.impl == "fast"``) :func:`maskdn.fastpath.swin_block` runs the block: the
     same sequence with the MLP on oneDNN and, without autograd, the whole block in groups of windows.
+
+    Args:
+        dim: Token width C.
+        num_heads: Attention heads.
+        window_size: Window side ws in tokens.
+        shift_size: Cyclic shift in tokens (0, or ws // 2 for every second block as in SwinIR).
+        mlp_ratio: MLP hidden width / C.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, mlp_ratio: float) -> None:
@@ -239,6 +335,16 @@ class SwinTransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, size: tuple[int, int], token_keep: Tensor | None = None) -> Tensor:
+        """The block on tokens ``x``: ``x + attention(x)``, then ``+ mlp(norm2(x))``.
+
+        Args:
+            x: Tokens ``[B, H·W, C]`` in row-major image order.
+            size: ``(H, W)`` in tokens (multiples of ``window_size``).
+            token_keep: Optional keep mask ``[B·nW, N, 1]`` (0 or 1) applied before the qkv projection.
+
+        Returns:
+            ``[B, H·W, C]``, ``x``'s dtype.
+        """
         if self.attn.impl == "fast":
             return fastpath.swin_block(self, x, size, token_keep)
         x = x + self.attention(x, size, token_keep)
@@ -246,12 +352,32 @@ class SwinTransformerBlock(nn.Module):
 
     def attention(self, x: Tensor, size: tuple[int, int], token_keep: Tensor | None = None) -> Tensor:
         """The attention branch on tokens ``x`` ``[B, H·W, C]``: norm, windows, attention, back to image
-        order (the residual is the caller's)."""
+        order (the residual is the caller's).
+
+        Args:
+            x: Tokens ``[B, H·W, C]`` in row-major image order.
+            size: ``(H, W)`` in tokens.
+            token_keep: Optional keep mask ``[B·nW, N, 1]`` (0 or 1).
+
+        Returns:
+            ``[B, H·W, C]`` in image order.
+        """
         return self.attn(x, size, self.shift_size, self.norm1, token_keep)
 
 
 def residual_conv(dim: int, kind: str) -> nn.Module:
-    """The convolution closing a residual group: one 3x3 conv, or the lighter "3conv" bottleneck."""
+    """The convolution closing a residual group: one 3x3 conv, or the lighter "3conv" bottleneck.
+
+    SwinIR's ``resi_connection``: ``"3conv"`` is conv3x3 C→C/4, LeakyReLU(0.2), conv1x1, LeakyReLU(0.2),
+    conv3x3 C/4→C.
+
+    Args:
+        dim: Channels C (a multiple of 4 for ``"3conv"``).
+        kind: ``"1conv"``; anything else gives ``"3conv"``.
+
+    Returns:
+        The module, ``[B, C, H, W] → [B, C, H, W]``.
+    """
     if kind == "1conv":
         return nn.Conv2d(dim, dim, 3, 1, 1)
     return nn.Sequential(
@@ -269,6 +395,13 @@ class BasicLayer(nn.Module):
     A module of its own only to keep the authors' key names: their checkpoints hold
     ``layers.N.residual_group.blocks.M...``, so :class:`RSTB` keeps the blocks under ``residual_group``
     and runs them itself.
+
+    Args:
+        dim: Token width C.
+        depth: Number of blocks; odd-numbered ones (1, 3, …) shift by ``window_size // 2``.
+        num_heads: Attention heads.
+        window_size: Window side ws in tokens.
+        mlp_ratio: MLP hidden width / C.
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float) -> None:
@@ -280,7 +413,16 @@ class BasicLayer(nn.Module):
 
 
 class RSTB(nn.Module):
-    """Residual Swin Transformer block: blocks, a conv on the image layout, and a group residual."""
+    """Residual Swin Transformer block: blocks, a conv on the image layout, and a group residual.
+
+    Args:
+        dim: Token width C.
+        depth: Number of Swin blocks.
+        num_heads: Attention heads.
+        window_size: Window side ws in tokens.
+        mlp_ratio: MLP hidden width / C.
+        resi: ``"1conv"`` or ``"3conv"`` (:func:`residual_conv`).
+    """
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float, resi: str) -> None:
         super().__init__()
@@ -288,6 +430,16 @@ class RSTB(nn.Module):
         self.conv = residual_conv(dim, resi)
 
     def forward(self, x: Tensor, size: tuple[int, int], token_keeps: list[Tensor | None]) -> Tensor:
+        """``x + conv(blocks(x))`` on tokens.
+
+        Args:
+            x: Tokens ``[B, H·W, C]`` in row-major image order.
+            size: ``(H, W)`` in tokens.
+            token_keeps: One keep mask ``[B·nW, N, 1]`` (or None) per block, in block order.
+
+        Returns:
+            ``[B, H·W, C]``.
+        """
         h = x
         for blk, keep in zip(self.residual_group.blocks, token_keeps):
             h = blk(h, size, keep)
@@ -295,13 +447,25 @@ class RSTB(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """``[B, C, H, W] → [B, H·W, C]`` followed by LayerNorm (SwinIR's patch size is 1)."""
+    """``[B, C, H, W] → [B, H·W, C]`` followed by LayerNorm (SwinIR's patch size is 1).
+
+    Args:
+        dim: Channels C.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Tokens of the image, layer-normed.
+
+        Args:
+            x: Feature map ``[B, C, H, W]``.
+
+        Returns:
+            ``[B, H·W, C]``.
+        """
         return self.norm(image_to_tokens(x))
 
 
@@ -316,7 +480,11 @@ class MaskedSwinIR(nn.Module):
     ``forward(x)`` maps ``[B, in_chans, H, W]`` images (values in ``[0, img_range]``) of any size to
     denoised images of the same shape; it pads by reflection to a multiple of the window and crops back.
     Outputs are not clamped. ``generator`` drives the attention token mask, so a stochastic pass is
-    reproducible; it must live on the input's device.
+    reproducible; it must live on the input's device. SwinIR (Liang et al. 2021) as changed by Chen et
+    al., CVPR 2023 (see the module docstring).
+
+    Args:
+        config: The architecture; None gives ``ModelConfig()`` (the paper's model).
     """
 
     def __init__(self, config: ModelConfig | None = None) -> None:
@@ -347,12 +515,26 @@ class MaskedSwinIR(nn.Module):
 
     @property
     def masks_attention(self) -> bool:
-        """Whether the next forward pass masks attention tokens (so its output is stochastic)."""
+        """Whether the next forward pass masks attention tokens (so its output is stochastic).
+
+        Returns:
+            True when ``attn_mask_ratio > 0`` and the model is training or ``attn_mask_at_eval`` is set.
+        """
         c = self.config
         return c.attn_mask_ratio > 0 and (self.training or c.attn_mask_at_eval)
 
     def set_attention(self, impl: str) -> "MaskedSwinIR":
-        """Switch every window attention to ``impl`` (one of :data:`ATTENTION_IMPLS`); returns self."""
+        """Switch every window attention to ``impl`` (one of :data:`ATTENTION_IMPLS`); returns self.
+
+        Args:
+            impl: ``"fast"``, ``"reference"`` or ``"sdpa"``.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            MaskdnError: ``"unknown attention path '...' (valid: fast, reference, sdpa)"``.
+        """
         if impl not in ATTENTION_IMPLS:
             raise MaskdnError(f"unknown attention path {impl!r} (valid: {', '.join(ATTENTION_IMPLS)})")
         for m in self.modules():
@@ -380,6 +562,15 @@ class MaskedSwinIR(nn.Module):
         Returns ``(image, features)``: the output before de-normalisation and, when ``collect``, a dict
         of ``[B, C, H, W]`` maps: ``embed`` (after the first conv), ``group{i}`` (after each residual
         group) and ``body`` (input to the last conv).
+
+        Args:
+            x: Normalised input ``[B, in_chans, H, W]``, H and W multiples of ``window_size``.
+            generator: Optional ``torch.Generator`` on ``x``'s device for the attention token masks.
+            collect: Also return the named features.
+
+        Returns:
+            ``(image, features)``: ``image`` ``[B, in_chans, H, W]`` (contiguous) and ``features``
+            ``{name: [B, embed_dim, H, W]}`` (empty unless ``collect``).
         """
         B, _, H, W = x.shape
         feats: dict[str, Tensor] = {}
@@ -403,7 +594,11 @@ class MaskedSwinIR(nn.Module):
         return self.conv_last(res).contiguous(), {k: v.contiguous() for k, v in feats.items()}
 
     def feature_names(self) -> list[str]:
-        """Names accepted by :meth:`forward_intermediates`, in network order."""
+        """Names accepted by :meth:`forward_intermediates`, in network order.
+
+        Returns:
+            ``["embed", "group0", …, "body"]``.
+        """
         return ["embed", *(f"group{i}" for i in range(len(self.layers))), "body"]
 
     def _normalise(self, x: Tensor) -> tuple[Tensor, int, int]:
@@ -414,12 +609,35 @@ class MaskedSwinIR(nn.Module):
         return (x - self.mean.to(x.dtype)) * self.config.img_range, H, W
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Denoise ``x``: normalise, pad, body, de-normalise, crop.
+
+        Args:
+            x: Images ``[B, in_chans, H, W]``, float, values in ``[0, img_range]``, any H and W.
+            generator: Optional ``torch.Generator`` on ``x``'s device for the attention token masks.
+
+        Returns:
+            ``[B, in_chans, H, W]``, ``x``'s dtype, not clamped.
+
+        Raises:
+            MaskdnError: ``"expected input [B, in_chans, H, W], got [...]"``.
+        """
         x, H, W = self._normalise(x)
         out, _ = self.forward_features(x, generator)
         return (out / self.config.img_range + self.mean.to(out.dtype))[..., :H, :W]
 
     def forward_intermediates(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Output image (key ``output``) and the named features of :meth:`forward_features`, cropped."""
+        """Output image (key ``output``) and the named features of :meth:`forward_features`, cropped.
+
+        Args:
+            x: Images ``[B, in_chans, H, W]``, values in ``[0, img_range]``.
+            generator: Optional ``torch.Generator`` on ``x``'s device for the attention token masks.
+
+        Returns:
+            ``{"embed", "group{i}", "body": [B, embed_dim, H, W], "output": [B, in_chans, H, W]}``.
+
+        Raises:
+            MaskdnError: ``"expected input [B, in_chans, H, W], got [...]"``.
+        """
         xn, H, W = self._normalise(x)
         out, feats = self.forward_features(xn, generator, collect=True)
         feats = {k: v[..., :H, :W] for k, v in feats.items()}
@@ -440,6 +658,12 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
     Unwraps ``params_ema`` / ``params`` / ``state_dict`` / ``model`` nesting (EMA first, as released),
     strips ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes and drops derived buffers.
+
+    Args:
+        state_dict: A loaded checkpoint dict.
+
+    Returns:
+        A new ``{key: tensor}`` dict (tensors not copied) without :data:`DERIVED_BUFFERS`.
     """
     for key in ("params_ema", "params", "state_dict", "model"):
         if isinstance(state_dict.get(key), dict):
@@ -457,7 +681,19 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def infer_config(state_dict: dict[str, Tensor], **overrides) -> ModelConfig:
-    """Read the architecture off a filtered state dict (masking fields come from ``overrides``)."""
+    """Read the architecture off a filtered state dict (masking fields come from ``overrides``).
+
+    Args:
+        state_dict: Output of :func:`checkpoint_filter_fn`.
+        **overrides: :class:`ModelConfig` fields to set (e.g. ``attn_mask_ratio``).
+
+    Returns:
+        The :class:`ModelConfig`.
+
+    Raises:
+        MaskdnError: ``"conv_first is kxk: a standard SwinIR checkpoint, not a masked-training one ..."``,
+            ``"not a SwinIR state dict (missing ...)"``, or an invalid config.
+    """
     try:
         w_first = state_dict["conv_first.weight"]
         if w_first.shape[-1] != 1:
@@ -503,7 +739,18 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def preset(name: str, **overrides) -> ModelConfig:
-    """The named preset config, with ``dataclasses.replace`` overrides (e.g. ``attn_mask_ratio=0``)."""
+    """The named preset config, with ``dataclasses.replace`` overrides (e.g. ``attn_mask_ratio=0``).
+
+    Args:
+        name: A key of :data:`PRESETS` (``"paper"``, ``"small"``, ``"tiny"``).
+        **overrides: :class:`ModelConfig` fields to replace.
+
+    Returns:
+        The :class:`ModelConfig`.
+
+    Raises:
+        MaskdnError: ``"unknown preset '...' (valid: paper, small, tiny)"``, or an invalid config.
+    """
     if name not in PRESETS:
         raise MaskdnError(f"unknown preset {name!r} (valid: {', '.join(PRESETS)})")
     return dataclasses.replace(PRESETS[name], **overrides)

@@ -261,7 +261,16 @@ def _mixture(x: Tensor, level: float, g: torch.Generator) -> Tensor:
 
 @dataclass(frozen=True)
 class Noise:
-    """One noise family: its transform, the valid level range and a one-line description."""
+    """One noise family: its transform, the valid level range and a one-line description.
+
+    Attributes:
+        fn: ``fn(x, level, generator) → noisy``: float image on the CPU (values in [0, 1]), the level,
+            a seeded CPU ``torch.Generator``; returns the same shape, not yet clipped.
+        low: Smallest valid level.
+        high: Largest valid level.
+        doc: One-line description (the level's meaning and unit).
+        integer: Whether the level must be a whole number.
+    """
 
     fn: Callable[[Tensor, float, torch.Generator], Tensor]
     low: float
@@ -286,7 +295,13 @@ NOISES: dict[str, Noise] = {
 
 @dataclass(frozen=True)
 class NoiseSpec:
-    """A parsed ``name:level`` noise."""
+    """A parsed ``name:level`` noise.
+
+    Attributes:
+        name: A key of :data:`NOISES` (lower case).
+        level: The level, in the unit of that noise (see the module docstring); ``str()`` gives back
+            ``name:level``.
+    """
 
     name: str
     level: float
@@ -296,7 +311,18 @@ class NoiseSpec:
 
 
 def parse_noise(spec: str) -> NoiseSpec:
-    """``"poisson:2"`` → ``NoiseSpec("poisson", 2.0)``; unknown names or bad levels are one-line errors."""
+    """``"poisson:2"`` → ``NoiseSpec("poisson", 2.0)``; unknown names or bad levels are one-line errors.
+
+    Args:
+        spec: ``name:level`` (name case-insensitive, a key of :data:`NOISES`).
+
+    Returns:
+        The :class:`NoiseSpec`.
+
+    Raises:
+        MaskdnError: ``"{spec}: unknown noise (valid: ...; written name:level)"``, or
+            ``"{spec}: level must be a number|an integer in [low, high] for {name}"``.
+    """
     name, sep, level_text = spec.partition(":")
     name = name.strip().lower()
     if name not in NOISES:
@@ -349,6 +375,15 @@ def true_sigma(condition: str) -> float | None:
     ``gaussian:σ`` → σ/255; ``correlated:σ`` → σ/255/3 (the per-value std after the 3×3 box filter);
     every other noise (signal-dependent, impulsive, compression, camera, mixtures, ``real``) → None.
     Clipping and 8-bit quantization of the noisy image are ignored, as papers do.
+
+    Args:
+        condition: A noise ``name:level`` or ``"real"``.
+
+    Returns:
+        The std on the [0, 1] scale, or None.
+
+    Raises:
+        MaskdnError: From :func:`parse_noise` (unknown noise or bad level).
     """
     if condition == "real":
         return None
@@ -364,6 +399,14 @@ def noise_seed(seed: int, image: str, noise: str) -> int:
     """A stable seed per (seed, image name, noise): the same noisy image in every run, for every model.
 
     :func:`maskdn.seeding.derive_seed` of ``(seed, image, noise)``.
+
+    Args:
+        seed: The run's base seed.
+        image: The image's name (file stem).
+        noise: The noise as written, ``name:level``.
+
+    Returns:
+        The derived integer seed.
     """
     return derive_seed(seed, image, noise)
 
@@ -380,6 +423,21 @@ def write_noisy_copies(
 
     Each copy keeps its input's bit depth, gray/RGB layout and alpha; gray images get the noise on their
     one channel. The noise of an image depends only on (its file stem, the noise, ``seed``).
+
+    Args:
+        inputs: Image files or folders (expanded by :func:`maskdn.io.expand_inputs`).
+        out_dir: Output root folder.
+        specs: Noises, each ``name:level``.
+        seed: Base seed (per image: :func:`noise_seed`).
+        quantize: Round the noisy values to 8 bits first, as :func:`apply_noise`.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        ``(input path, one-line reason)`` for each copy that failed (unreadable image, unsupported
+        shape, folder not creatable); empty when all were written.
+
+    Raises:
+        MaskdnError: A bad noise in ``specs`` (:func:`parse_noise`), or what ``expand_inputs`` raises.
     """
     from pathlib import Path
 

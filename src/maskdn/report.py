@@ -35,12 +35,30 @@ __all__ = [
 
 
 def condition_of(r: Mapping[str, Any]) -> str:
-    """``"gaussian:25"`` for a record of noise gaussian, level 25; ``"real"`` when there is no level."""
+    """``"gaussian:25"`` for a record of noise gaussian, level 25; ``"real"`` when there is no level.
+
+    Args:
+        r: A benchmark record with ``noise`` (str) and optionally ``level`` (number or None).
+
+    Returns:
+        ``"<noise>:<level:g>"``, or ``noise`` alone when ``level`` is missing or None.
+
+    Raises:
+        KeyError: ``r`` has no ``noise``.
+    """
     return r["noise"] if r.get("level") is None else f"{r['noise']}:{float(r['level']):g}"
 
 
 def method_label(method: str, passes: int) -> str:
-    """``model`` for one pass, ``model ×4`` for four averaged passes."""
+    """``model`` for one pass, ``model ×4`` for four averaged passes.
+
+    Args:
+        method: The method name.
+        passes: The number of averaged passes (anything ``int()`` accepts).
+
+    Returns:
+        ``method`` when ``int(passes) == 1``, else ``"<method> ×<passes>"``.
+    """
     return method if int(passes) == 1 else f"{method} ×{int(passes)}"
 
 
@@ -57,6 +75,17 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict]:
 
     Each row: ``{dataset, method, passes, label, noise, level, condition, images, psnr, ssim, lpips}``;
     a metric missing from any record of the group is NaN (``lpips`` is None when no record has it).
+
+    Args:
+        records: Benchmark records (see the module docstring); PSNR in dB and SSIM computed on 8-bit
+            levels (0–255) as BasicSR/KAIR do (:mod:`maskdn.metrics`), LPIPS (lower is better) optional.
+
+    Returns:
+        One dict per group in first-seen order: ``passes`` int, ``level`` float or None, ``images`` the
+        record count, ``psnr`` mean in dB, ``ssim`` mean in [0, 1], ``lpips`` mean, NaN or None.
+
+    Raises:
+        KeyError: A record lacks ``dataset``, ``method``, ``passes`` or ``noise``.
     """
     groups: dict[tuple, dict] = {}
     for r in records:
@@ -103,7 +132,23 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_summary_csv(records: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
-    """The summary as a long CSV: one row per dataset × method × condition (means over images)."""
+    """The summary as a long CSV: one row per dataset × method × condition (means over images).
+
+    Columns: ``dataset, method, passes, label, noise, level, condition, images, psnr, ssim`` and
+    ``lpips`` when any group has it; PSNR (dB) with 4 decimals, SSIM 5, LPIPS 4 (empty when absent).
+
+    Args:
+        records: Benchmark records (see the module docstring); PSNR in dB and SSIM computed on 8-bit
+            levels (0–255) as BasicSR/KAIR do (:mod:`maskdn.metrics`), LPIPS (lower is better) optional.
+        path: The CSV file to write (its folder must exist).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        MaskdnError: The file cannot be written (:func:`maskdn.io.atomic_write`).
+        KeyError: A record lacks a required key (:func:`summarize`).
+    """
     rows = summarize(records)
     fields = ["dataset", "method", "passes", "label", "noise", "level", "condition", "images", "psnr", "ssim"]
     if any(r["lpips"] is not None for r in rows):
@@ -136,6 +181,18 @@ def summary_markdown(records: Iterable[Mapping[str, Any]], notes: Sequence[str] 
     """Markdown: one table per dataset, methods as rows, conditions as columns, best PSNR in bold.
 
     ``notes`` (one line each, e.g. why LPIPS is absent) are listed under the heading.
+
+    Args:
+        records: Benchmark records (see the module docstring); PSNR in dB and SSIM computed on 8-bit
+            levels (0–255) as BasicSR/KAIR do (:mod:`maskdn.metrics`), LPIPS (lower is better) optional.
+        notes: Lines listed as bullets under the heading.
+
+    Returns:
+        The Markdown text: cells ``PSNR (dB, 2 decimals) / SSIM (3 decimals)[ / LPIPS]``, ``–`` where a
+        method has no result for a condition.
+
+    Raises:
+        KeyError: A record lacks a required key (:func:`summarize`).
     """
     rows = summarize(records)
     has_lpips = any(r["lpips"] is not None for r in rows)
@@ -170,12 +227,32 @@ def summary_markdown(records: Iterable[Mapping[str, Any]], notes: Sequence[str] 
 
 
 def write_summary_md(records: Iterable[Mapping[str, Any]], path: str | Path, notes: Sequence[str] = ()) -> Path:
-    """Write :func:`summary_markdown` to ``path`` atomically."""
+    """Write :func:`summary_markdown` to ``path`` atomically.
+
+    Args:
+        records: Benchmark records, as for :func:`summary_markdown`.
+        path: The Markdown file to write (its folder must exist).
+        notes: Lines listed under the heading.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        MaskdnError: The file cannot be written (:func:`maskdn.io.atomic_write`).
+        KeyError: A record lacks a required key (:func:`summarize`).
+    """
     return write_text(path, summary_markdown(records, notes))
 
 
 def pyplot():
-    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed), imported on first use."""
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed), imported on first use.
+
+    Returns:
+        The :mod:`matplotlib.pyplot` module (the backend is forced to Agg on every call).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -210,6 +287,21 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, dataset:
     """PSNR and SSIM against the level, one panel per noise type, one line per method.
 
     Two rows (PSNR, SSIM) per dataset with synthetic noise, stacked (only ``dataset`` when given).
+    Real-noise groups (no level) are left out; with no synthetic-noise group at all, a small figure
+    saying so is written instead.
+
+    Args:
+        records: Benchmark records (see the module docstring); PSNR in dB and SSIM computed on 8-bit
+            levels (0–255) as BasicSR/KAIR do (:mod:`maskdn.metrics`), LPIPS (lower is better) optional.
+        path: The image file; its suffix names the format (:func:`save_figure`).
+        dataset: Plot this dataset only (None: every dataset with synthetic noise).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        MaskdnError: The file cannot be written (:func:`save_figure`).
+        KeyError: A record lacks a required key (:func:`summarize`).
     """
     plt = pyplot()
     rows = [r for r in summarize(records) if r["level"] is not None]
@@ -260,6 +352,18 @@ def plot_gallery(gallery: Mapping[str, Any], path: str | Path) -> Path:
     ``gallery`` is what :func:`maskdn.generalization.run_bench` collects for the first image: ``{"title": str,
     "clean": uint8 HxWx3 or None, "rows": [{"condition": str, "panels": [(label, uint8 HxWx3, psnr or
     None), ...]}, ...]}``. PSNRs are those of the whole image, not of the crop.
+
+    Args:
+        gallery: The dict above; images are uint8 arrays ``[h, w, 3]`` (levels 0–255), PSNRs in dB
+            (``inf`` shown as ``∞ dB``, None shows nothing). With no rows, a small figure saying
+            "no crops to show" is written.
+        path: The image file; its suffix names the format (:func:`save_figure`).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        MaskdnError: The file cannot be written (:func:`save_figure`).
     """
     plt = pyplot()
     rows = list(gallery.get("rows") or [])
@@ -298,7 +402,22 @@ def write_reports(
     records: Sequence[Mapping[str, Any]], out_dir: str | Path, gallery: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
 ) -> list[Path]:
-    """``summary.csv``, ``summary.md`` (with ``notes``), ``curves.png`` and (with ``gallery``) ``gallery.png``."""
+    """``summary.csv``, ``summary.md`` (with ``notes``), ``curves.png`` and (with ``gallery``) ``gallery.png``.
+
+    Args:
+        records: Benchmark records (see the module docstring); PSNR in dB and SSIM computed on 8-bit
+            levels (0–255) as BasicSR/KAIR do (:mod:`maskdn.metrics`), LPIPS (lower is better) optional.
+        out_dir: The existing folder to write into.
+        gallery: Crops for :func:`plot_gallery` (None: no gallery).
+        notes: Lines listed under the heading of ``summary.md``.
+
+    Returns:
+        The written paths, in the order above.
+
+    Raises:
+        MaskdnError: A file cannot be written (:func:`maskdn.io.atomic_write`).
+        KeyError: A record lacks a required key (:func:`summarize`).
+    """
     out = Path(out_dir)
     paths = [
         write_summary_csv(records, out / "summary.csv"),

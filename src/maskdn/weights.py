@@ -28,7 +28,23 @@ CONFIG_KEY, TRAINING_KEY = "maskdn.config", "maskdn.training"
 
 
 def save_model(model: MaskedSwinIR, path: str | Path, training: dict | None = None) -> Path:
-    """Write ``model``'s weights, config and training record as safetensors, atomically."""
+    """Write ``model``'s weights, config and training record as safetensors, atomically.
+
+    The tensors are stored as float32 on the CPU; the safetensors metadata (string to string) holds
+    ``format`` (:data:`FORMAT`), ``maskdn.config`` (the :class:`ModelConfig` as JSON) and, when given,
+    ``maskdn.training`` (the record as JSON). The file gets the mode of any new file (umask applied).
+
+    Args:
+        model: The model whose ``state_dict`` and ``config`` are written.
+        path: The output file (``.safetensors`` by convention); its folder must exist.
+        training: A JSON-serializable training record, or ``None`` for none.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        MaskdnError: ``"<path>: cannot write (...)"`` (:func:`maskdn.io.atomic_write`).
+    """
     path = Path(path)
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, CONFIG_KEY: json.dumps(model.config.to_dict())}
@@ -48,7 +64,19 @@ def _permissions_as_umask(path: Path) -> None:
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The config and training record stored in one of our files: ``{"config": ..., "training": ...}``."""
+    """The config and training record stored in one of our files: ``{"config": ..., "training": ...}``.
+
+    Args:
+        path: A safetensors file written by :func:`save_model` (only its header is read).
+
+    Returns:
+        ``{"config": dict, "training": dict or None}``, the JSON of the ``maskdn.config`` and
+        ``maskdn.training`` safetensors metadata.
+
+    Raises:
+        MaskdnError: ``"<path>: not a readable safetensors file (...)"`` or ``"<path>: not a maskdn
+            weights file (no maskdn.config metadata)"``.
+    """
     meta = _safetensors_metadata(Path(path))
     if CONFIG_KEY not in meta:
         raise MaskdnError(f"{path}: not a maskdn weights file (no {CONFIG_KEY} metadata)")
@@ -89,7 +117,20 @@ def describe_zoo() -> list[dict]:
 
 
 def update_training_record(path: str | Path, **fields) -> dict:
-    """Merge ``fields`` into the training record of one of our files (rewritten atomically)."""
+    """Merge ``fields`` into the training record of one of our files (rewritten atomically).
+
+    Args:
+        path: A safetensors file written by :func:`save_model`.
+        **fields: JSON-serializable values stored under their names in the ``maskdn.training``
+            metadata (e.g. ``scores``), replacing values of the same name.
+
+    Returns:
+        The updated training record.
+
+    Raises:
+        MaskdnError: An unreadable file, one without ``maskdn.config`` metadata (``"<path>: not a
+            maskdn weights file (...)"``), or ``"<path>: cannot write (...)"``.
+    """
     path = Path(path)
     tensors, meta = _read_tensors(path)
     if CONFIG_KEY not in meta:

@@ -18,12 +18,20 @@ DEFAULT_MODEL = "baseline-small"
 
 
 def zoo_dir() -> Path:
-    """The folder of the bundled weights, ``maskdn/weights`` inside the installed package."""
+    """The folder of the bundled weights, ``maskdn/weights`` inside the installed package.
+
+    Returns:
+        Its path (via ``importlib.resources``; it may not exist in a build without weights).
+    """
     return Path(str(files("maskdn") / "weights"))
 
 
 def names() -> list[str]:
-    """Names of the bundled models, sorted."""
+    """Names of the bundled models, sorted.
+
+    Returns:
+        The stems of ``zoo_dir()/*.safetensors``; empty when the folder is missing.
+    """
     d = zoo_dir()
     return sorted(p.stem for p in d.glob("*.safetensors")) if d.is_dir() else []
 

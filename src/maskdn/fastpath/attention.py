@@ -153,7 +153,17 @@ class KeptOrder:
 
 
 def windows_by_kept_count(layout: WindowLayout, batch: int, token_keep: Tensor) -> KeptOrder:
-    """The :class:`KeptOrder` of ``batch`` images laid out by ``layout`` under ``token_keep`` ``[n, N, 1]``."""
+    """The :class:`KeptOrder` of ``batch`` images laid out by ``layout`` under ``token_keep`` ``[n, N, 1]``.
+
+    Args:
+        layout: The :class:`~maskdn.windows.WindowLayout` of the map.
+        batch: Images B; ``n = B·nW``.
+        token_keep: Keep mask ``[B·nW, N, 1]`` (> 0: kept), windows in shifted-window order.
+
+    Returns:
+        The :class:`KeptOrder` (int64 ``rows``/``inverse`` ``[B·H·W]``, bool ``keep`` ``[n, N]``,
+        int64 ``kind`` ``[n]``), windows sorted by kept count, ascending, stable.
+    """
     n_windows, N = token_keep.shape[0], token_keep.shape[1]
     keep = token_keep.reshape(n_windows, N) > 0
     by_count = torch.argsort(keep.sum(1), stable=True)
@@ -167,7 +177,17 @@ def windows_by_kept_count(layout: WindowLayout, batch: int, token_keep: Tensor) 
 
 def attend_windows(attn: nn.Module, x: Tensor, layout: WindowLayout, offset: int = 0) -> Tensor:
     """Windows ``x`` ``[B_, N, C]`` without a token mask, after the output projection; ``layout`` says which
-    windows need the shift mask, ``x`` holding the windows from number ``offset`` on."""
+    windows need the shift mask, ``x`` holding the windows from number ``offset`` on.
+
+    Args:
+        attn: The :class:`maskdn.model.WindowAttention`.
+        x: Normed windows ``[B_, N, C]`` (N = ws²), before the qkv projection.
+        layout: The map's :class:`~maskdn.windows.WindowLayout`.
+        offset: Number (across the batch) of the first window in ``x``.
+
+    Returns:
+        ``[B_, N, C]`` after the output projection, ``x``'s dtype (or the autocast dtype).
+    """
     B_, N, C = x.shape
     heads, d = attn.num_heads, C // attn.num_heads
     qkv = linear(x, attn.qkv.weight, attn.qkv.bias)
@@ -212,6 +232,19 @@ def kept_keys(attn: nn.Module, tokens: Tensor, windows: Tensor, keep: Tensor, ki
     exp(bias)``, and a window attends to its ~16 kept keys plus that one instead of 64, padded to the
     largest count among the windows attended together. ``cuts`` (fractions of ``n``) split the sorted
     windows into groups attended separately, each padded to its own largest count.
+
+    Args:
+        attn: The :class:`maskdn.model.WindowAttention`.
+        tokens: ``[M, C]`` token rows (not normed when ``norm`` is given).
+        windows: int64 ``[n, N]``: rows of ``tokens`` of each window position.
+        keep: bool ``[n, N]``: kept tokens.
+        kind: int64 ``[n]``: each window's shift-mask kind.
+        tables: :func:`key_tables` of this block and layout.
+        norm: The block's pre-norm, or None when ``tokens`` are normed already.
+        cuts: Group boundaries as fractions of ``n`` in (0, 1).
+
+    Returns:
+        ``[n, N, C]`` after the output projection, windows in the order of ``windows``.
     """
     n = windows.shape[0]
     bounds = sorted({0, n, *(round(c * n) for c in cuts)})
@@ -237,7 +270,15 @@ def kept_keys(attn: nn.Module, tokens: Tensor, windows: Tensor, keep: Tensor, ki
 
 def key_tables(attn: nn.Module, kind_mask: Tensor) -> KeyTables:
     """Position-bias tables of :func:`kept_keys` for windows whose shift masks are ``kind_mask``
-    ``[n_kinds, N, N]``, computed once per block (float32, outside autocast)."""
+    ``[n_kinds, N, N]``, computed once per block (float32, outside autocast).
+
+    Args:
+        attn: The :class:`maskdn.model.WindowAttention`.
+        kind_mask: ``[n_kinds, N, N]`` shift masks (0 or −100), :attr:`WindowLayout.kind_mask`.
+
+    Returns:
+        The float32 :class:`KeyTables` (differentiable in the bias table).
+    """
     with torch.autocast(kind_mask.device.type, enabled=False):
         bias = attn.relative_position_bias().float().unsqueeze(1) + kind_mask  # [heads, kinds, N q, N k]
         top = bias.detach().amax(-1, keepdim=True)

@@ -30,7 +30,17 @@ four equal groups and 11.5 for one."""
 
 def swin_block(block: nn.Module, x: Tensor, size: tuple[int, int], token_keep: Tensor | None = None) -> Tensor:
     """The block on tokens ``x`` ``[B, H·W, C]``: with autograd, the attention branch (``block.attention``)
-    and the MLP on oneDNN, each with its residual; without, in groups of windows (:func:`_in_window_groups`)."""
+    and the MLP on oneDNN, each with its residual; without, in groups of windows (:func:`_in_window_groups`).
+
+    Args:
+        block: The :class:`maskdn.model.SwinTransformerBlock`.
+        x: Tokens ``[B, H·W, C]`` in row-major image order.
+        size: ``(H, W)`` in tokens (multiples of the window size).
+        token_keep: Optional keep mask ``[B·nW, N, 1]`` (0 or 1), windows in shifted-window order.
+
+    Returns:
+        ``[B, H·W, C]``, ``x``'s dtype.
+    """
     if not torch.is_grad_enabled():
         layout = window_layout(*size, block.window_size, block.shift_size, x.device)
         return _in_window_groups(block, x, layout, token_keep)
@@ -44,7 +54,19 @@ def attention_branch(attn: nn.Module, x: Tensor, size: tuple[int, int], shift: i
     attention, back to image order (the residual is the caller's). The cyclic shift and the window
     partition are one gather (:class:`~maskdn.windows.WindowLayout`); with a token mask the windows are
     gathered sorted by kept count (:func:`~maskdn.fastpath.attention.windows_by_kept_count`) and attended
-    over their kept keys in groups cut at :data:`KEPT_KEY_CUTS`."""
+    over their kept keys in groups cut at :data:`KEPT_KEY_CUTS`.
+
+    Args:
+        attn: The :class:`maskdn.model.WindowAttention`.
+        x: Tokens ``[B, H·W, C]`` in row-major image order.
+        size: ``(H, W)`` in tokens.
+        shift: Cyclic shift in tokens (0 or ws // 2).
+        norm: The block's pre-norm.
+        token_keep: Optional keep mask ``[B·nW, N, 1]`` (0 or 1).
+
+    Returns:
+        ``[B, H·W, C]`` in image order.
+    """
     H, W = size
     B, L, C = x.shape
     ws = attn.window_size
@@ -61,7 +83,15 @@ def attention_branch(attn: nn.Module, x: Tensor, size: tuple[int, int], shift: i
 
 def mlp(module: nn.Module, x: Tensor) -> Tensor:
     """The :class:`~maskdn.model.Mlp` ``module`` on ``x`` on oneDNN's float32 matmul where it applies
-    (:mod:`maskdn.fastpath.linear`), the GELU fused without autograd."""
+    (:mod:`maskdn.fastpath.linear`), the GELU fused without autograd.
+
+    Args:
+        module: The :class:`~maskdn.model.Mlp` (reads ``fc1``, ``fc2``).
+        x: ``[..., C]``.
+
+    Returns:
+        ``[..., C]``.
+    """
     return linear(linear_gelu(x, module.fc1.weight, module.fc1.bias), module.fc2.weight, module.fc2.bias)
 
 

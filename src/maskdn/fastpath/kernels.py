@@ -93,7 +93,11 @@ def _build() -> ctypes.CDLL:
 
 
 def kernel_status() -> str:
-    """``"compiled"``, or why the kernel is not used (built or diagnosed once per process)."""
+    """``"compiled"``, or why the kernel is not used (built or diagnosed once per process).
+
+    Returns:
+        ``"compiled"``, ``"off (MASKDN_CPU_KERNEL=0)"`` or ``"unavailable: <reason>"``.
+    """
     global _lib, _status
     if _status is None:
         if os.environ.get("MASKDN_CPU_KERNEL", "1") == "0":
@@ -109,7 +113,11 @@ def kernel_status() -> str:
 
 @contextlib.contextmanager
 def disabled():
-    """Within it the model takes its PyTorch path: to compare the two in one process (tests, benchmarks)."""
+    """Within it the model takes its PyTorch path: to compare the two in one process (tests, benchmarks).
+
+    Returns:
+        A context manager (yields None); the previous state is restored on exit.
+    """
     global _disabled
     previous, _disabled = _disabled, True
     try:
@@ -120,7 +128,14 @@ def disabled():
 
 def kernel_available(qkv: Tensor) -> bool:
     """Whether :func:`kept_attention` can take ``qkv``: float32 on CPU (or bf16 under CPU autocast), not
-    traced by ``torch.compile``, not :func:`disabled`, kernel compiled."""
+    traced by ``torch.compile``, not :func:`disabled`, kernel compiled.
+
+    Args:
+        qkv: The projected kept tokens ``[b, K, 3C]``.
+
+    Returns:
+        True when the fused kernel applies.
+    """
     if _disabled or qkv.device.type != "cpu" or compiling():
         return False
     if qkv.dtype != torch.float32 and not (qkv.dtype == torch.bfloat16 and autocast_on_cpu()):
@@ -191,6 +206,21 @@ def kept_attention(qkv: Tensor, order: Tensor, bias: Tensor, table: Tensor, rows
     has the position bias ``table[:, rows[w, k]]`` (``table`` ``[heads, R, N]``, ``rows`` ``[b, K+1]``;
     a row of −inf: padding). Differentiable in ``qkv``, ``bias`` and ``table``. Call only where
     :func:`kernel_available` is True.
+
+    Args:
+        qkv: ``[b, K, 3C]``, float32 or bf16 (computed in float32).
+        order: ``[b, K]`` window positions in 0 … N−1 (any integer dtype).
+        bias: ``[3C]`` qkv bias.
+        table: ``[heads, R, N]`` position-bias rows.
+        rows: ``[b, K+1]`` row of ``table`` per key.
+        heads: Number of heads; head width ``C // heads``.
+        scale: Query scale (``head_dim^−0.5``).
+
+    Returns:
+        float32 ``[b, N, C]``.
+
+    Raises:
+        MemoryError: ``"maskdn's attention kernel could not allocate its scratch buffer"``.
     """
     qkv, bias, table = qkv.float(), bias.float(), table.float()  # bf16 autocast: the core runs in float32
     return _KeptAttention.apply(qkv, order.to(torch.int64), bias, table, rows.to(torch.int64), heads, scale)

@@ -46,7 +46,16 @@ _available: bool | None = None
 
 
 def uses_onednn(x: Tensor, weight: Tensor) -> bool:
-    """Whether :func:`linear` runs ``x`` through oneDNN: float32 on CPU, no autocast, op available."""
+    """Whether :func:`linear` runs ``x`` through oneDNN: float32 on CPU, no autocast, op available.
+
+    Args:
+        x: The input.
+        weight: The weight.
+
+    Returns:
+        True when both are float32 on CPU, CPU autocast and ``torch.compile`` tracing are off, and the
+        op passed its one-time probe (and ``MASKDN_ONEDNN_LINEAR`` is not ``0``).
+    """
     global _available
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
@@ -59,14 +68,34 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "none") -> Tensor:
     """``x @ weight.T + bias``, then ``activation`` (``"none"`` or ``"gelu"``), in one oneDNN call without
-    autograd (what :func:`linear` runs; ``benchmarks/linear.py`` times it). Only where :func:`uses_onednn`."""
+    autograd (what :func:`linear` runs; ``benchmarks/linear.py`` times it). Only where :func:`uses_onednn`.
+
+    Via ``torch.ops.mkldnn._linear_pointwise``; ``"gelu"`` is the exact (erf) GELU.
+
+    Args:
+        x: ``[..., in]`` float32 on CPU.
+        weight: ``[out, in]`` float32.
+        bias: ``[out]`` or None.
+        activation: ``"none"`` or ``"gelu"``.
+
+    Returns:
+        ``[..., out]`` float32.
+    """
     algorithm = "none" if activation == "gelu" else ""  # "none": the exact (erf) GELU, as nn.GELU
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), bias, activation, [], algorithm)
 
 
 def onednn_strided(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b.T`` on oneDNN for transposed (column-major) views, without copying them (the weight
-    gradient's product, without autograd)."""
+    gradient's product, without autograd).
+
+    Args:
+        a: ``[m, k]`` float32 (may be a transposed view).
+        b: ``[n, k]`` float32 (may be a transposed view).
+
+    Returns:
+        ``[m, n]`` float32.
+    """
     return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
 
 
@@ -104,14 +133,32 @@ class _OneDnnLinear(torch.autograd.Function):
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``, on oneDNN where :func:`uses_onednn` says so."""
+    """``F.linear(x, weight, bias)``, on oneDNN where :func:`uses_onednn` says so.
+
+    Args:
+        x: ``[..., in]``.
+        weight: ``[out, in]``.
+        bias: ``[out]`` or None.
+
+    Returns:
+        ``[..., out]`` (differentiable in all three).
+    """
     if uses_onednn(x, weight):
         return _OneDnnLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
 def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``gelu(F.linear(x, weight, bias))``; fused in one oneDNN call without autograd."""
+    """``gelu(F.linear(x, weight, bias))``; fused in one oneDNN call without autograd.
+
+    Args:
+        x: ``[..., in]``.
+        weight: ``[out, in]``.
+        bias: ``[out]`` or None.
+
+    Returns:
+        ``[..., out]``, the exact (erf) GELU applied.
+    """
     if not torch.is_grad_enabled() and uses_onednn(x, weight):
         return onednn_linear(x, weight, bias, "gelu")
     return F.gelu(linear(x, weight, bias))

@@ -33,7 +33,18 @@ MAY_CHANGE_ON_RESUME = frozenset({"out", "threads", "workers", "device", "log_ev
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on (defaults: the small CPU recipe of ``cpu-masked-small``)."""
+    """Everything a training run depends on (defaults: the small CPU recipe of ``cpu-masked-small``).
+
+    Each field is documented by its comment. The optimisation is Adam on the L1 loss with an EMA of the
+    weights, as in the paper (Chen et al., "Masked Image Training for Generalizable Deep Image
+    Denoising", CVPR 2023); ``wsd`` is the warmup–stable–decay schedule of Hu et al. 2024 (MiniCPM).
+    Fields are coerced on construction (lists become tuples, ints become floats where a float is due).
+
+    Raises:
+        MaskdnError: One line listing every invalid field (wrong type, out of range, bad noise spec,
+            unknown schedule or device, cooldown without ``wsd`` or longer than ``iterations``,
+            decreasing milestones), or an unknown ``preset`` / invalid ``attn_mask_ratio``.
+    """
 
     # data: clean images, cropped, flipped/rotated, made noisy (one spec drawn per sample) and masked
     data: str = ""  # folder of clean training images (required)
@@ -120,15 +131,39 @@ class TrainConfig:
         self.model_config()  # unknown preset or bad attn_mask_ratio: raises here, not mid-run
 
     def model_config(self) -> ModelConfig:
+        """The model's architecture and masking: :func:`maskdn.model.preset` ``(preset, attn_mask_ratio)``.
+
+        Returns:
+            The :class:`ModelConfig` of the preset with this config's ``attn_mask_ratio`` (0–1).
+
+        Raises:
+            MaskdnError: An unknown preset or an invalid ``attn_mask_ratio`` (also checked on construction).
+        """
         return preset(self.preset, attn_mask_ratio=self.attn_mask_ratio)
 
     def to_dict(self) -> dict:
-        """Plain JSON/TOML-ready dict (tuples become lists)."""
+        """Plain JSON/TOML-ready dict (tuples become lists).
+
+        Returns:
+            ``{field name: value}`` for every field, in declaration order.
+        """
         return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys and bad values are errors naming ``source``."""
+        """Inverse of :meth:`to_dict`; unknown keys and bad values are errors naming ``source``.
+
+        Args:
+            d: ``{field name: value}``, e.g. a TOML table; missing fields keep their defaults.
+            source: Where ``d`` came from (a file name, ``--set ...``), the prefix of error messages.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            MaskdnError: ``"{source}: unknown key 'k' (valid: ...)"``, or ``"{source}: ..."`` with the
+                problems of the values (see the class).
+        """
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(names))
         if unknown:
@@ -139,12 +174,23 @@ class TrainConfig:
             raise MaskdnError(f"{source}: {e}") from None
 
     def changed(self, other: TrainConfig) -> list[str]:
-        """Fields, other than :data:`MAY_CHANGE_ON_RESUME` ones, whose values differ from ``other``'s."""
+        """Fields, other than :data:`MAY_CHANGE_ON_RESUME` ones, whose values differ from ``other``'s.
+
+        Args:
+            other: The config to compare with (e.g. the one a saved run was started with).
+
+        Returns:
+            The names of the differing fields, in declaration order; empty when the run is the same.
+        """
         a, b = self.to_dict(), other.to_dict()
         return [k for k in a if k not in MAY_CHANGE_ON_RESUME and a[k] != b[k]]
 
     def stable_until(self) -> int:
-        """wsd: the first iteration whose lr depends on ``iterations`` (the cool-down's start)."""
+        """wsd: the first iteration whose lr depends on ``iterations`` (the cool-down's start).
+
+        Returns:
+            ``iterations - cooldown`` (0-based iteration index), or ``iterations`` when ``cooldown`` is 0.
+        """
         return self.iterations - self.cooldown if self.cooldown else self.iterations
 
     def extends(self, other: TrainConfig, iteration: int) -> bool:
@@ -153,6 +199,13 @@ class TrainConfig:
         True for a wsd run whose ``iterations`` (and ``cooldown``) changed while every iteration done so
         far had the same lr under both (none of them in a cool-down): the resumed run then computes
         exactly what one run of the new length would (warmup–stable–decay, Hu et al. 2024, MiniCPM §4).
+
+        Args:
+            other: The config the run was started (or last resumed) with.
+            iteration: The number of iterations the run has done.
+
+        Returns:
+            Whether resuming with this config computes the same run, only longer or shorter.
         """
         diff = set(self.changed(other))
         return (bool(diff) and diff <= {"iterations", "cooldown"} and self.schedule == "wsd"
@@ -183,13 +236,31 @@ def _coerce(value, hint, key: str):
 
 
 def shipped_configs() -> list[str]:
-    """Names of the configs shipped in ``maskdn/configs`` (``maskdn train NAME`` uses one)."""
+    """Names of the configs shipped in ``maskdn/configs`` (``maskdn train NAME`` uses one).
+
+    Returns:
+        The file stems of the shipped ``*.toml`` files, sorted.
+    """
     folder = resources.files("maskdn") / "configs"
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
 def read_toml(source: str | Path) -> dict:
-    """The key/value table of a config file path, a run folder (its ``config.toml``) or a shipped config name."""
+    """The key/value table of a config file path, a run folder (its ``config.toml``) or a shipped config name.
+
+    The file is parsed with the standard library's ``tomllib`` (TOML 1.0); values are not checked here.
+
+    Args:
+        source: A TOML file, a run folder holding ``config.toml``, or a name from :func:`shipped_configs`.
+
+    Returns:
+        The flat ``{key: value}`` table as ``tomllib`` reads it.
+
+    Raises:
+        MaskdnError: ``"{source}: no such config file or shipped config (shipped: ...)"``, ``"{name}: not
+            valid TOML (...)"``, ``"{name}: cannot read (...)"``, or ``"{name}: unknown key 'k' (configs
+            are flat key = value tables)"`` for a nested table.
+    """
     path = Path(source)
     if path.is_dir() and (path / "config.toml").is_file():
         path = source = path / "config.toml"
@@ -215,6 +286,18 @@ def load_config(source: str | Path | None = None, overrides: dict | None = None)
     """A :class:`TrainConfig` from a TOML file or shipped name (``None``: the defaults), then ``overrides``.
 
     Errors name the file and key, or ``--set key`` for a bad override.
+
+    Args:
+        source: A TOML file, run folder or shipped config name (as :func:`read_toml`), or ``None``.
+        overrides: ``{field name: value}`` applied over the file's values (``--set key=value``);
+            values are coerced as TOML values are (a string for a list field becomes a one-item list).
+
+    Returns:
+        The validated config.
+
+    Raises:
+        MaskdnError: The errors of :func:`read_toml` and :meth:`TrainConfig.from_dict`, or ``"--set
+            key: unknown key (valid: ...)"`` / ``"--set key: expected ..., got ..."`` for a bad override.
     """
     values = {} if source is None else read_toml(source)
     if source is not None and Path(source).is_dir():
@@ -235,7 +318,15 @@ def load_config(source: str | Path | None = None, overrides: dict | None = None)
 
 
 def to_toml(cfg: TrainConfig) -> str:
-    """``cfg`` as a flat TOML table that :func:`load_config` reads back to an equal config."""
+    """``cfg`` as a flat TOML table that :func:`load_config` reads back to an equal config.
+
+    Args:
+        cfg: The config to write.
+
+    Returns:
+        One ``key = value`` line per field (strings JSON-quoted, floats by ``repr``, non-finite floats
+        as TOML ``nan``/``inf``), newline-terminated.
+    """
 
     def value(v) -> str:
         if isinstance(v, bool):

@@ -29,14 +29,31 @@ from ..seeding import derive_seed
 
 
 def sample_seed(seed: int, *keys: int) -> int:
-    """The seed of one training draw, e.g. ``(seed, iteration, j)``: :func:`maskdn.seeding.derive_seed`."""
+    """The seed of one training draw, e.g. ``(seed, iteration, j)``: :func:`maskdn.seeding.derive_seed`.
+
+    Args:
+        seed: The run's seed.
+        *keys: The draw's coordinates, e.g. the iteration and the sample index (ints).
+
+    Returns:
+        A 63-bit non-negative seed, stable across Python versions and machines.
+    """
     return derive_seed(seed, *keys)
 
 
 def split_holdout(folder: str | Path, holdout: int = 0) -> tuple[list[Path], list[Path]]:
     """``(training, held_out)`` image paths of ``folder``: the last ``holdout`` in name order are held out.
 
-    Raises :class:`MaskdnError` when nothing would be left to train on.
+    Args:
+        folder: The training images (files found by :func:`maskdn.io.expand_inputs`, sorted by name).
+        holdout: How many of the last images to hold out; 0: none.
+
+    Returns:
+        ``(training, held_out)``, the two lists of paths in name order.
+
+    Raises:
+        MaskdnError: ``"{folder}: holdout N leaves no training image (the folder has M)"``, or the
+            errors of :func:`maskdn.io.expand_inputs` (e.g. a folder without images).
     """
     paths = expand_inputs([folder])
     if holdout and holdout >= len(paths):
@@ -51,6 +68,15 @@ def data_fingerprint(paths: list[Path]) -> dict:
     The hash covers each file's name and size in order (not its path, so the same data in another
     folder or on another machine has the same fingerprint; not its bytes, which would mean reading
     every file at every start).
+
+    Args:
+        paths: The training image files, in training order.
+
+    Returns:
+        ``{"images": len(paths), "sha256": 64 hex digits}``.
+
+    Raises:
+        OSError: A file that cannot be ``stat``-ed (e.g. removed meanwhile).
     """
     h = hashlib.sha256()
     for p in paths:
@@ -63,6 +89,17 @@ def load_clean_images(folder: str | Path, holdout: int = 0) -> list[Tensor]:
 
     Gray images are replicated to RGB; ``holdout`` as in :func:`split_holdout`. Unreadable files are
     skipped with a warning; a folder with no readable image is a :class:`MaskdnError`.
+
+    Args:
+        folder: The training images.
+        holdout: How many of the last images (in name order) to leave out.
+
+    Returns:
+        uint8 ``[3, H, W]`` tensors, values 0–255, in name order.
+
+    Raises:
+        MaskdnError: ``"{folder}: no readable training image (...)"``, or the errors of
+            :func:`split_holdout`.
     """
     images, skipped = [], []
     for path in split_holdout(folder, holdout)[0]:
@@ -86,6 +123,17 @@ class PatchSampler:
 
     Images smaller than a patch are reflection-padded up to it first. The noise is not quantized
     (training sees the float noisy image, clipped to [0,1]); masked pixels are :data:`INPUT_MASK_FILL`.
+
+    Args:
+        images: Clean uint8 ``[3, H, W]`` tensors (values 0–255), e.g. from :func:`load_clean_images`.
+        patch: The crop side ``p`` in pixels.
+        noises: Noise-zoo specs (``name:level``); each sample draws one uniformly.
+        input_mask_range: ``(lo, hi)``, the per-sample fraction of input pixels hidden, drawn uniformly
+            (paper: 0.8–0.9, Chen et al. CVPR 2023); ``None``: no input mask.
+        seed: The run's seed; sample ``j`` of iteration ``it`` uses :func:`sample_seed` ``(seed, it, j)``.
+
+    Raises:
+        MaskdnError: An invalid noise spec.
     """
 
     def __init__(
@@ -110,7 +158,16 @@ class PatchSampler:
         return reflect_pad(img.float(), max(0, p - H), max(0, p - W)).to(torch.uint8)
 
     def sample(self, it: int, j: int) -> tuple[Tensor, Tensor]:
-        """``(noisy, clean)``, each ``[3, p, p]``: sample ``j`` of iteration ``it``."""
+        """``(noisy, clean)``, each ``[3, p, p]``: sample ``j`` of iteration ``it``.
+
+        Args:
+            it: The iteration (0-based).
+            j: The sample's index in the global batch.
+
+        Returns:
+            ``(noisy, clean)``: float32 ``[3, p, p]`` tensors in [0, 1] (noisy: clipped, not quantized,
+            masked pixels set to :data:`INPUT_MASK_FILL`), a pure function of ``(seed, it, j)``.
+        """
         g = torch.Generator().manual_seed(sample_seed(self.seed, it, j))
         p = self.patch
         img = self.images[int(torch.randint(len(self.images), (1,), generator=g))]
@@ -127,7 +184,15 @@ class PatchSampler:
         return noisy, clean
 
     def batch(self, it: int, indices: range | list[int]) -> tuple[Tensor, Tensor]:
-        """``(noisy, clean)`` batches ``[B, 3, p, p]`` of the samples ``indices`` of iteration ``it``."""
+        """``(noisy, clean)`` batches ``[B, 3, p, p]`` of the samples ``indices`` of iteration ``it``.
+
+        Args:
+            it: The iteration (0-based).
+            indices: The samples' indices in the global batch (``B = len(indices)``).
+
+        Returns:
+            ``(noisy, clean)``: float32 ``[B, 3, p, p]`` tensors in [0, 1], as :meth:`sample`.
+        """
         pairs = [self.sample(it, j) for j in indices]
         return torch.stack([n for n, _ in pairs]), torch.stack([c for _, c in pairs])
 
@@ -136,6 +201,17 @@ class Batches(torch.utils.data.Dataset):
     """Item ``k`` is this process's slice of the global batch of iteration ``start + k``.
 
     Used with ``DataLoader(batch_size=None)``, so worker processes build whole batches ahead.
+
+    Args:
+        sampler: Draws the samples.
+        batch_size: The global batch size, split evenly over the ``world`` processes.
+        start: The first iteration (0-based; a resumed run's saved iteration).
+        stop: The end iteration (exclusive): the dataset has ``max(0, stop - start)`` items.
+        rank: This process's rank; it takes samples ``[rank·b, (rank+1)·b)``, ``b = batch_size / world``.
+        world: The number of processes of the run.
+
+    Raises:
+        MaskdnError: ``"batch_size N is not divisible by the W processes of the run"``.
     """
 
     def __init__(self, sampler: PatchSampler, batch_size: int, start: int, stop: int, rank: int = 0, world: int = 1) -> None:
@@ -161,6 +237,14 @@ def batch_loader(batches: Batches, workers: int, seed: int) -> torch.utils.data.
 
     The loader's own generator (used to seed each worker's torch RNG) is seeded from ``seed``, so it
     leaves the global torch RNG alone; the samples themselves never touch worker RNG state.
+
+    Args:
+        batches: The dataset of whole batches.
+        workers: Data-loading processes (each limited to one torch thread); 0: in this process.
+        seed: Seeds the loader's generator.
+
+    Returns:
+        A ``DataLoader`` yielding ``(noisy, clean)`` float32 ``[b, 3, p, p]`` batches in iteration order.
     """
     return torch.utils.data.DataLoader(
         batches, batch_size=None, shuffle=False, num_workers=workers, worker_init_fn=_worker_init,

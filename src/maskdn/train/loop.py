@@ -55,6 +55,15 @@ def learning_rate(cfg: TrainConfig, it: int) -> float:
     ``constant``: ``lr``; ``multistep``: ``lr·gamma^k`` after ``k`` milestones; ``cosine``: from ``lr``
     down to ``min_lr_ratio·lr`` at the last iteration; ``wsd`` (warmup–stable–decay): ``lr`` until the
     last ``cooldown`` iterations, which decay it linearly to ``lr/cooldown`` at the last one (0 after it).
+    The wsd schedule is that of Hu et al. 2024 (MiniCPM); the others are as in the paper's recipe
+    (Chen et al. CVPR 2023, Adam on the L1 loss).
+
+    Args:
+        cfg: The run's config (``lr``, ``warmup``, ``schedule`` and that schedule's fields).
+        it: The iteration, 0-based (iteration ``it`` is the ``it+1``-th optimizer step).
+
+    Returns:
+        The learning rate, in ``[0, lr]``.
     """
     if it < cfg.warmup:
         return cfg.lr * (it + 1) / cfg.warmup
@@ -100,7 +109,10 @@ def validate(model: MaskedSwinIR, pairs: list, seed: int, device: torch.device) 
 
 
 class TrainingStopped(MaskdnError):
-    """A run stopped on request (SIGTERM or Ctrl-C) after saving its state; rerunning resumes it."""
+    """A run stopped on request (SIGTERM or Ctrl-C) after saving its state; rerunning resumes it.
+
+    A :class:`MaskdnError`, so ``maskdn train`` prints its one-line message and exits with status 1.
+    """
 
 
 class _StopRequest:
@@ -151,10 +163,22 @@ def cooldown(source: str | Path, iterations: int, out: str | Path, progress: boo
     decaying linearly to 0 (``cooldown = iterations``), then writes ``out/model.safetensors``, its
     export. The run itself is only read, so it continues later as if the branch never happened. A
     branch interrupted part-way resumes from ``out`` when called again. ``settings`` sets
-    :data:`MAY_CHANGE_ON_RESUME` fields (threads, device, …) of the branch. Returns the exported weights' path.
+    :data:`MAY_CHANGE_ON_RESUME` fields (threads, device, …) of the branch.
 
-    Raises :class:`MaskdnError` if ``source`` is not a wsd run, is already in its cool-down, or ``out``
-    is the run's own folder.
+    Args:
+        source: The wsd run: its folder or its ``state.pt``.
+        iterations: The cool-down's length in iterations (an integer >= 1).
+        out: The branch's run folder (not the run's own).
+        progress: Show a progress bar.
+        **settings: :data:`MAY_CHANGE_ON_RESUME` fields of the branch.
+
+    Returns:
+        The path of the exported EMA weights, ``out/model.safetensors``.
+
+    Raises:
+        MaskdnError: ``source`` is not a wsd run, is already in its cool-down, or ``out`` is the run's
+            own folder; ``iterations`` is not an integer >= 1; ``settings`` holds other fields; no
+            readable state in ``source``; or any error of :func:`train`.
     """
     import dataclasses
 
@@ -210,6 +234,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train (or resume) the run in ``cfg.out``; returns the path of the final EMA weights.
 
     Under torchrun (``WORLD_SIZE`` > 1) this process joins the group and leaves it at the end.
+    Adam on the L1 loss with an EMA of the weights, as in the paper (Chen et al. CVPR 2023); batches,
+    noise and masks are seeded via :func:`maskdn.seeding.derive_seed`, so a resumed run ends with the
+    weights of an uninterrupted one.
+
+    Args:
+        cfg: The run's config; ``data`` and ``out`` must be set.
+        progress: Show a progress bar (rank 0 only).
+
+    Returns:
+        ``cfg.out/model.safetensors``, the final EMA weights (written by rank 0).
+
+    Raises:
+        TrainingStopped: SIGTERM or Ctrl-C; the state was saved first.
+        MaskdnError: ``data`` or ``out`` unset; unreadable training or validation images; the folder
+            in use by another run; a saved run with a different config or changed training images,
+            or an incomplete state; weights that became NaN/inf or a diverged step; an ``init`` whose
+            architecture differs.
     """
     if not cfg.data or not cfg.out:
         raise MaskdnError("set the training images and the run folder (--data and --out, or data and out in the config)")
