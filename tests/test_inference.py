@@ -295,3 +295,31 @@ def test_bf16_within_005_db_of_float32_on_real_photos(name):
         full = psnr(denoise_tensor(model, noisy, generator=torch.Generator().manual_seed(0)).clamp(0, 1), clean)
         half = psnr(denoise_tensor(model, noisy, bf16=True, generator=torch.Generator().manual_seed(0)).clamp(0, 1), clean)
         assert abs(full - half) < 0.05, (path.name, full, half)
+
+
+def test_non_finite_pixels_and_unusable_devices_are_one_line(tmp_path, tiny_model, capsys):
+    """NaN/inf pixels would spread over thousands of output pixels: refused, naming the file on the CLI;
+    a device this PyTorch cannot use is one line, not a traceback."""
+    import tifffile
+
+    from maskdn.cli import main
+    from maskdn.devices import resolve_device
+    from maskdn.errors import MaskdnError
+
+    img = np.full((16, 16, 3), 0.5, dtype=np.float32)
+    img[3, 4, 1] = np.nan
+    with pytest.raises(MaskdnError, match="the image holds NaN or inf values; refused"):
+        denoise(img, tiny_model)
+    tifffile.imwrite(tmp_path / "nan.tif", img)
+    assert main(["denoise", str(tmp_path / "nan.tif"), "-o", str(tmp_path / "out.tif")]) == 1
+    assert f"{tmp_path / 'nan.tif'}: the image holds NaN or inf values" in capsys.readouterr().err
+    assert not (tmp_path / "out.tif").exists()
+    with pytest.raises(MaskdnError, match=r"--device bogus: not a device name"):
+        resolve_device("bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(MaskdnError, match=r"--device cuda: (this PyTorch is built without CUDA|no CUDA GPU is visible); use --device cpu"):
+            denoise(np.zeros((8, 8, 3), np.uint8), tiny_model, device="cuda")
+        assert main(["denoise", str(tmp_path / "nan.tif"), "-o", str(tmp_path / "o.tif"), "--device", "cuda"]) == 1
+        err = capsys.readouterr().err
+        assert "--device cuda:" in err and "Traceback" not in err
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -178,3 +178,37 @@ def test_weights_files_get_the_users_umask(tmp_path, tiny_model):
         assert os.stat(tmp_path / "b.safetensors").st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_a_failed_write_is_one_line_and_keeps_the_old_file(tmp_path, tiny_model, monkeypatch):
+    """A full disk surfaces from safetensors (its own error type) or torch.save (RuntimeError), not as
+    OSError: both become one line naming the file, and the previous file stays."""
+    import maskdn.weights as w
+    from maskdn.train.checkpoint import save_state
+
+    path = tmp_path / "m.safetensors"
+    save_model(tiny_model, path)
+    before = path.read_bytes()
+
+    class SafetensorError(Exception):
+        pass
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device)")
+
+    monkeypatch.setattr(w, "save_file", full)
+    with pytest.raises(MaskdnError, match=r"m.safetensors: cannot write \(Error while serializing: .*No space left"):
+        save_model(tiny_model, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+    save_state(tmp_path / "state.pt", {"iteration": 1})
+
+    def torch_full(*args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", torch_full)
+    with pytest.raises(MaskdnError, match=r"state.pt: cannot write \(PytorchStreamWriter failed .*\); the previous state is kept"):
+        save_state(tmp_path / "state.pt", {"iteration": 2})
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "state.pt", weights_only=True) == {"iteration": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "state.pt"]

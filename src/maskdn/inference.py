@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .devices import resolve_device
 from .errors import MaskdnError, check_int
 from .geometry import dihedral, dihedral_inverse
 from .io import make_output_dir
@@ -170,7 +171,7 @@ def denoise_tensor(
 
     Raises:
         MaskdnError: Invalid ``passes`` or tile options (see :func:`check_passes` and
-            :func:`check_tile_options`), ``x`` not a 4-D float tensor, or ``C`` not
+            :func:`check_tile_options`), ``x`` not a 4-D float tensor, NaN or inf in ``x``, or ``C`` not
             ``model.config.in_chans`` (raised by the model).
     """
     check_passes(passes)
@@ -178,6 +179,8 @@ def denoise_tensor(
     if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
         desc = f"{x.dtype} tensor of shape {list(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise MaskdnError(f"expected a float tensor [B, C, H, W], got {desc}")
+    if not bool(torch.isfinite(x).all()):
+        raise MaskdnError("the image holds NaN or inf values; refused (replace them first, e.g. numpy.nan_to_num)")
     was_training = model.training
     model.eval()
     try:
@@ -345,6 +348,7 @@ def denoise(
         convert = _denoise_pil
     else:
         raise MaskdnError(f"cannot denoise a {type(image).__name__}: give a NumPy array, a PIL image or a tensor")
+    device = resolve_device(device)
     net = _resolve_model(model, device)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     options = dict(passes=passes, self_ensemble=self_ensemble, tile=tile, tile_overlap=tile_overlap,
@@ -419,7 +423,7 @@ def denoise_files(
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     paths = expand_inputs(list(inputs))
-    net = _resolve_model(model, denoise_options.get("device", "cpu"))
+    net = _resolve_model(model, resolve_device(denoise_options.get("device", "cpu")))
     check_passes(denoise_options.get("passes", 1))
     check_tile_options(denoise_options.get("tile"), denoise_options.get("tile_overlap", 32), net.config.window_size)
 

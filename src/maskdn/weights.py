@@ -51,9 +51,19 @@ def save_model(model: MaskedSwinIR, path: str | Path, training: dict | None = No
     if training is not None:
         meta[TRAINING_KEY] = json.dumps(training)
     with atomic_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-        _permissions_as_umask(tmp)
+        _save_file(tensors, tmp, meta, path)
     return path
+
+
+def _save_file(tensors: dict[str, Tensor], tmp: Path, meta: dict, path: Path) -> None:
+    """safetensors' ``save_file`` into ``tmp`` (inside :func:`atomic_write`), its failures as one line."""
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+    except OSError:
+        raise  # atomic_write names the file and the reason
+    except Exception as e:  # safetensors' own error type, e.g. a full disk
+        raise MaskdnError(f"{path}: cannot write ({first_line(e)})") from None
+    _permissions_as_umask(tmp)
 
 
 def _permissions_as_umask(path: Path) -> None:
@@ -139,8 +149,7 @@ def update_training_record(path: str | Path, **fields) -> dict:
     record.update(fields)
     meta[TRAINING_KEY] = json.dumps(record)
     with atomic_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-        _permissions_as_umask(tmp)
+        _save_file(tensors, tmp, meta, path)
     return record
 
 

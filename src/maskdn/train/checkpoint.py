@@ -87,7 +87,10 @@ def save_state(path: Path, state: dict) -> None:
             an ``OSError`` (e.g. disk full).
     """
     with atomic_write(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch's writer reports a full disk as "PytorchStreamWriter failed ..."
+            raise MaskdnError(f"{path}: cannot write ({first_line(e)}); the previous state is kept") from None
 
 
 def find_state(source: str | Path) -> Path:

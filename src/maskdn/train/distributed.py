@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from ..devices import resolve_device
+
 
 @dataclass(frozen=True)
 class Context:
@@ -40,7 +42,7 @@ class Context:
 def _device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device("cpu")
+    return resolve_device(f"cuda:{local_rank}") if name == "cuda" else torch.device("cpu")
 
 
 def setup(device: str = "auto") -> Context:
