@@ -581,3 +581,16 @@ def test_an_incomplete_state_file_is_one_line(image_folder, tmp_path):
     torch.save(state, out / "state.pt")
     with pytest.raises(MaskdnError, match=r"state.pt: not a complete training state \(KeyError: 'optimizer'\); use a new folder"):
         train(_cfg(image_folder, out, iterations=2), progress=False)
+
+
+def test_a_run_folder_resumes_itself_from_anywhere_and_says_why_it_cannot_shrink(image_folder, tmp_path, monkeypatch):
+    run = tmp_path / "a" / "run"
+    monkeypatch.chdir(tmp_path / "a" if (tmp_path / "a").mkdir() is None else tmp_path)
+    train(_cfg(image_folder, "run", iterations=3, schedule="wsd"), progress=False)  # records out = "run"
+    elsewhere = tmp_path / "b"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", str(run), "--set", "iterations=5"]) == 0
+    assert load_state(run / "state.pt")["iteration"] == 5 and not (elsewhere / "run").exists()
+    with pytest.raises(MaskdnError, match="already at iteration 5, past where the new length ends"):
+        train(load_config(run, {"iterations": 4}), progress=False)

@@ -49,9 +49,12 @@ def fingerprint(presets: list[str]) -> dict[str, torch.Tensor]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+", help="output file, or two files with --compare")
-    p.add_argument("--compare", action="store_true")
-    p.add_argument("--presets", nargs="+", default=["tiny", "small", "paper"])
+    p.add_argument("--compare", action="store_true", help="compare two fingerprint files bit for bit")
+    p.add_argument("--presets", nargs="+", default=["tiny", "small", "paper"],
+                   help="presets to run (default: all three; paper takes several minutes on one thread)")
     a = p.parse_args()
+    if len(a.files) != (2 if a.compare else 1):
+        p.error("give one output file, or two files with --compare")
     if not a.compare:
         torch.save(fingerprint(a.presets), a.files[0])
         return 0

@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field (JSON values), e.g. --set preset=tiny --set noise='[\"gaussian:25\"]'")
     t.add_argument("--cooldown", type=int, default=None, metavar="N",
                    help="branch off the wsd run CONFIG (a run folder): train N more iterations with the lr decayed "
-                        "linearly to 0 into --out and export them there; the run itself is left as it is")
+                        "linearly towards 0 into --out and export them there; the run itself is left as it is")
     t.add_argument("--list", action="store_true", help="list the shipped configs and exit")
     t.set_defaults(func=cmd_train)
 

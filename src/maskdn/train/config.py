@@ -301,6 +301,7 @@ def load_config(source: str | Path | None = None, overrides: dict | None = None)
     """
     values = {} if source is None else read_toml(source)
     if source is not None and Path(source).is_dir():
+        values["out"] = str(source)  # a run folder resumes itself, whatever out it recorded and from wherever
         source = Path(source) / "config.toml"
     name = "config" if source is None else (str(source) if Path(source).is_file() else f"{source}.toml")
     base = TrainConfig.from_dict(values, name)

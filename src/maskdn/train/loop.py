@@ -149,8 +149,12 @@ def _check_resumable(cfg: TrainConfig, before: TrainConfig, iteration: int, out:
     if not changed or cfg.extends(before, iteration):
         return
     if set(changed) <= {"iterations", "cooldown"}:
-        why = ("only a wsd run can change its length" if cfg.schedule != "wsd" else
-               f"the lr of iterations already done would change (at {iteration}, a cool-down had begun)")
+        if cfg.schedule != "wsd":
+            why = "only a wsd run can change its length"
+        elif cfg.stable_until() < iteration:
+            why = f"the run is already at iteration {iteration}, past where the new length ends its stable lr"
+        else:
+            why = f"the lr of iterations already done would change (at {iteration}, a cool-down had begun)"
         raise MaskdnError(f"{out}: cannot change {', '.join(changed)} on resume: {why}; use a new folder")
     raise MaskdnError(f"{out}: holds a run with a different config ({', '.join(changed)}); "
                       "use a new folder or the run's own config.toml")
