@@ -86,10 +86,15 @@ def running_pid(root: Path, name: str) -> int | None:
         return None
     try:
         pid = int(path.read_text().strip())
+        os.kill(pid, 0)  # alive (or a zombie, checked next)
+        stat = Path(f"/proc/{pid}/stat").read_text()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except (ValueError, OSError):
         return None
-    return pid if "maskdn" in cmdline and "train" in cmdline else None
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        return None
+    # empty while the process is between fork and exec; otherwise a reused pid shows another command
+    return pid if not cmdline or ("maskdn" in cmdline and "train" in cmdline) else None
 
 
 def _copy_atomic(src: Path, dest: Path) -> None:
