@@ -38,4 +38,35 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-__all__ = ["resolve_device"]
+def available_memory(device: str | torch.device) -> int | None:
+    """Bytes a new allocation on ``device`` can take now, or None where this is not known.
+
+    Args:
+        device: A device (checked by :func:`resolve_device`).
+
+    Returns:
+        CUDA: the free memory ``torch.cuda.mem_get_info`` reports. CPU: ``MemAvailable`` of
+        ``/proc/meminfo`` (Linux's estimate of memory available without swapping), else free physical
+        pages from ``os.sysconf``; None on other systems and devices (callers then skip their check).
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    if dev.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+__all__ = ["available_memory", "resolve_device"]

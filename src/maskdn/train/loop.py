@@ -31,6 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..datasets import Sample
+from ..devices import available_memory
 from ..errors import MaskdnError, check_int, first_line
 from ..fastpath.runtime import keep_freed_memory
 from ..generalization import model_method, run_bench
@@ -208,6 +209,40 @@ def cooldown(source: str | Path, iterations: int, out: str | Path, progress: boo
     return train(branch, progress)
 
 
+def step_memory_bytes(cfg: TrainConfig, world_size: int = 1) -> int:
+    """Estimated peak memory of one training step of ``cfg`` in one process, in bytes.
+
+    Activations kept for the backward pass dominate: about ``k`` bytes per patch pixel, per channel
+    of the embedding, per Swin block, with ``k = 45 + 75 * (1 - attn_mask_ratio)`` (masked tokens skip
+    most attention work). ``k`` was fitted to the measured peak RSS of a float32 CPU step (presets
+    tiny, small and paper; batch 4–16 of 32²–64²; ratio 0.75: 43–59 bytes, ratio 0: 109 bytes) and
+    errs high; bf16 autocast and CUDA need less.
+
+    Args:
+        cfg: The training config (its model preset, ``batch_size``, ``patch_size``).
+        world_size: Processes the global batch is split over.
+
+    Returns:
+        The estimate in bytes (activations plus weights, gradients and Adam moments).
+    """
+    mc = cfg.model_config()
+    per_pixel = (45 + 75 * (1.0 - mc.attn_mask_ratio)) * mc.embed_dim * sum(mc.depths)
+    batch = -(-cfg.batch_size // world_size)
+    params = sum(p.numel() for p in MaskedSwinIR(mc).parameters())
+    return int(batch * cfg.patch_size**2 * per_pixel + 5 * 4 * params)
+
+
+def _check_fits(cfg: TrainConfig, dev: torch.device, world_size: int) -> None:
+    """Refuse, before any work, a batch that cannot fit in the memory ``dev`` has free now."""
+    free = available_memory(dev)
+    need = step_memory_bytes(cfg, world_size)
+    if free is not None and need > free:
+        gib = 2**30
+        raise MaskdnError(f"{cfg.out}: a training step of {cfg.batch_size} patches of {cfg.patch_size}² "
+                          f"({cfg.preset} preset) needs about {need / gib:.1f} GiB, and {dev.type} has "
+                          f"{free / gib:.1f} GiB available: lower batch_size or patch_size")
+
+
 def _finite(model: nn.Module) -> bool:
     return all(torch.isfinite(v).all() for v in model.state_dict().values() if v.dtype.is_floating_point)
 
@@ -320,6 +355,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
     state_path = out / STATE
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    _check_fits(cfg, dev, ctx.world_size)  # before anything is read or written
 
     # data first: a bad folder fails before anything is written
     data_id = data_fingerprint(split_holdout(cfg.data, cfg.holdout)[0])
@@ -341,6 +377,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
     ema = EMA(model, cfg.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     it, elapsed, best_val, last_val, history = 0, 0.0, -math.inf, None, []
+    losses: list[float] = []  # losses since the last log row; saved, so a resumed row averages the same
     if state_path.exists():
         state = load_state(state_path)
         try:
@@ -360,6 +397,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
             set_rng_states(state["rng"])
             it, elapsed, last_val = state["iteration"], state["elapsed"], state["val_psnr"]
             best_val, history = state["best_val_psnr"], state.get("val_history", [])
+            losses = list(state.get("log_losses", []))  # absent in states before 2026-11-30
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise MaskdnError(f"{state_path}: not a complete training state ({type(e).__name__}: "
                               f"{first_line(e)}); use a new folder") from None
@@ -382,7 +420,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
                               f"last good checkpoint kept in {state_path}")
         state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                  "config": cfg.to_dict(), "rng": rng_states(), "val_history": history, "data": data_id,
-                 **snapshot()}
+                 "log_losses": losses, **snapshot()}
         save_state(state_path, state)
 
     # logs: CSV (rows after the last checkpoint are redone), TensorBoard, progress bar; rank 0 only
@@ -401,7 +439,6 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
     bar = tqdm(total=cfg.iterations, initial=it, disable=not (progress and main), unit="it", dynamic_ncols=True)
     start_it, t_start = it, time.perf_counter()
     t0 = t_start - elapsed
-    losses: list[float] = []
     stop = _StopRequest()
     try:
         for noisy, clean in loader:
