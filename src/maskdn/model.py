@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import fastpath
-from .dataclass_io import plain_dict
+from .dataclass_io import from_plain_dict, plain_dict
 from .errors import MaskdnError, check_int, problem
 from .geometry import pad_to_multiple
 from .masking import token_keep_mask
@@ -137,11 +137,7 @@ class ModelConfig:
         Raises:
             MaskdnError: ``"unknown ModelConfig field(s): ... (valid: ...)"``, or ``"invalid ModelConfig: ..."``.
         """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise MaskdnError(f"unknown ModelConfig field(s): {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
-        return cls(**d)
+        return from_plain_dict(cls, d)
 
 
 # --------------------------------------------------------------------------------------------------
