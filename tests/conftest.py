@@ -63,3 +63,12 @@ def tiny_masked_model() -> MaskedSwinIR:
     """Tiny model with the paper's 75% attention masking (stochastic at eval)."""
     torch.manual_seed(0)
     return MaskedSwinIR(preset("tiny")).eval()
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    """A tiny masked model (seeded random weights) saved as a maskdn safetensors file, training record included."""
+    from maskdn.weights import save_model
+
+    torch.manual_seed(0)
+    return save_model(MaskedSwinIR(preset("tiny")), tmp_path / "tiny.safetensors", training={"preset": "tiny"})

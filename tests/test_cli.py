@@ -20,12 +20,6 @@ from maskdn.zoo import DEFAULT_MODEL, names
 
 
 @pytest.fixture
-def tiny_weights(tmp_path):
-    torch.manual_seed(0)
-    return save_model(MaskedSwinIR(preset("tiny")), tmp_path / "tiny.safetensors", training={"preset": "tiny"})
-
-
-@pytest.fixture
 def photos(tmp_path):
     d = tmp_path / "in"
     d.mkdir()
@@ -105,15 +99,53 @@ def test_never_overwrites_an_input(photos, tiny_weights, capsys):
     assert (photos / "rgb.png").read_bytes() == before
 
 
-def test_demo_writes_comparison_and_table(tmp_path, tiny_weights, capsys):
+@pytest.fixture
+def small_samples(tmp_path, monkeypatch):
+    """Two 40×36 sample photos in place of the bundled ones (the demo's work in seconds)."""
+    import maskdn.demo
+
+    d = tmp_path / "samples"
+    d.mkdir()
+    rng = np.random.default_rng(5)
+    for name in ("a", "b"):
+        write_image(d / f"{name}.png", rng.integers(30, 220, (36, 40, 3), dtype=np.uint8))
+    monkeypatch.setattr(maskdn.demo, "sample_paths", lambda: sorted(d.glob("*.png")))
+    return d
+
+
+def _contains(canvas: np.ndarray, tile: np.ndarray) -> bool:
+    """Whether ``tile`` appears in ``canvas`` pixel for pixel (at any position)."""
+    h, w = tile.shape[:2]
+    for y in range(canvas.shape[0] - h + 1):
+        for x in np.flatnonzero((canvas[y, : canvas.shape[1] - w + 1] == tile[0, 0]).all(-1)):
+            if np.array_equal(canvas[y : y + h, x : x + w], tile):
+                return True
+    return False
+
+
+def test_demo_compares_models_side_by_side(tmp_path, tiny_weights, small_samples, capsys):
+    """Two models on the same noisy inputs: every photo in the figure, model names in the table and psnr.json."""
+    torch.manual_seed(1)
+    other = save_model(MaskedSwinIR(preset("tiny", attn_mask_ratio=0.0)), tmp_path / "plain.safetensors")
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out), "--model", str(tiny_weights)]) == 0
+    assert main(["demo", "-o", str(out), "--model", str(tiny_weights), str(other)]) == 0
     data = json.loads((out / "psnr.json").read_text())
-    assert len(data["rows"]) == 4 * 5
-    assert all(np.isfinite(r["psnr_noisy"]) and np.isfinite(r["psnr_denoised"]) for r in data["rows"])
-    assert Image.open(out / "comparison.png").size[1] > 256 * 5
-    assert "| gaussian:15 |" in (out / "psnr.md").read_text()
-    assert len(list((out / "denoised").glob("*.png"))) == 20
+    assert data["models"] == ["tiny", "plain"]
+    assert len(data["rows"]) == 2 * 5 * 2  # photos × noises × models
+    by = {(r["image"], r["noise"], r["model"]): r for r in data["rows"]}
+    for (image, noise, _), r in by.items():  # the same noisy input for both models
+        assert r["psnr_noisy"] == by[(image, noise, "tiny")]["psnr_noisy"] == by[(image, noise, "plain")]["psnr_noisy"]
+    table = capsys.readouterr().out
+    assert "`tiny`" in table and "`plain`" in table
+    for model in ("tiny", "plain"):
+        assert len(list((out / "denoised" / model).glob("*.png"))) == 2 * 5
+    canvas = np.asarray(Image.open(out / "comparison.png").convert("RGB"))
+    square = lambda a: a[:, 2:38]  # the center 36×36 of a 40×36 image: the figure's crop
+    shown = [*small_samples.glob("*.png"), *(out / "noisy").glob("*.png"),
+             *(out / "denoised" / "plain").glob("*.png")]
+    assert len(shown) == 2 + 10 + 10
+    for path in shown:  # every sample photo, noisy input and result is on the figure
+        assert _contains(canvas, square(read_image(path))), path
 
 
 def test_models_lists_the_zoo(capsys):

@@ -184,3 +184,92 @@ def test_run_bench_bf16_and_crop_are_part_of_the_record(folders, tiny_model, tmp
     new = [r for r in both if r.get("bf16")]
     assert len(new) == len(plain) and all(r["crop"] == 16 for r in new)  # not resumed from the plain records
     assert {record_key(r) for r in new}.isdisjoint(record_key(r) for r in plain)
+
+
+@pytest.fixture
+def paired(tmp_path):
+    """Pairs in a layout of their own: DS/noisy/<name>.png and DS/gt/<name>.png (one of them a TIFF)."""
+    rng = np.random.default_rng(3)
+    noisy, gt = tmp_path / "DS" / "noisy", tmp_path / "DS" / "gt"
+    noisy.mkdir(parents=True), gt.mkdir()
+    for name in ("0001", "0002", "0003"):
+        base = rng.integers(20, 230, (18, 22, 3), dtype=np.uint8)
+        write_image(gt / f"{name}.{'tif' if name == '0002' else 'png'}", base)
+        write_image(noisy / f"{name}.png", np.clip(base + rng.integers(-12, 12, base.shape), 0, 255).astype(np.uint8))
+    return noisy, gt
+
+
+def test_noisy_and_clean_folders_scored_by_file_name(paired, tmp_path, capsys):
+    """--noisy/--clean: PSNR and SSIM of each noisy photo against the clean one of its name, as CSV and JSON."""
+    import json
+
+    from maskdn.datasets import load_image
+    from maskdn.metrics import ssim
+
+    noisy, gt = paired
+    names = ("0001", "0002", "0003")
+    want_psnr = np.mean([psnr(load_image(noisy / f"{n}.png"), load_image(next(gt.glob(f"{n}.*")))) for n in names])
+    want_ssim = np.mean([ssim(load_image(noisy / f"{n}.png"), load_image(next(gt.glob(f"{n}.*")))) for n in names])
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", "--model", "noisy", "--noisy", str(noisy), "--clean", str(gt), "-o", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert rows == [{"dataset": "DS", "condition": "real", "images": 3, "psnr": round(float(want_psnr), 2),
+                     "ssim": round(float(want_ssim), 4)}]
+    assert f"| DS | {want_psnr:.2f} / {want_ssim:.4f} |" in capsys.readouterr().out
+    csv_out = tmp_path / "scores.csv"
+    assert main(["evaluate", "--model", "noisy", "--noisy", str(noisy), "--clean", str(gt), "-o", str(csv_out)]) == 0
+    assert csv_out.read_text().splitlines() == ["dataset,condition,images,psnr,ssim",
+                                                f"DS,real,3,{rows[0]['psnr']},{rows[0]['ssim']}"]
+
+
+def test_bench_takes_noisy_and_clean_folders(paired, tmp_path, capsys):
+    import json
+
+    noisy, gt = paired
+    out = tmp_path / "b"
+    assert main(["bench", "--noisy", str(noisy), "--clean", str(gt), "--method", "noisy", "-o", str(out)]) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert sorted(r["image"] for r in records) == ["0001", "0002", "0003"]
+    assert {(r["dataset"], r["noise"]) for r in records} == {("DS", "real")}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda n, c: (n / "0003.png").unlink(), "0003.tif: no noisy image of that name"),
+    (lambda n, c: (c / "0001.png").unlink(), "0001.png: no clean image of that name"),
+    (lambda n, c: write_image(c / "0001.png", np.zeros((8, 8, 3), np.uint8)), "22x18 pixels but its clean image"),
+    (lambda n, c: write_image(n / "0001.tif", np.zeros((8, 8, 3), np.uint8)), "two images named 0001"),
+])
+def test_unmatched_pairs_are_one_line(paired, capsys, change, message):
+    noisy, gt = paired
+    if "0003.tif" in message:
+        (gt / "0003.png").rename(gt / "0003.tif")
+    change(noisy, gt)
+    assert main(["evaluate", "--model", "noisy", "--noisy", str(noisy), "--clean", str(gt)]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_evaluate_output_must_be_csv_or_json_before_any_work(folders, tmp_path, capsys):
+    clean, _ = folders
+    assert main(["evaluate", "--model", "noisy", "--data", str(clean), "-o", str(tmp_path / "s.txt")]) == 1
+    err = capsys.readouterr().err
+    assert "s.txt: write scores as .csv or .json" in err and "%|" not in err  # no progress bar: no work done
+
+
+def test_record_never_writes_into_the_installed_package(folders, tmp_path, capsys):
+    """--record on a bundled model is refused with the way out; --record COPY writes the copy only."""
+    from maskdn.zoo import DEFAULT_MODEL, resolve
+
+    clean, _ = folders
+    bundled = resolve(DEFAULT_MODEL)
+    before = bundled.read_bytes()
+    args = ["evaluate", "--model", DEFAULT_MODEL, "--data", str(clean), "--noise", "gaussian:15", "--limit", "1"]
+    assert main([*args, "--record"]) == 1
+    err = capsys.readouterr().err
+    assert f"{DEFAULT_MODEL} is a bundled model" in err and f"--record {DEFAULT_MODEL}.safetensors" in err
+    copy = tmp_path / "mine.safetensors"
+    assert main([*args, "--record", str(copy)]) == 0
+    assert bundled.read_bytes() == before
+    rec = read_metadata(copy)["training"]
+    assert set(rec["scores"]["Clean"]) == {"gaussian:15"} and rec["scores_protocol"]["limit"] == 1
+    assert read_metadata(copy)["config"] == read_metadata(bundled)["config"]

@@ -323,3 +323,23 @@ def test_non_finite_pixels_and_unusable_devices_are_one_line(tmp_path, tiny_mode
         err = capsys.readouterr().err
         assert "--device cuda:" in err and "Traceback" not in err
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_denoise_leaves_the_callers_model_where_it_is(tiny_masked_model, monkeypatch):
+    """denoise() runs a given model where it is: never Module.to() on the caller's object."""
+    moved = []
+    monkeypatch.setattr(tiny_masked_model, "to", lambda *a, **k: moved.append((a, k)))
+    x = torch.rand(3, 16, 16)
+    a = denoise(x, tiny_masked_model, seed=1)
+    b = denoise(x, tiny_masked_model, seed=1, device="cpu")
+    assert moved == [] and torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_denoise_keeps_a_cuda_model_on_the_gpu(tiny_model):
+    net = tiny_model.cuda()
+    x = torch.rand(3, 16, 16)
+    y = denoise(x, net)  # runs on the model's device, returns on the input's
+    assert y.device == x.device and next(net.parameters()).is_cuda
+    cpu = denoise(x, net, device="cpu")  # another device: a copy runs there
+    assert next(net.parameters()).is_cuda and torch.allclose(y, cpu, atol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import shared_path
 from maskdn.errors import MaskdnError
-from maskdn.model import preset
+from maskdn.model import MaskedSwinIR, preset
 from maskdn.weights import load_model, read_metadata, save_model
 
 NO_MASK = preset("tiny", attn_mask_ratio=0.0)
@@ -212,3 +213,50 @@ def test_a_failed_write_is_one_line_and_keeps_the_old_file(tmp_path, tiny_model,
     monkeypatch.undo()
     assert torch.load(tmp_path / "state.pt", weights_only=True) == {"iteration": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "state.pt"]
+
+
+def _release(tmp_path, name: str) -> Path:
+    """A tensors-only .pth named as the authors name their releases (our tiny model's state dict)."""
+    torch.manual_seed(0)
+    path = tmp_path / name
+    torch.save(MaskedSwinIR(preset("tiny")).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("name, ratio", [("baseline.pth", 0.0), ("input_mask_80_90.pth", 0.75), ("Baseline_ema.pth", 0.0)])
+def test_authors_release_names_set_the_mask_ratio(tmp_path, name, ratio, recwarn):
+    assert load_model(_release(tmp_path, name)).config.attn_mask_ratio == ratio
+    assert not [w for w in recwarn if "guessed" in str(w.message)]
+
+
+def test_other_names_say_what_was_guessed_and_the_ratio_can_be_set(tmp_path):
+    path = _release(tmp_path, "release.pth")
+    with pytest.warns(UserWarning, match=r"release.pth: stores no config; guessed attention mask ratio 0.75"):
+        assert load_model(path).config.attn_mask_ratio == 0.75
+    plain = load_model(path, attn_mask_ratio=0)
+    assert plain.config.attn_mask_ratio == 0 and not plain.masks_attention
+    with pytest.raises(MaskdnError, match=r"--attn-mask-ratio 1.5: .*attn_mask_ratio must be in \[0, 1\)"):
+        load_model(path, attn_mask_ratio=1.5)
+
+
+def test_cli_warns_in_one_line_and_takes_the_ratio(tmp_path, capsys):
+    """maskdn denoise on a config-less .pth: one warning line; --attn-mask-ratio 0 runs the unmasked model."""
+    import numpy as np
+
+    from maskdn.cli import main
+    from maskdn.inference import denoise
+    from maskdn.io import read_image, write_image
+
+    path = _release(tmp_path, "release.pth")
+    img = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    write_image(tmp_path / "x.png", img)
+    assert main(["denoise", str(tmp_path / "x.png"), "-o", str(tmp_path / "a.png"), "--model", str(path)]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(err) == 1 and err[0].startswith("maskdn: warning: ") and "guessed attention mask ratio 0.75" in err[0]
+    assert main(["denoise", str(tmp_path / "x.png"), "-o", str(tmp_path / "b.png"), "--model", str(path),
+                 "--attn-mask-ratio", "0"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    ref = MaskedSwinIR(preset("tiny", attn_mask_ratio=0.0)).eval()
+    ref.load_state_dict(torch.load(path, weights_only=True))
+    assert np.array_equal(read_image(tmp_path / "b.png"), denoise(img, ref))  # the unmasked model ran
+    assert not np.array_equal(read_image(tmp_path / "a.png"), read_image(tmp_path / "b.png"))  # the guess differs

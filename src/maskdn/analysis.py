@@ -14,9 +14,10 @@ alike whatever the noise. :func:`analyze` measures that on any models and images
 * per model and layer, one histogram per noise on bins shared across noises: ``bins`` equal bins over
   the reference noise's robust range (quantiles ``q`` and ``1 − q``, widened by ``margin`` of its
   width on each side) plus an underflow and an overflow bin;
-* distances of each noise's histogram to the reference's: Wasserstein-1 (:func:`wasserstein1`; also
-  divided by the reference's std, ``w1_std``, comparable across layers and models) and Jensen–Shannon
-  (:func:`jensen_shannon`, in bits, in [0, 1]); plus the std, excess kurtosis and outlier fraction
+* how far each noise's histogram is from the reference's: the Wasserstein-1 distance
+  (:func:`wasserstein1`; also divided by the reference's std, ``w1_std``, comparable across layers and
+  models) and the Jensen–Shannon divergence (:func:`jensen_shannon`, in bits, in [0, 1]; a divergence,
+  not a distance: its square root is the metric); plus the std, excess kurtosis and outlier fraction
   (mass outside the reference range) of each distribution;
 * linear CKA (:func:`linear_cka`, Kornblith et al. 2019) between the token features under each noise
   and under the reference (1 = the same representation up to rotation and scale).
@@ -47,6 +48,7 @@ from tqdm import tqdm
 
 from .errors import MaskdnError, check_int
 from .datasets import load_dataset
+from .devices import on_device, resolve_device
 from .geometry import center_crop
 from .io import make_output_dir
 from .model import MaskedSwinIR
@@ -371,7 +373,9 @@ def _label_of(source: str | os.PathLike) -> str:
     return str(source)
 
 
-def _resolve_models(models: Sequence[ModelSource] | ModelSource, device: str | torch.device) -> list[tuple[str, str, MaskedSwinIR]]:
+def _resolve_models(
+    models: Sequence[ModelSource] | ModelSource, device: str | torch.device, attn_mask_ratio: float | None = None
+) -> list[tuple[str, str, MaskedSwinIR]]:
     """``(label, source, model)`` per model: names and paths are loaded, labels made unique."""
     from .weights import load_model
 
@@ -385,9 +389,9 @@ def _resolve_models(models: Sequence[ModelSource] | ModelSource, device: str | t
         else:
             label = _label_of(m) if not isinstance(m, MaskedSwinIR) else f"model{i}"
         if isinstance(m, MaskedSwinIR):
-            source, model = "(in memory)", m.to(device)
+            source, model = "(in memory)", on_device(m, device)  # the caller's model is never moved
         else:
-            source, model = str(m), load_model(m, device=device)
+            source, model = str(m), load_model(m, device=device, attn_mask_ratio=attn_mask_ratio)
         out.append((label, source, model))
     if not out:
         raise MaskdnError("no models to analyze")
@@ -452,6 +456,7 @@ def analyze(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    attn_mask_ratio: float | None = None,
 ) -> dict:
     """Feature histograms, distances to the reference noise and CKA of ``models`` on the images of ``data``.
 
@@ -475,6 +480,8 @@ def analyze(
         seed: Seeds the noise, the token positions and the attention masks.
         device: Where the models run.
         progress: Show a tqdm bar on stderr.
+        attn_mask_ratio: Sets the attention-mask ratio of the models loaded by name or path
+            (:func:`maskdn.weights.load_model`); None: as stored.
 
     Returns:
         ``{format, reference, noises, layers, data, images, crop, tokens_per_image, bins, seed, models}``
@@ -485,8 +492,9 @@ def analyze(
 
     Raises:
         MaskdnError: An invalid ``limit``/``crop``/``tokens``/``bins`` (:func:`maskdn.errors.check_int`)
-            or noise spec, ``"<data>: no images"`` or an unreadable folder/image, ``"no models to
-            analyze"``, a model that cannot be loaded, ``"unknown layer '<name>' (valid: ...)"``, or an
+            or noise spec, a ``device`` this machine lacks (:func:`maskdn.devices.resolve_device`),
+            ``"<data>: no images"`` or an unreadable folder/image, ``"no models to analyze"``, a model
+            that cannot be loaded, ``"unknown layer '<name>' (valid: ...)"``, or an
             output folder or file that cannot be written.
     """
     if limit is not None:
@@ -495,12 +503,13 @@ def analyze(
         check_int("crop", crop)
     check_int("tokens", tokens, 2)
     check_int("bins", bins, 2)
+    device = resolve_device(device)
     ref = str(parse_noise(reference or REFERENCE_NOISE))
     conds = list(dict.fromkeys([ref, *(str(parse_noise(n)) for n in (DEFAULT_NOISES if noises is None else noises))]))
     samples = load_dataset(data, limit)
     if not samples:
         raise MaskdnError(f"{data}: no images")
-    resolved = _resolve_models(models, device)
+    resolved = _resolve_models(models, device, attn_mask_ratio)
     names = _layers(resolved, layers)
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
@@ -656,8 +665,8 @@ def summary_markdown(result: Mapping[str, Any]) -> str:
         (f"{n_img} image{'s' if n_img != 1 else ''} of `{result['data']}` ({crop}), {result['tokens_per_image']} "
          f"sampled tokens each, seed {result['seed']}. Reference noise: **{ref}**; compared: {', '.join(others) or 'none'}."),
         "",
-        ("Distances of each noise's feature histogram to the reference's: W1/σ is Wasserstein-1 in units of the "
-         "reference's std, JS the Jensen–Shannon divergence (bits, 0–1); CKA is the linear CKA between the "
+        ("How far each noise's feature histogram is from the reference's: W1/σ is the Wasserstein-1 distance in "
+         "units of the reference's std, JS the Jensen–Shannon divergence (bits, 0–1); CKA is the linear CKA between the "
          "same tokens' features under the noise and under the reference (1 = same representation). "
          "Noise-invariant features: W1/σ and JS near 0, CKA near 1."),
         "",
@@ -692,6 +701,9 @@ def _safe_name(label: str) -> str:
 def plot_histograms(result: Mapping[str, Any], model: str, path: str | os.PathLike) -> Path:
     """One panel per layer: the density of feature values under each noise, on the shared bins.
 
+    The x-axis is the feature value, the y-axis the probability density (:meth:`Histogram.density`,
+    probability per unit value; outliers beyond the bins left out).
+
     Args:
         result: The dict :func:`analyze` returns (or ``analysis.json`` loaded back, NaN as None).
         model: A model label of ``result["models"]``.
@@ -724,6 +736,8 @@ def plot_histograms(result: Mapping[str, Any], model: str, path: str | os.PathLi
             ax.plot(centers, h.density(), linewidth=1.8 if is_ref else 1.0, color="black" if is_ref else None,
                     label=f"{cond} (reference)" if is_ref else cond, zorder=3 if is_ref else 2)
         ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("feature value (the layer's units)", fontsize=7)
+        ax.set_ylabel("density (per unit value)", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
     handles, names = axes.flat[0].get_legend_handles_labels()
@@ -764,6 +778,7 @@ def plot_cka(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
                     linewidth=1.2, label=c)
         ax.set_xticks(list(xs))
         ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=7)
+        ax.set_xlabel("feature point (network order)", fontsize=7)
         ax.set_title(label, fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=7)

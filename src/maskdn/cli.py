@@ -1,34 +1,156 @@
 """The ``maskdn`` command: thin subcommands over the Python API.
 
 Every user-facing problem is a :class:`MaskdnError`, printed as one line on stderr with exit status 1;
-no traceback reaches the user.
+no traceback reaches the user. Warnings (e.g. a guessed attention-mask ratio) are one line each too.
+
+One convention for every subcommand: ``-o/--out`` names the output; a flag that takes several values
+(``--model`` where models are compared, ``--data``, ``--noise``, ``--method``) takes a list after one
+flag and adds to it when repeated; ``--model`` where one model runs is an error when repeated. Every
+subcommand that runs a model has ``--device``, ``--seed``, ``--passes`` (default 1), ``--tile``,
+``--bf16`` and ``--attn-mask-ratio`` (``analyze``: no tiles, passes or bf16; it reads features).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
+import os
 import sys
+import warnings
+from pathlib import Path
 
 from .errors import MaskdnError
 from .fastpath.runtime import keep_freed_memory
 
+HIDDEN_ALIASES = frozenset({"--output"})
+"""Old spellings still accepted but not shown by ``--help`` (``--output`` is now ``-o/--out``)."""
 
-def _add_denoise_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="zoo name or weights file (default: the default zoo model)")
-    p.add_argument("--passes", type=int, default=1, help="average K stochastic attention-mask passes")
-    p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations")
-    p.add_argument("--tile", type=int, default=None, help="denoise in N×N tiles (bounded memory)")
-    p.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in pixels")
-    p.add_argument("--seed", type=int, default=0, help="seed of the attention masks (reproducible output)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast: faster on CPUs with bf16 units, within 0.05 dB")
+DEFAULT_PASSES = 1
+"""``--passes`` of every subcommand: one stochastic pass unless asked."""
+
+EVALUATE_NOISES = ("gaussian:15", "gaussian:25", "poisson:2", "speckle:0.03", "saltpepper:0.02")
+"""``maskdn evaluate``'s noises when none are given: the training noise and four unseen ones."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` without the hidden aliases (:data:`HIDDEN_ALIASES`), epilogs kept as written."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        shown = [o for o in action.option_strings if o not in HIDDEN_ALIASES]
+        if shown != action.option_strings:
+            action = copy.copy(action)
+            action.option_strings = shown
+        return super()._format_action_invocation(action)
+
+
+class _Once(argparse.Action):
+    """A flag that takes one value: given twice it is an error, never a silent overwrite."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault("_given_once", set())
+        if self.dest in seen:
+            parser.error(f"{option_string} given twice: this subcommand runs one model "
+                         "(maskdn bench or maskdn demo compare several)")
+        seen.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
+def _noise_epilog() -> str:
+    """The noise names, their level ranges and meanings, and the ``name:level`` syntax, for ``--help``."""
+    from .noise import NOISES
+
+    lines = ["noises are written name:level, e.g. gaussian:25 poisson:2 jpeg:30 (real-noise pairs need none):"]
+    for name, n in NOISES.items():
+        kind = "integer " if n.integer else ""
+        lines.append(f"  {name:<11} {kind}level {n.low:g}–{n.high:g}: {n.doc}")
+    return "\n".join(lines)
+
+
+def _add_out(p: argparse.ArgumentParser, help: str, **kw) -> None:
+    p.add_argument("-o", "--out", "--output", dest="out", help=help, **kw)
+
+
+def _add_model(p: argparse.ArgumentParser, several: bool, extra: str = "") -> None:
+    if several:
+        p.add_argument("--model", action="extend", nargs="+", default=None, metavar="MODEL",
+                       help="zoo names or weights files: a list after one --model, or --model repeated (adds)" + extra)
+    else:
+        p.add_argument("--model", action=_Once, default=None,
+                       help="zoo name or weights file, one (default: the default zoo model)" + extra)
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, passes: bool = True, tile: bool = True, bf16: bool = True) -> None:
+    """The options of every subcommand that runs a model."""
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the attention masks and of any noise added (default: 0)")
+    if passes:
+        p.add_argument("--passes", type=int, default=DEFAULT_PASSES,
+                       help=f"average K stochastic attention-mask passes per image (default: {DEFAULT_PASSES})")
+    if tile:
+        p.add_argument("--tile", type=int, default=None,
+                       help="denoise in N×N tiles, N > the 32-pixel overlap: bounded memory (default: whole images)")
+    if bf16:
+        p.add_argument("--bf16", action="store_true",
+                       help="bfloat16 autocast: faster on CPUs/GPUs with bf16 units, within 0.05 dB")
+    p.add_argument("--attn-mask-ratio", type=float, default=None, metavar="R",
+                   help="fraction of attention keys masked, 0 (none) to <1; sets it for files that store no config "
+                        "(the authors' .pth) or overrides the stored one (default: as stored or named)")
 
 
 def _denoise_options(a: argparse.Namespace) -> dict:
     return dict(passes=a.passes, self_ensemble=a.self_ensemble, tile=a.tile, tile_overlap=a.tile_overlap,
                 seed=a.seed, device=a.device, bf16=a.bf16)
+
+
+def _warn(message: str) -> None:
+    print(f"maskdn: warning: {message}", file=sys.stderr)
+
+
+def _warn_skipped(specs) -> None:
+    """One warning line per folder and reason for the files a folder input leaves out."""
+    from .datasets import skipped_inputs
+
+    groups: dict[tuple[Path, str], list[str]] = {}
+    for path, why in skipped_inputs([s for s in specs if s is not None]):
+        groups.setdefault((path.parent, why), []).append(path.name)
+    for (folder, why), names in groups.items():
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        _warn(f"{folder}: skipped {len(names)} file(s), {why}: {', '.join(names[:3])}{more}")
+
+
+def _check_out(path: str | os.PathLike, folder: bool) -> Path:
+    """Refuse, before any work, an output that cannot be one: a link that leads nowhere, a file for a folder."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise MaskdnError(f"{path}: a broken symlink or a symlink loop; remove it or choose another output")
+    if folder and path.exists() and not path.is_dir():
+        raise MaskdnError(f"{path}: exists and is not a folder; choose another output folder")
+    if not folder and path.is_dir():
+        raise MaskdnError(f"{path}: is a folder; give a file name")
+    return path
+
+
+def _out_folder(path: str | os.PathLike) -> Path:
+    """The output folder, checked (:func:`_check_out`) and created before any work."""
+    from .io import make_output_dir
+
+    return make_output_dir(_check_out(path, folder=True))
+
+
+def _datasets(a: argparse.Namespace) -> list:
+    """``--data`` folders plus ``--noisy``/``--clean`` pairs of folders (matched by file name)."""
+    from .datasets import load_pairs, pairs_name
+
+    noisy, clean = a.noisy or [], a.clean or []
+    if len(noisy) != len(clean):
+        raise MaskdnError(f"--noisy and --clean go in pairs: {len(noisy)} noisy and {len(clean)} clean folder(s)")
+    data = list(a.data or [])
+    if not data and not noisy:
+        raise MaskdnError("give --data FOLDER... (clean images, or PolyU's *_real/*_mean pairs) or --noisy DIR --clean DIR")
+    _warn_skipped([*data, *noisy, *clean])
+    return data + [(pairs_name(n, c), load_pairs(n, c, a.limit)) for n, c in zip(noisy, clean)]
 
 
 def cmd_denoise(a: argparse.Namespace) -> int:
@@ -46,7 +168,13 @@ def cmd_denoise(a: argparse.Namespace) -> int:
     """
     from .inference import denoise_files
 
-    failures = denoise_files(a.inputs, a.output, a.model, **_denoise_options(a))
+    _warn_skipped(a.inputs)
+    model = a.model
+    if a.attn_mask_ratio is not None:
+        from .weights import load_model
+
+        model = load_model(model, device=a.device, attn_mask_ratio=a.attn_mask_ratio)
+    failures = denoise_files(a.inputs, a.out, model, **_denoise_options(a))
     for path, message in failures:
         print(f"maskdn: failed: {message}", file=sys.stderr)
     if failures:
@@ -67,9 +195,12 @@ def cmd_noise(a: argparse.Namespace) -> int:
         MaskdnError: an invalid noise spec or output (:func:`maskdn.noise.write_noisy_copies`); :func:`main`
             prints it as one line.
     """
-    from .noise import write_noisy_copies
+    from .noise import parse_noise, write_noisy_copies
 
-    failures = write_noisy_copies(a.inputs, a.output, a.noise, seed=a.seed, quantize=not a.float)
+    for spec in a.noise:
+        parse_noise(spec)  # a bad spec is one line before the folder is created
+    _warn_skipped(a.inputs)
+    failures = write_noisy_copies(a.inputs, str(_out_folder(a.out)), a.noise, seed=a.seed, quantize=not a.float)
     for _, message in failures:
         print(f"maskdn: failed: {message}", file=sys.stderr)
     return 1 if failures else 0
@@ -130,14 +261,24 @@ def cmd_demo(a: argparse.Namespace) -> int:
     """
     from .demo import run_demo
 
-    result = run_demo(a.output, model=a.model, seed=a.seed, passes=a.passes)
+    result = run_demo(_check_out(a.out, folder=True), a.model, seed=a.seed, passes=a.passes, device=a.device,
+                      tile=a.tile, bf16=a.bf16, attn_mask_ratio=a.attn_mask_ratio)
     print(result["table"])
-    print(f"\nwrote {a.output}/ (comparison.png, psnr.md, psnr.json, noisy and denoised images)")
+    print(f"\nwrote {a.out}/ (comparison.png, psnr.md, psnr.json, noisy/ and denoised/<model>/ images)")
     return 0
 
 
+def _is_bundled(path: Path) -> bool:
+    from .zoo import zoo_dir
+
+    try:
+        return path.resolve().parent == zoo_dir().resolve()
+    except OSError:
+        return False
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    """``maskdn evaluate``: print mean PSNR per dataset and noise (``--record``: store it in the file).
+    """``maskdn evaluate``: mean PSNR and SSIM per dataset and noise (``-o``: CSV/JSON; ``--record``: into weights).
 
     Args:
         a: the parsed arguments of the subcommand.
@@ -146,23 +287,45 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         the exit status.
 
     Raises:
-        MaskdnError: ``--record`` with ``noisy``, or from loading, evaluating or recording; :func:`main`
-            prints it as one line.
+        MaskdnError: ``--record`` with ``noisy``, on a bundled model without a copy to write, or on a
+            file that is not a maskdn weights file; an output that is not ``.csv``/``.json``; or from
+            loading, evaluating or recording; :func:`main` prints it as one line.
     """
-    from .evaluate import evaluate, scores_table
-    from .weights import load_model, update_training_record
+    from .evaluate import check_scores_path, evaluate_rows, rows_table, write_scores
+    from .weights import load_model, read_metadata, update_training_record
     from .zoo import resolve
 
-    if a.model == "noisy" and a.record:
-        raise MaskdnError("--record needs a model file, not noisy")
-    model = None if a.model == "noisy" else load_model(a.model)
-    scores = evaluate(model, a.data, a.noise, seed=a.seed, passes=a.passes, limit=a.limit, tile=a.tile)
-    print(scores_table(scores))
+    record_to = None
     if a.record:
-        protocol = {"seed": a.seed, "passes": a.passes, "limit": a.limit,
-                    "note": "mean PSNR (dB, RGB, 8-bit) of maskdn evaluate; noisy inputs clipped and 8-bit quantized"}
-        update_training_record(resolve(a.model), scores=scores, scores_protocol=protocol)
-        print(f"recorded the scores in {resolve(a.model)}")
+        if a.model == "noisy":
+            raise MaskdnError("--record needs a model file, not noisy")
+        source = resolve(a.model)
+        read_metadata(source)  # a maskdn weights file, or one line before any work
+        record_to = source if a.record is True else _check_out(a.record, folder=False)
+        if record_to == source and _is_bundled(source):
+            raise MaskdnError(f"--record: {source.stem} is a bundled model; the installed package is never changed. "
+                              f"Record into a copy: --record {source.stem}.safetensors")
+    if a.out is not None:
+        check_scores_path(_check_out(a.out, folder=False))
+    data = _datasets(a)
+    noises = a.noise or list(EVALUATE_NOISES)
+    model = None if a.model == "noisy" else load_model(a.model, device=a.device, attn_mask_ratio=a.attn_mask_ratio)
+    rows = evaluate_rows(model, data, noises, seed=a.seed, passes=a.passes, limit=a.limit, tile=a.tile, bf16=a.bf16)
+    print(rows_table(rows))
+    protocol = {"model": a.model or "default", "seed": a.seed, "passes": a.passes, "limit": a.limit,
+                "note": "mean PSNR (dB) and SSIM on 8-bit RGB levels of maskdn evaluate; noisy inputs clipped and "
+                        "8-bit quantized"}
+    if a.out is not None:
+        print(f"wrote {write_scores(rows, a.out, protocol)}")
+    if record_to is not None:
+        scores: dict[str, dict[str, float]] = {}
+        for r in rows:
+            scores.setdefault(r["dataset"], {})[r["condition"]] = r["psnr"]
+        protocol = {k: v for k, v in protocol.items() if k != "model"}
+        protocol["note"] = "mean PSNR (dB, RGB, 8-bit) of maskdn evaluate; noisy inputs clipped and 8-bit quantized"
+        update_training_record(source, dest=None if record_to == source else record_to, scores=scores,
+                               scores_protocol=protocol)
+        print(f"recorded the scores in {record_to}")
     return 0
 
 
@@ -176,24 +339,25 @@ def cmd_bench(a: argparse.Namespace) -> int:
         the exit status.
 
     Raises:
-        MaskdnError: no ``--model`` or ``--method``, or from :func:`maskdn.generalization.run_bench`;
-            :func:`main` prints it as one line.
+        MaskdnError: no ``--model`` or ``--method``, no data, or from
+            :func:`maskdn.generalization.run_bench`; :func:`main` prints it as one line.
     """
-    from pathlib import Path
-
     from .generalization import PAPER_GRID, run_bench
 
-    methods = [*a.model, *a.method]
+    methods = [*(a.model or []), *(a.method or [])]
     if not methods:
         raise MaskdnError("give at least one --model or --method")
+    data = _datasets(a)
+    out = _check_out(a.out, folder=True)  # created by run_bench once the arguments are checked
     lpips = True if a.lpips_backbone else a.lpips
-    records = run_bench(a.data, methods, a.noise or PAPER_GRID, a.out, seed=a.seed, passes=a.passes,
-                        limit=a.limit, device=a.device, jobs=a.jobs, lpips=lpips, lpips_backbone=a.lpips_backbone)
-    summary = (Path(a.out) / "summary.md").read_text(encoding="utf-8")
+    records = run_bench(data, methods, a.noise or PAPER_GRID, out, seed=a.seed, passes=a.passes,
+                        limit=a.limit, device=a.device, jobs=a.jobs, lpips=lpips, lpips_backbone=a.lpips_backbone,
+                        bf16=a.bf16, tile=a.tile, attn_mask_ratio=a.attn_mask_ratio)
+    summary = (out / "summary.md").read_text(encoding="utf-8")
     print(summary)
     if lpips and not any("lpips" in r for r in records):
         why = next((line[2:] for line in summary.splitlines() if line.startswith("- LPIPS not computed")), "")
-        print(f"maskdn: warning: {why or 'LPIPS not computed'}", file=sys.stderr)
+        _warn(why or "LPIPS not computed")
     print(f"\nwrote {a.out}/ (results.json, summary.csv, summary.md, curves.png, gallery.png)")
     return 0
 
@@ -212,8 +376,10 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     """
     from .analysis import analyze, summary_markdown
 
-    result = analyze(a.model, a.data, a.noise, a.out, layers=a.layer, reference=a.reference, limit=a.limit,
-                     crop=a.crop, tokens=a.tokens, bins=a.bins, seed=a.seed, device=a.device)
+    _warn_skipped([a.data])
+    result = analyze(a.model, a.data, a.noise, _check_out(a.out, folder=True), layers=a.layer, reference=a.reference,
+                     limit=a.limit, crop=a.crop, tokens=a.tokens, bins=a.bins, seed=a.seed, device=a.device,
+                     attn_mask_ratio=a.attn_mask_ratio)
     print(summary_markdown(result))
     print(f"\nwrote {a.out}/ (analysis.json, summary.md, cka.png, histograms_<model>.png)")
     return 0
@@ -276,7 +442,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     """
     from .train import export
 
-    print(f"wrote {export(a.run, a.output)}")
+    print(f"wrote {export(a.run, _check_out(a.out, folder=False))}")
     return 0
 
 
@@ -294,60 +460,76 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The parser; a subcommand is required.
     """
-    p = argparse.ArgumentParser(prog="maskdn", description="Generalizable image denoising by masked image training.")
+    p = argparse.ArgumentParser(prog="maskdn", description="Generalizable image denoising by masked image training.",
+                                formatter_class=_HelpFormatter)
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"maskdn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    noises = _noise_epilog()
 
-    d = sub.add_parser("denoise", help="denoise image files, folders or globs")
+    def command(name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=_HelpFormatter)
+
+    def data_options(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--data", action="extend", nargs="+", default=None, metavar="FOLDER",
+                       help="folders of clean images (noise is added) or of PolyU-style *_real/*_mean pairs")
+        q.add_argument("--noisy", action="extend", nargs="+", default=None, metavar="DIR",
+                       help="folders of noisy photos, each scored against the --clean folder in the same position, "
+                            "images matched by file name")
+        q.add_argument("--clean", action="extend", nargs="+", default=None, metavar="DIR",
+                       help="folders of the clean references of --noisy")
+        q.add_argument("--limit", type=int, default=None, help="first N images per dataset (default: all)")
+
+    d = command("denoise", "denoise image files, folders or globs")
     d.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    d.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
-    _add_denoise_options(d)
+    _add_out(d, "output file (one input; its suffix picks the format) or folder", required=True)
+    _add_model(d, several=False)
+    _add_run_options(d)
+    d.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in pixels (default: 32)")
+    d.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations (8× the time)")
     d.set_defaults(func=cmd_denoise)
 
-    n = sub.add_parser("noise", help="write seeded noisy copies of images (one folder per noise)")
+    n = command("noise", "write seeded noisy copies of images (one folder per noise)", noises)
     n.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    n.add_argument("-o", "--output", required=True, help="output folder")
-    n.add_argument("--noise", nargs="+", required=True, help="noises written name:level, e.g. poisson:2")
-    n.add_argument("--seed", type=int, default=0)
+    _add_out(n, "output folder", required=True)
+    n.add_argument("--noise", action="extend", nargs="+", required=True, metavar="NAME:LEVEL",
+                   help="noises, e.g. poisson:2 (see below)")
+    n.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
     n.add_argument("--float", action="store_true", help="keep float values (16-bit PNG) instead of 8-bit quantizing")
     n.set_defaults(func=cmd_noise)
 
-    m = sub.add_parser("models", help="list the bundled models")
+    m = command("models", "list the bundled models")
     m.add_argument("--json", action="store_true", help="machine-readable output")
     m.set_defaults(func=cmd_models)
 
-    e = sub.add_parser("demo", help="denoise the bundled sample photos under a few noises")
-    e.add_argument("-o", "--output", default="maskdn-demo", help="output folder (default: maskdn-demo)")
-    e.add_argument("--model", default=None, help="zoo name or weights file")
-    e.add_argument("--passes", type=int, default=1, help="stochastic passes to average")
-    e.add_argument("--seed", type=int, default=0)
+    e = command("demo", "the bundled models side by side on the bundled sample photos under a few noises")
+    _add_out(e, "output folder (default: maskdn-demo)", default="maskdn-demo")
+    _add_model(e, several=True, extra=" (default: every bundled model)")
+    _add_run_options(e)
     e.set_defaults(func=cmd_demo)
 
-    v = sub.add_parser("evaluate", help="mean PSNR of a model per dataset and noise")
-    v.add_argument("--model", default=None, help="zoo name or weights file; 'noisy' scores the noisy input itself")
-    v.add_argument("--data", nargs="+", required=True, help="folders of clean images or *_real/*_mean pairs")
-    v.add_argument("--noise", nargs="+", default=["gaussian:15", "gaussian:25", "poisson:2", "speckle:0.03", "saltpepper:0.02"],
-                   help="noises written name:level (real-noise folders ignore them)")
-    v.add_argument("--passes", type=int, default=1)
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--limit", type=int, default=None, help="first N images per folder")
-    v.add_argument("--tile", type=int, default=None, help="denoise in tiles (bounded memory)")
-    v.add_argument("--record", action="store_true", help="store the scores in the weights file's training record")
+    v = command("evaluate", "mean PSNR and SSIM of a model per dataset and noise", noises)
+    _add_model(v, several=False, extra="; 'noisy' scores the noisy input itself")
+    data_options(v)
+    v.add_argument("--noise", action="extend", nargs="+", default=None, metavar="NAME:LEVEL",
+                   help=f"noises for the clean-image folders (default: {' '.join(EVALUATE_NOISES)})")
+    _add_run_options(v)
+    _add_out(v, "also write the scores to FILE.csv or FILE.json")
+    v.add_argument("--record", nargs="?", const=True, default=None, metavar="FILE",
+                   help="store the PSNRs in the weights file's training record; with FILE, in a copy written there "
+                        "(needed for a bundled model: the installed package is never changed)")
     v.set_defaults(func=cmd_evaluate)
 
-    b = sub.add_parser("bench", help="generalization benchmark: methods × noises × datasets, tables and plots")
-    b.add_argument("--data", nargs="+", required=True, help="folders of clean images or *_real/*_mean pairs")
-    b.add_argument("--model", nargs="*", default=[], help="zoo names or weights files")
-    b.add_argument("--method", nargs="*", default=[],
+    b = command("bench", "generalization benchmark: methods × noises × datasets, tables and plots", noises)
+    data_options(b)
+    _add_model(b, several=True)
+    b.add_argument("--method", action="extend", nargs="+", default=None, metavar="METHOD",
                    help="built-in methods: noisy, nlm, bm3d (σ estimated), bm3d-oracle (true σ, gaussian/correlated only)")
-    b.add_argument("--noise", nargs="*", default=None, help="noises name:level (default: the paper grid)")
-    b.add_argument("--out", default="bench", help="output folder; an interrupted run resumes from it")
-    b.add_argument("--passes", type=int, default=4, help="K for the K-pass score of stochastic models")
-    b.add_argument("--limit", type=int, default=None, help="first N images per folder")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--noise", action="extend", nargs="+", default=None, metavar="NAME:LEVEL",
+                   help="noises for the clean-image folders (default: the paper's grid)")
+    _add_out(b, "output folder; an interrupted run resumes from it (default: bench)", default="bench")
+    _add_run_options(b)
     b.add_argument("--jobs", type=int, default=1,
                    help="single-threaded worker processes for the methods and, on the CPU, the models; same results for any N")
     b.add_argument("--lpips", action=argparse.BooleanOptionalAction, default=None,
@@ -356,30 +538,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision AlexNet weights (alexnet-owt-7be5be79.pth) for LPIPS; default: the torch hub cache")
     b.set_defaults(func=cmd_bench)
 
-    y = sub.add_parser("analyze", help="feature statistics of models under several noises: histograms, distances, CKA")
-    y.add_argument("--model", action="append", required=True, help="zoo name or weights file (repeat for several)")
+    y = command("analyze", "feature statistics of models under several noises: histograms, distances, CKA", noises)
+    _add_model(y, several=True)
     y.add_argument("--data", required=True, help="folder of images (or one image file)")
-    y.add_argument("--noise", nargs="+", default=None,
-                   help="noises name:level, the reference always added (default: gaussian:15 gaussian:50 poisson:2 "
+    y.add_argument("--noise", action="extend", nargs="+", default=None, metavar="NAME:LEVEL",
+                   help="noises, the reference always added (default: gaussian:15 gaussian:50 poisson:2 "
                         "speckle:0.03 saltpepper:0.02 mixture:3)")
     y.add_argument("--reference", default=None, help="the noise compared against (default: gaussian:15, the training noise)")
     y.add_argument("--layer", action="extend", nargs="+", default=None,
                    help="feature points: embed, group0..groupN-1, body (default: all)")
-    y.add_argument("--out", default="analysis", help="output folder")
-    y.add_argument("--limit", type=int, default=None, help="first N images")
-    y.add_argument("--crop", type=int, default=256, help="center crop side in pixels (0: whole images)")
-    y.add_argument("--tokens", type=int, default=1024, help="token positions sampled per image")
-    y.add_argument("--bins", type=int, default=100, help="histogram bins over the reference's range")
-    y.add_argument("--seed", type=int, default=0)
-    y.add_argument("--device", default="cpu")
+    _add_out(y, "output folder (default: analysis)", default="analysis")
+    y.add_argument("--limit", type=int, default=None, help="first N images (default: all)")
+    y.add_argument("--crop", type=int, default=256, help="center crop side in pixels; 0: whole images (default: 256)")
+    y.add_argument("--tokens", type=int, default=1024, help="token positions sampled per image (default: 1024)")
+    y.add_argument("--bins", type=int, default=100, help="histogram bins over the reference's range (default: 100)")
+    _add_run_options(y, passes=False, tile=False, bf16=False)
     y.set_defaults(func=cmd_analyze)
 
-    t = sub.add_parser("train", help="train a model from a TOML config (rerun to resume; torchrun for DDP)")
+    t = command("train", "train a model from a TOML config (rerun to resume; torchrun for DDP)")
     t.add_argument("config", nargs="?", default=None,
                    help="config file, run folder (resumes it) or shipped config name (see --list); "
                         "default: the TrainConfig defaults")
     t.add_argument("--data", default=None, help="folder of clean training images, e.g. CBSD432 (same as --set data=...)")
-    t.add_argument("--out", default=None, help="run folder; rerun the same command to resume (same as --set out=...)")
+    _add_out(t, "run folder; rerun the same command to resume (same as --set out=...)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (JSON values), e.g. --set preset=tiny --set noise='[\"gaussian:25\"]'")
     t.add_argument("--cooldown", type=int, default=None, metavar="N",
@@ -388,11 +569,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--list", action="store_true", help="list the shipped configs and exit")
     t.set_defaults(func=cmd_train)
 
-    x = sub.add_parser("export", help="write a training run's EMA weights, config and training record")
+    x = command("export", "write a training run's EMA weights, config and training record")
     x.add_argument("run", help="run folder or its state.pt")
-    x.add_argument("-o", "--output", required=True, help="output weights file (.safetensors)")
+    _add_out(x, "output weights file (.safetensors)", required=True)
     x.set_defaults(func=cmd_export)
     return p
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr (``maskdn: warning: ...``), without the source line."""
+    _warn(str(message).strip().splitlines()[0] if str(message).strip() else category.__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -403,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         The exit status: the subcommand's, 1 after a :class:`MaskdnError` (printed as one line on
-        stderr), 130 after Ctrl-C.
+        stderr), 130 after Ctrl-C, 141 when the reader of the output went away (``| head``).
 
     Raises:
         SystemExit: From argparse, for ``--help``, ``--version`` or invalid arguments (status 0 or 2).
@@ -411,13 +597,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # large CPU buffers otherwise page-fault on every use (docs/performance.md)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            if getattr(args, "device", None) is not None:
+                from .devices import resolve_device
+
+                resolve_device(args.device)  # one line before any work, on every subcommand
+            status = args.func(args)
+            sys.stdout.flush()  # a closed pipe (maskdn models | head) shows here, inside the handler
+            return status
     except MaskdnError as e:
         print(f"maskdn: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("maskdn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away: stop quietly, as head/grep expect (Python docs, signal module)
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail again
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a program killed by a closed pipe
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Turning a user's device name into a ``torch.device`` that this PyTorch can use, or one clear line."""
+"""Devices: a user's device name as a ``torch.device`` this PyTorch can use (or one clear line), and where a model lives."""
 
 from __future__ import annotations
 
@@ -38,6 +38,46 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); the CPU for a module without either.
+
+    Args:
+        module: Any ``torch.nn.Module`` (e.g. a :class:`~maskdn.model.MaskedSwinIR`).
+
+    Returns:
+        The ``torch.device`` its tensors are on (a model is assumed to live on one device).
+    """
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def on_device(module: torch.nn.Module, device: str | torch.device | None) -> torch.nn.Module:
+    """``module`` itself when it is on ``device`` (or ``device`` is None), else a copy of it moved there.
+
+    The caller's module is never moved: ``Module.to`` moves in place, which would pull a caller's CUDA
+    model onto the CPU behind their back.
+
+    Args:
+        module: The module (a model in eval or training mode; the copy keeps the mode).
+        device: Where it should run; None: where it is. Checked by :func:`resolve_device`.
+
+    Returns:
+        ``module``, or a deep copy on ``device``.
+
+    Raises:
+        MaskdnError: ``device`` is not usable here (:func:`resolve_device`).
+    """
+    if device is None:
+        return module
+    want, have = resolve_device(device), module_device(module)
+    if want.type == have.type and (want.index is None or want.index == have.index):
+        return module
+    import copy
+
+    return copy.deepcopy(module).to(want)
+
+
 def available_memory(device: str | torch.device) -> int | None:
     """Bytes a new allocation on ``device`` can take now, or None where this is not known.
 
@@ -69,4 +109,4 @@ def available_memory(device: str | torch.device) -> int | None:
         return None
 
 
-__all__ = ["available_memory", "resolve_device"]
+__all__ = ["available_memory", "module_device", "on_device", "resolve_device"]

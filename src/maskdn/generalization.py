@@ -55,6 +55,7 @@ from .classical import (
     denoise_classical,
 )
 from .datasets import REAL, Sample, load_dataset
+from .devices import resolve_device
 from .errors import MaskdnError, check_int
 from .geometry import center_crop
 from .inference import check_passes, denoise_tensor
@@ -178,7 +179,7 @@ def model_method(
 
 def resolve_method(
     method: str | tuple[str, Callable[[Tensor], Tensor]] | Method, passes: int = 4, device: str | torch.device = "cpu",
-    bf16: bool = False,
+    bf16: bool = False, tile: int | None = None, attn_mask_ratio: float | None = None,
 ) -> Method:
     """A :class:`Method` from a built-in name, a model name / weights path, or a ``(name, callable)`` pair.
 
@@ -195,6 +196,9 @@ def resolve_method(
         passes: The averaged pass count a stochastic model is scored with besides 1.
         device: Where a loaded model runs.
         bf16: Run a loaded model under bfloat16 autocast.
+        tile: Run a loaded model in ``tile``×``tile`` tiles (None: whole images; :func:`model_method`).
+        attn_mask_ratio: Sets a loaded model's attention-mask ratio (:func:`maskdn.weights.load_model`;
+            None: as stored or named).
 
     Returns:
         The :class:`Method`; a model's name is the file stem for a weights path, else ``method``.
@@ -220,24 +224,27 @@ def resolve_method(
     from .weights import load_model
 
     try:
-        model = load_model(name, device=device)
+        model = load_model(name, device=device, attn_mask_ratio=attn_mask_ratio)
     except MaskdnError as e:
         raise MaskdnError(
             f"method {name}: not a built-in ({', '.join(BUILTIN_METHODS)}) nor a loadable model ({e})"
         ) from None
     counts = [1, passes] if model.masks_attention and passes > 1 else [1]
     label = Path(name).stem if (os.sep in name or name.endswith((".safetensors", ".pth"))) else name
-    method = model_method(model, label, counts, device=device, bf16=bf16)
+    method = model_method(model, label, counts, device=device, bf16=bf16, tile=tile)
     method.source = str(Path(name).resolve()) if Path(name).exists() else name
     return method
 
 
-def _resolve_all(methods: Any, passes: int, device: str | torch.device, bf16: bool = False) -> list[Method]:
+def _resolve_all(
+    methods: Any, passes: int, device: str | torch.device, bf16: bool = False, tile: int | None = None,
+    attn_mask_ratio: float | None = None,
+) -> list[Method]:
     if isinstance(methods, (str, os.PathLike, tuple, Method)):
         methods = [methods]
     if isinstance(methods, Mapping):
         methods = [(k, v) if callable(v) else v for k, v in methods.items()]
-    out = [resolve_method(m, passes, device, bf16) for m in methods]
+    out = [resolve_method(m, passes, device, bf16, tile, attn_mask_ratio) for m in methods]
     if not out:
         raise MaskdnError("no methods to benchmark")
     names = [m.name for m in out]
@@ -253,17 +260,17 @@ def _resolve_all(methods: Any, passes: int, device: str | torch.device, bf16: bo
 
 
 def record_key(r: Mapping[str, Any]) -> tuple:
-    """The identity of a record: (dataset, image, method, passes, noise, level, seed, crop, bf16).
+    """The identity of a record: (dataset, image, method, passes, noise, level, seed, crop, bf16, tile, ratio).
 
-    ``crop`` and ``bf16`` are only in the records of runs that set them (:func:`run_bench`); absent,
-    they are None and False.
+    ``crop``, ``bf16``, ``tile`` and ``attn_mask_ratio`` are only in the records of runs that set them
+    (:func:`run_bench`); absent, they are None, False, None and None.
 
     Args:
         r: A benchmark record (the keys of :func:`run_bench`'s records).
 
     Returns:
         ``(dataset, image, method, int passes, noise, float level or None, int seed, crop or None,
-        bool bf16)``; a crop of 0 counts as None.
+        bool bf16, tile or None, attn_mask_ratio or None)``; a crop of 0 counts as None.
 
     Raises:
         KeyError: ``r`` lacks ``dataset``, ``image``, ``method``, ``passes``, ``noise`` or ``seed``.
@@ -272,6 +279,7 @@ def record_key(r: Mapping[str, Any]) -> tuple:
     return (
         r["dataset"], r["image"], r["method"], int(r["passes"]), r["noise"],
         None if level is None else float(level), int(r["seed"]), r.get("crop") or None, bool(r.get("bf16", False)),
+        r.get("tile") or None, r.get("attn_mask_ratio"),
     )
 
 
@@ -466,16 +474,17 @@ def _method_unit(
     return _unit_result(est.detach().cpu().float(), clean, side, want_est, with_ssim, keep)
 
 
-_WORKER_MODELS: dict[tuple[str, int, bool], Method] = {}
+_WORKER_MODELS: dict[tuple[str, int, bool, int | None, float | None], Method] = {}
 
 
 def _model_unit(
-    source: str, max_passes: int, bf16: bool, passes: int, *args
+    source: str, max_passes: int, bf16: bool, tile: int | None, ratio: float | None, passes: int, *args
 ) -> tuple[dict[str, float], np.ndarray | None, Tensor | None, Tensor | None]:
     """:func:`_method_unit` in a worker process, which loads each model once."""
-    if (source, max_passes, bf16) not in _WORKER_MODELS:
-        _WORKER_MODELS[(source, max_passes, bf16)] = resolve_method(source, max_passes, bf16=bf16)
-    return _method_unit(_WORKER_MODELS[(source, max_passes, bf16)], passes, *args)
+    key = (source, max_passes, bf16, tile, ratio)
+    if key not in _WORKER_MODELS:
+        _WORKER_MODELS[key] = resolve_method(source, max_passes, bf16=bf16, tile=tile, attn_mask_ratio=ratio)
+    return _method_unit(_WORKER_MODELS[key], passes, *args)
 
 
 def _worker_init() -> None:
@@ -516,6 +525,8 @@ def run_bench(
     with_ssim: bool = True,
     crop: int | None = 0,
     bf16: bool = False,
+    tile: int | None = None,
+    attn_mask_ratio: float | None = None,
     noise_seeding: Callable[[int, str, str], int] | None = None,
     on_estimate: Callable[[dict, Tensor, Tensor], None] | None = None,
 ) -> list[dict]:
@@ -557,6 +568,11 @@ def run_bench(
         bf16: Run the models given by name under bfloat16 autocast (within 0.05 dB of float32). True,
             it is part of each record (and of its identity on resuming). :class:`Method` objects keep
             their own setting (:func:`model_method`).
+        tile: Run the models given by name in ``tile``×``tile`` tiles (:func:`model_method`; None: whole
+            images). Set, it is part of each record (and of its identity on resuming).
+        attn_mask_ratio: Sets the attention-mask ratio of the models given by name
+            (:func:`maskdn.weights.load_model`; None: as stored or named). Set, it is part of each
+            record (and of its identity on resuming).
         noise_seeding: ``(seed, image name, condition) → seed of the noise``; None:
             :func:`maskdn.noise.noise_seed`. A run with workers (``jobs`` > 1) needs it picklable (a
             module-level function or a :func:`functools.partial` of one). Records do not say which
@@ -569,21 +585,23 @@ def run_bench(
     Returns:
         The records, in plan order (dataset, image, condition, method, passes), then any other
         records of ``OUT/results.json``: ``{dataset, image, method, passes, noise, level, psnr, ssim,
-        [lpips,] seed, [crop,] [bf16]}`` with ``noise`` ``"real"`` and ``level`` None for real-noise
+        [lpips,] seed, [crop,] [bf16,] [tile,] [attn_mask_ratio]}`` with ``noise`` ``"real"`` and ``level`` None for real-noise
         pairs.
 
     Raises:
-        MaskdnError: Invalid ``passes``/``jobs``/``crop`` or noise specs, no folders or an empty one,
+        MaskdnError: Invalid ``passes``/``jobs``/``crop`` or noise specs, a ``device`` this machine lacks
+            (:func:`maskdn.devices.resolve_device`), no folders or an empty one,
             a dataset name given twice, no noises for clean images, unknown or duplicate methods, a
             method returning the wrong shape, or an unreadable ``results.json``.
     """
     check_passes(passes)
     check_int("jobs", jobs)
+    device = resolve_device(device)
     if crop:
         check_int("crop", crop)
     crop = crop or 0
     conds_noise = list(dict.fromkeys(str(parse_noise(n)) for n in noises))
-    resolved = _resolve_all(methods, passes, device, bf16)
+    resolved = _resolve_all(methods, passes, device, bf16, tile, attn_mask_ratio)
     if not data_dirs:
         raise MaskdnError("no dataset folders given")
     datasets: list[tuple[str, list[Sample]]] = []
@@ -624,14 +642,16 @@ def run_bench(
     first_name, first_samples = datasets[0]
     first = first_samples[0]
     gallery_conds = conditions_of(first_samples)[:GALLERY_NOISES]
-    variant = (f"/crop{crop}" if crop else "") + ("/bf16" if bf16 else "")
+    variant = ((f"/crop{crop}" if crop else "") + ("/bf16" if bf16 else "") + (f"/tile{tile}" if tile else "")
+               + (f"/ratio{attn_mask_ratio:g}" if attn_mask_ratio is not None else ""))
     gallery = None if out is None else _Gallery(out / _GALLERY_CACHE, first_name, first.name, seed, variant)
     first_clean = center_crop(first.clean, crop)
     box = _gallery_side(*first_clean.shape[-2:])
     method_labels = [method_label(m.name, k) for m in resolved for k in m.pass_counts if m.name != "noisy"]
 
     # the plan, in order; a built-in not defined under a condition (bm3d-oracle) has no record there
-    extra = {**({"crop": crop} if crop else {}), **({"bf16": True} if bf16 else {})}
+    extra = {**({"crop": crop} if crop else {}), **({"bf16": True} if bf16 else {}), **({"tile": tile} if tile else {}),
+             **({"attn_mask_ratio": float(attn_mask_ratio)} if attn_mask_ratio is not None else {})}
     plan: list[_Unit] = []
     for dname, samples in datasets:
         for idx, s in enumerate(samples):
@@ -712,7 +732,8 @@ def run_bench(
     def submit(u: _Unit) -> Future:
         if u.method.classical:
             return pool.submit(_classical_unit, *payload(u))
-        return pool.submit(_model_unit, u.method.source, max(u.method.pass_counts), bf16, u.passes, *payload(u)[1:])
+        return pool.submit(_model_unit, u.method.source, max(u.method.pass_counts), bf16, tile, attn_mask_ratio,
+                           u.passes, *payload(u)[1:])
 
     def drain(block: bool) -> None:
         ready = wait_futures(list(pending), return_when="FIRST_COMPLETED")[0] if block else [f for f in pending if f.done()]

@@ -33,13 +33,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .devices import resolve_device
+from .devices import module_device, on_device, resolve_device
 from .errors import MaskdnError, check_int
 from .geometry import dihedral, dihedral_inverse
 from .io import make_output_dir
 from .model import MaskedSwinIR
 
-__all__ = ["denoise", "denoise_tensor", "denoise_files", "check_passes", "check_tile_options"]
+__all__ = ["denoise", "denoise_tensor", "denoise_files", "check_output", "check_passes", "check_tile_options"]
 
 ModelLike = MaskedSwinIR | str | os.PathLike | None
 
@@ -228,13 +228,17 @@ def _denoise_tiled(
 # --------------------------------------------------------------------------------------------------
 
 
-def _resolve_model(model: ModelLike, device: str | torch.device) -> MaskedSwinIR:
-    """A model instance moved to ``device``, or one loaded from a zoo name / path (None = default)."""
+def _resolve_model(model: ModelLike, device: str | torch.device | None) -> MaskedSwinIR:
+    """A model on ``device`` (None: an instance where it is, a loaded one on the CPU), never moving the caller's.
+
+    An instance on another device is copied there (:func:`maskdn.devices.on_device`); a zoo name or path
+    (None: the default model) is loaded.
+    """
     if isinstance(model, MaskedSwinIR):
-        return model.to(device)
+        return on_device(model, device)
     from .weights import load_model
 
-    return load_model(model, device=device)
+    return load_model(model, device=resolve_device(device or "cpu"))
 
 
 def _fit_channels(model: MaskedSwinIR, x: Tensor) -> tuple[Tensor, Any]:
@@ -301,7 +305,7 @@ def denoise(
     tile: int | None = None,
     tile_overlap: int = 32,
     seed: int | None = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     progress: bool = False,
     bf16: bool = False,
 ) -> Any:
@@ -318,15 +322,17 @@ def denoise(
             (0–255), uint16 (0–65535) or float (nominally [0, 1]); a PIL image in mode ``L``, ``RGB``,
             ``RGBA``, ``I;16`` or ``F``; or a float tensor ``[C, H, W]`` or ``[B, C, H, W]``,
             ``C`` = 1 or 3, values in [0, 1], on any device.
-        model: A :class:`MaskedSwinIR` (moved to ``device`` in place), a zoo name or a weights path
-            (loaded with :func:`maskdn.load_model`); None: the default zoo model.
+        model: A :class:`MaskedSwinIR` (never moved: it runs where it is, or a copy runs on another
+            ``device``), a zoo name or a weights path (loaded with :func:`maskdn.load_model`); None:
+            the default zoo model.
         passes: As in :func:`denoise_tensor`.
         self_ensemble: As in :func:`denoise_tensor`.
         tile: As in :func:`denoise_tensor`.
         tile_overlap: As in :func:`denoise_tensor`.
         seed: Seeds a new ``torch.Generator`` on ``device`` for the attention masks, so one seed
             gives one result; None: torch's global RNG.
-        device: Where the model runs; the input is copied there and the result copied back.
+        device: Where the model runs; the input is copied there and the result copied back. None:
+            the device of a given :class:`MaskedSwinIR`, the CPU for a loaded model.
         progress: As in :func:`denoise_tensor`.
         bf16: As in :func:`denoise_tensor`.
 
@@ -335,8 +341,9 @@ def denoise(
 
     Raises:
         MaskdnError: An unsupported input type, PIL mode, array or tensor shape or dtype, a channel
-            count the model cannot take, an unknown zoo name or unusable weights file, or invalid
-            options (see :func:`denoise_tensor`).
+            count the model cannot take, an unknown zoo name or unusable weights file, a ``device``
+            this machine lacks (:func:`maskdn.devices.resolve_device`), or invalid options (see
+            :func:`denoise_tensor`).
     """
     from PIL import Image
 
@@ -348,8 +355,8 @@ def denoise(
         convert = _denoise_pil
     else:
         raise MaskdnError(f"cannot denoise a {type(image).__name__}: give a NumPy array, a PIL image or a tensor")
-    device = resolve_device(device)
     net = _resolve_model(model, device)
+    device = module_device(net)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     options = dict(passes=passes, self_ensemble=self_ensemble, tile=tile, tile_overlap=tile_overlap,
                    generator=generator, progress=progress, bf16=bf16)
@@ -361,19 +368,59 @@ def denoise(
 # --------------------------------------------------------------------------------------------------
 
 
-def _output_paths(paths: list[Path], output: Path) -> Iterator[tuple[Path, Path]]:
-    """Pairs (input, output path): one file → a named output file, else a folder of same-named files."""
+def _means_a_file(output: Path) -> bool:
+    """Whether ``output`` names an image file (its suffix is an image format), not a folder to create."""
+    from PIL import Image
+
     from .io import IMAGE_SUFFIXES
 
-    suffixes = {s.lower() for s in IMAGE_SUFFIXES}
-    if output.suffix.lower() in suffixes and not output.is_dir():
-        if len(paths) != 1:
-            raise MaskdnError(f"{output}: {len(paths)} inputs need an output folder, not an image file")
+    if output.is_dir():
+        return False
+    suffix = output.suffix.lower()
+    return suffix in {s.lower() for s in IMAGE_SUFFIXES} or suffix in Image.registered_extensions()
+
+
+def check_output(output: str | os.PathLike, n_inputs: int = 1) -> Path:
+    """Refuse, before any work, an ``output`` that :func:`denoise_files` could not write or would lose.
+
+    ``output`` is an image file when its suffix is an image format that Pillow knows
+    (``PIL.Image.registered_extensions``) and it is not an existing folder; anything else is a folder.
+
+    Args:
+        output: The output file or folder.
+        n_inputs: The number of input images.
+
+    Returns:
+        ``output`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        MaskdnError: ``"<output>: a broken symlink or a symlink loop; ..."``; ``"<output>: cannot write
+            .webp images (maskdn writes ...)"`` for an image format :func:`maskdn.io.write_image` does not
+            write; ``"<output>: N inputs need an output folder, not an image file"``; or ``"<output>:
+            exists and is not a folder"``.
+    """
+    from .io import IMAGE_SUFFIXES
+
+    output = Path(output)
+    if output.is_symlink() and not output.exists():
+        raise MaskdnError(f"{output}: a broken symlink or a symlink loop; remove it or choose another output")
+    if _means_a_file(output):
+        if output.suffix.lower() not in {s.lower() for s in IMAGE_SUFFIXES}:
+            raise MaskdnError(f"{output}: cannot write {output.suffix} images (maskdn writes {' '.join(IMAGE_SUFFIXES)})")
+        if n_inputs != 1:
+            raise MaskdnError(f"{output}: {n_inputs} inputs need an output folder, not an image file")
+    elif output.exists() and not output.is_dir():
+        raise MaskdnError(f"{output}: exists and is not a folder")
+    return output
+
+
+def _output_paths(paths: list[Path], output: Path) -> Iterator[tuple[Path, Path]]:
+    """Pairs (input, output path): one file → a named output file, else a folder of same-named files."""
+    check_output(output, len(paths))
+    if _means_a_file(output):
         make_output_dir(output.parent)
         yield paths[0], output
         return
-    if output.exists() and not output.is_dir():
-        raise MaskdnError(f"{output}: exists and is not a folder")
     make_output_dir(output)
     for p in paths:
         yield p, output / p.name
@@ -392,7 +439,8 @@ def denoise_files(
     The batch behind ``maskdn denoise``. With exactly one input file and an ``output`` ending in an
     image suffix (and not an existing folder), that is the output file; otherwise ``output`` is a
     folder (created with its parents) and each result keeps its input's file name, so its format
-    follows the input's suffix. Inputs are never overwritten. Each file is read with
+    follows the input's suffix (:func:`check_output` refuses an image suffix that cannot be written,
+    before any work). Inputs are never overwritten, nor is a symlink loop or broken link replaced. Each file is read with
     :func:`maskdn.io.read_image`, denoised with :func:`denoise` (native dtype kept) and written with
     :func:`maskdn.io.write_image` (atomically); a file that fails does not stop the batch.
 
@@ -403,8 +451,8 @@ def denoise_files(
         model: As in :func:`denoise`; loaded once for the whole batch.
         progress: Show tqdm bars over the images (and over the tiles of each).
         **denoise_options: Passed to :func:`denoise`: ``passes``, ``self_ensemble``, ``tile``,
-            ``tile_overlap``, ``seed`` (each file starts from it afresh), ``device`` (default
-            ``"cpu"``), ``bf16``.
+            ``tile_overlap``, ``seed`` (each file starts from it afresh), ``device`` (default: a
+            given model's own, else ``"cpu"``), ``bf16``.
 
     Returns:
         The failures in input order, as ``(input path, one-line message)``; empty if all succeeded.
@@ -412,9 +460,10 @@ def denoise_files(
         result, a failed write, a :class:`MaskdnError` while denoising) are reported here.
 
     Raises:
-        MaskdnError: Before any file is processed: no matching inputs, an unusable model, invalid
-            ``passes`` or tile options, several inputs for an image-file ``output``, an ``output``
-            that exists and is not a folder, or an output folder that cannot be created.
+        MaskdnError: Before any file is processed: no matching inputs, an unusable model or device,
+            invalid ``passes`` or tile options, an ``output`` :func:`check_output` refuses (an image
+            format maskdn does not write, several inputs for an image file, a file where a folder
+            should be, a broken link or symlink loop), or an output folder that cannot be created.
     """
     from tqdm.auto import tqdm
 
@@ -423,7 +472,8 @@ def denoise_files(
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     paths = expand_inputs(list(inputs))
-    net = _resolve_model(model, resolve_device(denoise_options.get("device", "cpu")))
+    check_output(output, len(paths))  # before the model loads: a wrong output costs nothing
+    net = _resolve_model(model, denoise_options.get("device"))
     check_passes(denoise_options.get("passes", 1))
     check_tile_options(denoise_options.get("tile"), denoise_options.get("tile_overlap", 32), net.config.window_size)
 
@@ -434,7 +484,10 @@ def denoise_files(
     for src, dst in bar:
         bar.set_postfix_str(src.name, refresh=False)
         try:
-            target = dst.resolve()
+            try:
+                target = dst.resolve()
+            except (OSError, RuntimeError):  # Python < 3.13 raises RuntimeError on a symlink loop
+                raise MaskdnError(f"{dst}: a symlink loop; remove it or choose another output") from None
             if target in input_set:
                 raise MaskdnError(f"{dst}: would overwrite the input; choose another output")
             if target in claimed:

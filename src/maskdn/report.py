@@ -19,7 +19,9 @@ import numpy as np
 from .io import atomic_write
 
 __all__ = [
+    "LEVEL_LABELS",
     "condition_of",
+    "level_label",
     "method_label",
     "plot_curves",
     "plot_gallery",
@@ -283,12 +285,43 @@ def save_figure(fig, path: str | Path) -> Path:
     return Path(path)
 
 
+#: What the level of each noise of :data:`maskdn.noise.NOISES` is, for the curves' x-axis; the meaning
+#: of each is in that table's descriptions. JPEG's quality falls as the noise grows, so its axis is
+#: drawn reversed: every panel then runs from milder (left) to stronger (right).
+LEVEL_LABELS: dict[str, str] = {
+    "gaussian": "σ (0–255 scale)",
+    "correlated": "σ before the 3×3 box filter (0–255)",
+    "poisson": "α (Poisson scale)",
+    "speckle": "variance v",
+    "saltpepper": "density d",
+    "jpeg": "JPEG quality q (reversed: lower q, stronger →)",
+    "camera": "level 1–5 (stronger →)",
+    "mixture": "level 1–5 (stronger →)",
+}
+#: Noises whose level falls as the noise gets stronger (their axis is reversed).
+DESCENDING_LEVELS = frozenset({"jpeg"})
+
+
+def level_label(noise: str) -> str:
+    """The x-axis label of a noise's level (:data:`LEVEL_LABELS`), ``"level"`` for a noise not listed.
+
+    Args:
+        noise: The noise name (``gaussian``, ``jpeg``, ...).
+
+    Returns:
+        The label, e.g. ``"σ (0–255 scale)"``.
+    """
+    return LEVEL_LABELS.get(noise, "level")
+
+
 def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, dataset: str | None = None) -> Path:
     """PSNR and SSIM against the level, one panel per noise type, one line per method.
 
-    Two rows (PSNR, SSIM) per dataset with synthetic noise, stacked (only ``dataset`` when given).
-    Real-noise groups (no level) are left out; with no synthetic-noise group at all, a small figure
-    saying so is written instead.
+    Two rows (PSNR, SSIM) per dataset with synthetic noise, stacked (only ``dataset`` when given). Each
+    panel's x-axis names its noise's level (:func:`level_label`; JPEG's quality axis reversed, so
+    stronger noise is to the right everywhere); a noise scored at one level only is drawn as labelled
+    points (the value written beside each) at that one tick. Real-noise groups (no level) are left out;
+    with no synthetic-noise group at all, a small figure saying so is written instead.
 
     Args:
         records: Benchmark records (see the module docstring); PSNR in dB and SSIM computed on 8-bit
@@ -318,6 +351,7 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, dataset:
     fig, axes = plt.subplots(2 * len(datasets), n, figsize=(2.8 * n + 0.5, 5.2 * len(datasets)), squeeze=False)
     for d, name in enumerate(datasets):
         for j, noise in enumerate(noises):
+            levels = sorted({r["level"] for r in rows if r["noise"] == noise})
             for i, metric in enumerate(("psnr", "ssim")):
                 ax = axes[2 * d + i][j]
                 for lb in labels:
@@ -325,11 +359,22 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, dataset:
                                  if r["dataset"] == name and r["noise"] == noise and r["label"] == lb)
                     if pts:
                         xs, ys = zip(*pts)
-                        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=lb)
+                        line, = ax.plot(xs, ys, marker="o", markersize=3 if len(levels) > 1 else 5,
+                                        linewidth=1.2 if len(levels) > 1 else 0, label=lb)
+                        if len(levels) == 1:  # one level: labelled points, not a lone dot on a bare axis
+                            ax.annotate(f"{ys[0]:.2f}" if metric == "psnr" else f"{ys[0]:.3f}", (xs[0], ys[0]),
+                                        xytext=(6, 0), textcoords="offset points", va="center", fontsize=7,
+                                        color=line.get_color())
+                if len(levels) == 1:
+                    ax.set_xticks(levels, [f"{levels[0]:g}"])
+                    span = abs(levels[0]) or 1.0
+                    ax.set_xlim(levels[0] - 0.5 * span, levels[0] + 0.9 * span)  # room for the labels
+                if noise in DESCENDING_LEVELS:
+                    ax.invert_xaxis()
                 if i == 0:
                     ax.set_title(f"{name}: {noise}", fontsize=9)
                 else:
-                    ax.set_xlabel("level")
+                    ax.set_xlabel(level_label(noise), fontsize=8)
                 if j == 0:
                     ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM")
                 ax.grid(True, alpha=0.3)

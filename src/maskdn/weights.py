@@ -126,11 +126,12 @@ def describe_zoo() -> list[dict]:
     return rows
 
 
-def update_training_record(path: str | Path, **fields) -> dict:
-    """Merge ``fields`` into the training record of one of our files (rewritten atomically).
+def update_training_record(path: str | Path, *, dest: str | Path | None = None, **fields) -> dict:
+    """Merge ``fields`` into the training record of one of our files (rewritten atomically), or of a copy.
 
     Args:
         path: A safetensors file written by :func:`save_model`.
+        dest: Write the updated file here instead (``path`` is left as it is); None: rewrite ``path``.
         **fields: JSON-serializable values stored under their names in the ``maskdn.training``
             metadata (e.g. ``scores``), replacing values of the same name.
 
@@ -139,7 +140,7 @@ def update_training_record(path: str | Path, **fields) -> dict:
 
     Raises:
         MaskdnError: An unreadable file, one without ``maskdn.config`` metadata (``"<path>: not a
-            maskdn weights file (...)"``), or ``"<path>: cannot write (...)"``.
+            maskdn weights file (...)"``), or ``"<dest or path>: cannot write (...)"``.
     """
     path = Path(path)
     tensors, meta = _read_tensors(path)
@@ -148,8 +149,9 @@ def update_training_record(path: str | Path, **fields) -> dict:
     record = json.loads(meta.get(TRAINING_KEY, "null")) or {}
     record.update(fields)
     meta[TRAINING_KEY] = json.dumps(record)
-    with atomic_write(path) as tmp:
-        _save_file(tensors, tmp, meta, path)
+    target = path if dest is None else Path(dest)
+    with atomic_write(target) as tmp:
+        _save_file(tensors, tmp, meta, target)
     return record
 
 
@@ -209,10 +211,36 @@ def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict]:
         raise MaskdnError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
 
 
+#: The authors' release names (github.com/haoyuc/MaskedDenoising, ``model_zoo/*.json``) whose masking
+#: is unambiguous: ``baseline`` has ``use_mask: false``, ``input_mask_*`` (e.g. ``input_mask_80_90``)
+#: ``use_mask: true`` with ``mask_ratio1 = mask_ratio2 = 75``. (stem prefix, attention mask ratio)
+AUTHORS_RELEASES: tuple[tuple[str, float], ...] = (("baseline", 0.0), ("input_mask", 0.75))
+
+
+def guess_attn_mask_ratio(path: str | Path) -> tuple[float, bool]:
+    """The attention-mask ratio of a weights file that stores no config, from the authors' file names.
+
+    Args:
+        path: The file (only its name is looked at).
+
+    Returns:
+        ``(ratio, known)``: for a stem starting with a name of :data:`AUTHORS_RELEASES`
+        (case-insensitive) its ratio and True; otherwise the :class:`ModelConfig` default 0.75 (the
+        paper's masked model) and False, a guess.
+    """
+    stem = Path(path).stem.lower()
+    for prefix, ratio in AUTHORS_RELEASES:
+        if stem.startswith(prefix):
+            return ratio, True
+    return ModelConfig.attn_mask_ratio, False
+
+
 def load_model(
     source: str | Path | None = None,
     config: ModelConfig | None = None,
     device: str | torch.device = "cpu",
+    *,
+    attn_mask_ratio: float | None = None,
 ) -> MaskedSwinIR:
     """A :class:`MaskedSwinIR` in eval mode from a zoo name, one of our files, or a foreign checkpoint.
 
@@ -227,10 +255,15 @@ def load_model(
     Args:
         source: Zoo name, path, or None.
         config: The architecture and masking. For foreign files without it, the architecture is read
-            off the tensors (:func:`~maskdn.model.infer_config`) and the masking fields keep the
-            :class:`ModelConfig` defaults (attention mask 0.75); for our own files a given ``config``
+            off the tensors (:func:`~maskdn.model.infer_config`) and the attention-mask ratio comes
+            from the authors' file names (:func:`guess_attn_mask_ratio`: ``baseline*`` 0,
+            ``input_mask*`` 0.75); for any other name it is guessed as 0.75 and a ``UserWarning``
+            says so (``maskdn`` prints it as one line). For our own files a given ``config``
             overrides the stored one (e.g. to switch masking off).
         device: Where the model is put.
+        attn_mask_ratio: Sets the fraction of attention keys masked, in [0, 1) (0: none), over the
+            stored, given, named or guessed one; None: keep it. The command line's
+            ``--attn-mask-ratio``.
 
     Returns:
         The model in eval mode on ``device``.
@@ -238,9 +271,12 @@ def load_model(
     Raises:
         MaskdnError: One line naming the file: a bare name that is not in the zoo, a missing or
             unreadable file, a file that is neither safetensors nor a tensors-only torch checkpoint,
-            an architecture that cannot be inferred, or weights that do not fit the config (missing,
-            unexpected or mis-shaped keys).
+            an architecture that cannot be inferred, weights that do not fit the config (missing,
+            unexpected or mis-shaped keys), or an ``attn_mask_ratio`` outside [0, 1).
     """
+    import dataclasses
+    import warnings
+
     path = zoo.resolve(source)
     tensors, meta = _read_tensors(path)
     state = checkpoint_filter_fn(tensors)
@@ -252,6 +288,16 @@ def load_model(
                 config = infer_config(state)
             except MaskdnError as e:
                 raise MaskdnError(f"{path}: {e}") from None
+            ratio, known = guess_attn_mask_ratio(path)
+            config = dataclasses.replace(config, attn_mask_ratio=ratio)
+            if not known and attn_mask_ratio is None:
+                warnings.warn(f"{path}: stores no config; guessed attention mask ratio {ratio:g} (the paper's "
+                              f"masked model); for an unmasked one set it to 0 (--attn-mask-ratio 0)", stacklevel=2)
+    if attn_mask_ratio is not None:
+        try:
+            config = dataclasses.replace(config, attn_mask_ratio=float(attn_mask_ratio))
+        except (MaskdnError, TypeError, ValueError) as e:
+            raise MaskdnError(f"--attn-mask-ratio {attn_mask_ratio}: {first_line(e)}") from None
     _check_finite(path, state)
     model = MaskedSwinIR(config)
     own = model.state_dict()
@@ -269,4 +315,12 @@ def load_model(
     return model.to(device).eval()
 
 
-__all__ = ["describe_zoo", "save_model", "load_model", "read_metadata", "update_training_record"]
+__all__ = [
+    "AUTHORS_RELEASES",
+    "describe_zoo",
+    "guess_attn_mask_ratio",
+    "load_model",
+    "read_metadata",
+    "save_model",
+    "update_training_record",
+]
