@@ -392,6 +392,9 @@ def _resolve_models(
             source, model = "(in memory)", on_device(m, device)  # the caller's model is never moved
         else:
             source, model = str(m), load_model(m, device=device, attn_mask_ratio=attn_mask_ratio)
+        if not isinstance(model, MaskedSwinIR):  # IDF: no embedding, residual groups or tokens to compare
+            raise MaskdnError(f"{source}: maskdn analyze compares the layers of masked-training SwinIR models; "
+                              f"{type(model).__name__} has none of them")
         out.append((label, source, model))
     if not out:
         raise MaskdnError("no models to analyze")

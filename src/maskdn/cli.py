@@ -231,16 +231,23 @@ def cmd_models(a: argparse.Namespace) -> int:
     for r in rows:
         t, s = r["training"], r["scores"]
         star = " (default)" if r["default"] else ""
-        imask = t.get("input_mask")
-        masks = (f"attention mask {r['attn_mask_ratio']:.0%}, input mask "
-                 + (f"{imask[0]:.0%}–{imask[1]:.0%}" if imask else "off"))
-        if not imask and not r["attn_mask_ratio"]:
-            masks = "unmasked baseline (no input or attention mask)"
-        print(f"{r['name']}{star}: preset {r['preset']}, {r['parameters']:,} parameters, {masks}")
-        if t:
-            print(f"  trained on {t.get('data')} with {t.get('noise')}: {t.get('iterations')} iterations × "
-                  f"batch {t.get('batch_size')} of {t.get('patch_size')}² patches ({t.get('patches_seen'):,} "
-                  f"patches), {t.get('wall_time_s', 0) / 60:.0f} min on {t.get('threads')} CPU thread(s)")
+        if t.get("source"):  # another project's release (IDF): who trained it, where it comes from, its licence
+            print(f"{r['name']}{star}: {t.get('architecture', r['architecture'])}, {r['parameters']:,} parameters, "
+                  f"deterministic (no masks)")
+            print(f"  trained by {t.get('trained_by')} on {t.get('data')} with {t.get('noise')}: {t.get('iterations'):,} "
+                  f"iterations × batch {t.get('batch_size')} of {t.get('patch_size')}² patches")
+            print(f"  from {t['source']}; licence {t.get('licence')}")
+        else:
+            imask = t.get("input_mask")
+            masks = (f"attention mask {r['attn_mask_ratio']:.0%}, input mask "
+                     + (f"{imask[0]:.0%}–{imask[1]:.0%}" if imask else "off"))
+            if not imask and not r["attn_mask_ratio"]:
+                masks = "unmasked baseline (no input or attention mask)"
+            print(f"{r['name']}{star}: preset {r['preset']}, {r['parameters']:,} parameters, {masks}")
+            if t:
+                print(f"  trained on {t.get('data')} with {t.get('noise')}: {t.get('iterations')} iterations × "
+                      f"batch {t.get('batch_size')} of {t.get('patch_size')}² patches ({t.get('patches_seen'):,} "
+                      f"patches), {t.get('wall_time_s', 0) / 60:.0f} min on {t.get('threads')} CPU thread(s)")
         for dataset, scores in s.items():
             cells = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
             print(f"  PSNR dB on {dataset}: {cells}")

@@ -229,8 +229,8 @@ def resolve_method(
         raise MaskdnError(
             f"method {name}: not a built-in ({', '.join(BUILTIN_METHODS)}) nor a loadable model ({e})"
         ) from None
-    counts = [1, passes] if model.masks_attention and passes > 1 else [1]
-    label = Path(name).stem if (os.sep in name or name.endswith((".safetensors", ".pth"))) else name
+    counts = [1, passes] if model.stochastic and passes > 1 else [1]
+    label = Path(name).stem if (os.sep in name or name.endswith((".safetensors", ".pth", ".ckpt"))) else name
     method = model_method(model, label, counts, device=device, bf16=bf16, tile=tile)
     method.source = str(Path(name).resolve()) if Path(name).exists() else name
     return method

@@ -183,8 +183,10 @@ def power_normalize(logits: Tensor, alpha: float, dim: int = 1) -> Tensor:
     return p / (p.sum(dim=dim, keepdim=True) + POWER_EPS)
 
 
+@torch.no_grad()
 def local_correlation(taps: list[Tensor], center: int) -> Tensor:
-    """Correlation over the channels of every neighbour's colour with the centre's.
+    """Correlation over the channels of every neighbour's colour with the centre's (no gradient, as the
+    authors' ``compute_local_correlation``: training does not reach the image through it).
 
     Each neighbour's colour vector is standardized over the ``C`` channels (mean removed, divided by
     the unbiased std + :data:`CORR_EPS`); the map of a neighbour is the dot product of its standardized
@@ -310,7 +312,7 @@ class DynamicFilterBlock(nn.Module):
         corr = local_correlation(taps, k2 // 2)
         features = self.feature_extractor(rms_normalize(x).to(x.dtype).contiguous(memory_format=torch.channels_last))
         if residual is not None:
-            features.mul_(self.gca.gate(residual).to(features.dtype))
+            features = features * self.gca.gate(residual).to(features.dtype)
         n = features.shape[1]
         w = self.kernel_predictor.weight
         logits = F.conv2d(features, w[:, :n], padding=1).float() + F.conv2d(corr, w[:, n:].float(), padding=1)

@@ -37,11 +37,12 @@ from .devices import module_device, on_device, resolve_device
 from .errors import MaskdnError, check_int
 from .geometry import dihedral, dihedral_inverse
 from .io import make_output_dir
+from .denoiser import Denoiser
 from .model import MaskedSwinIR
 
 __all__ = ["denoise", "denoise_tensor", "denoise_files", "check_output", "check_passes", "check_tile_options"]
 
-ModelLike = MaskedSwinIR | str | os.PathLike | None
+ModelLike = Denoiser | str | os.PathLike | None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -53,7 +54,7 @@ def _run_model(
     model: MaskedSwinIR, x: Tensor, passes: int, self_ensemble: bool, generator: torch.Generator | None
 ) -> Tensor:
     """Average of the model over transforms (outer loop) and passes (inner loop) on one batch."""
-    n_passes = passes if model.masks_attention else 1
+    n_passes = passes if model.stochastic else 1
     transforms = range(8) if self_ensemble else range(1)
     acc: Tensor | None = None
     for k in transforms:
@@ -97,7 +98,8 @@ def check_tile_options(tile: int | None, tile_overlap: int, window_size: int) ->
     Args:
         tile: The tile side in pixels, or None for no tiling (then nothing is checked).
         tile_overlap: The overlap of neighbouring tiles in pixels.
-        window_size: The model's attention window side in pixels (``model.config.window_size``).
+        window_size: The model's smallest input side in pixels (``model.size_multiple``: a SwinIR model's
+            attention window, 1 for IDF).
 
     Raises:
         MaskdnError: If ``tile`` or ``tile_overlap`` is not an int (a bool counts as not one),
@@ -143,7 +145,7 @@ def denoise_tensor(
 
     Runs in eval mode (the model's mode is restored afterwards) under ``torch.inference_mode()``.
     ``passes`` stochastic passes are averaged (one pass if the model is deterministic, i.e.
-    ``model.masks_attention`` is False in eval mode); ``self_ensemble`` averages the 8 flips/rotations
+    ``model.stochastic`` is False in eval mode); ``self_ensemble`` averages the 8 flips/rotations
     of :func:`maskdn.geometry.dihedral` (the ×8 self-ensemble of EDSR / KAIR's ``test_x8``), each
     undone after the model and each with its ``passes``; ``tile`` processes overlapping
     ``tile``×``tile`` tiles (stride ``tile - tile_overlap``, the last one flush with the border, as in
@@ -175,7 +177,7 @@ def denoise_tensor(
             ``model.config.in_chans`` (raised by the model).
     """
     check_passes(passes)
-    check_tile_options(tile, tile_overlap, model.config.window_size)
+    check_tile_options(tile, tile_overlap, model.size_multiple)
     if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
         desc = f"{x.dtype} tensor of shape {list(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise MaskdnError(f"expected a float tensor [B, C, H, W], got {desc}")
@@ -234,7 +236,7 @@ def _resolve_model(model: ModelLike, device: str | torch.device | None) -> Maske
     An instance on another device is copied there (:func:`maskdn.devices.on_device`); a zoo name or path
     (None: the default model) is loaded.
     """
-    if isinstance(model, MaskedSwinIR):
+    if isinstance(model, Denoiser):
         return on_device(model, device)
     from .weights import load_model
 
@@ -475,7 +477,7 @@ def denoise_files(
     check_output(output, len(paths))  # before the model loads: a wrong output costs nothing
     net = _resolve_model(model, denoise_options.get("device"))
     check_passes(denoise_options.get("passes", 1))
-    check_tile_options(denoise_options.get("tile"), denoise_options.get("tile_overlap", 32), net.config.window_size)
+    check_tile_options(denoise_options.get("tile"), denoise_options.get("tile_overlap", 32), net.size_multiple)
 
     input_set = {p.resolve() for p in paths}
     claimed: dict[Path, Path] = {}

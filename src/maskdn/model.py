@@ -519,6 +519,24 @@ class MaskedSwinIR(nn.Module):
         c = self.config
         return c.attn_mask_ratio > 0 and (self.training or c.attn_mask_at_eval)
 
+    @property
+    def stochastic(self) -> bool:
+        """:attr:`masks_attention`, under the name of the common model interface (:mod:`maskdn.denoiser`).
+
+        Returns:
+            Whether averaging forward passes changes the result.
+        """
+        return self.masks_attention
+
+    @property
+    def size_multiple(self) -> int:
+        """The window side: inputs are padded to a multiple of it (:mod:`maskdn.denoiser`).
+
+        Returns:
+            ``config.window_size``.
+        """
+        return self.config.window_size
+
     def set_attention(self, impl: str) -> "MaskedSwinIR":
         """Switch every window attention to ``impl`` (one of :data:`ATTENTION_IMPLS`); returns self.
 

@@ -1,10 +1,13 @@
 """Loading and saving model weights, ours and the authors'.
 
-Our files are safetensors whose metadata carries the :class:`ModelConfig` (``maskdn.config``) and a
-short training record (``maskdn.training``), so :func:`load_model` needs nothing else. Foreign files
-(the authors' ``.pth`` releases, or safetensors under their key names) load through
-:func:`~maskdn.model.checkpoint_filter_fn`, with the architecture read off the tensors when no config
-is given. Pickles are only ever opened with ``torch.load(weights_only=True)``.
+Our files are safetensors whose metadata carries the architecture (``maskdn.architecture``:
+``masked-swinir``, the default when absent, or ``idf``), its config (``maskdn.config``: a
+:class:`ModelConfig` or :class:`~maskdn.idf.IDFConfig`) and a short training record
+(``maskdn.training``), so :func:`load_model` needs nothing else. Foreign files (the masked-training
+authors' ``.pth`` releases, the IDF authors' Lightning ``.ckpt`` files, or safetensors under their key
+names) load through the architecture's ``checkpoint_filter_fn``, the architecture and its size read
+off the tensors. Pickles are only ever opened with ``torch.load(weights_only=True)``; objects of other
+libraries in a training checkpoint (its hyper-parameters) are read as inert placeholders and dropped.
 """
 
 from __future__ import annotations
@@ -21,21 +24,47 @@ from torch import Tensor
 from . import zoo
 from .errors import MaskdnError, first_line
 from .io import atomic_write, check_file
+from . import idf
+from .denoiser import Denoiser
 from .model import MaskedSwinIR, ModelConfig, checkpoint_filter_fn, infer_config
 
 FORMAT = "maskdn-weights/1"
 CONFIG_KEY, TRAINING_KEY = "maskdn.config", "maskdn.training"
+ARCH_KEY = "maskdn.architecture"
+SWINIR = "masked-swinir"
+"""The architecture of files without ``maskdn.architecture`` metadata (all written before IDF came)."""
+ARCHITECTURES = {SWINIR: (MaskedSwinIR, ModelConfig), idf.ARCHITECTURE: (idf.IDFNet, idf.IDFConfig)}
+"""``maskdn.architecture`` name → (model class, config class)."""
 
 
-def save_model(model: MaskedSwinIR, path: str | Path, training: dict | None = None) -> Path:
+def architecture_of(model: Denoiser) -> str:
+    """The ``maskdn.architecture`` name of a model instance.
+
+    Args:
+        model: A :class:`MaskedSwinIR` or :class:`~maskdn.idf.IDFNet`.
+
+    Returns:
+        Its key in :data:`ARCHITECTURES`.
+
+    Raises:
+        MaskdnError: Another kind of object.
+    """
+    for name, (cls, _) in ARCHITECTURES.items():
+        if isinstance(model, cls):
+            return name
+    raise MaskdnError(f"cannot save a {type(model).__name__}: not a maskdn model ({', '.join(ARCHITECTURES)})")
+
+
+def save_model(model: Denoiser, path: str | Path, training: dict | None = None) -> Path:
     """Write ``model``'s weights, config and training record as safetensors, atomically.
 
     The tensors are stored as float32 on the CPU; the safetensors metadata (string to string) holds
-    ``format`` (:data:`FORMAT`), ``maskdn.config`` (the :class:`ModelConfig` as JSON) and, when given,
-    ``maskdn.training`` (the record as JSON). The file gets the mode of any new file (umask applied).
+    ``format`` (:data:`FORMAT`), ``maskdn.architecture`` (:func:`architecture_of`), ``maskdn.config``
+    (the model's config as JSON) and, when given, ``maskdn.training`` (the record as JSON). The file
+    gets the mode of any new file (umask applied).
 
     Args:
-        model: The model whose ``state_dict`` and ``config`` are written.
+        model: The model (either architecture) whose ``state_dict`` and ``config`` are written.
         path: The output file (``.safetensors`` by convention); its folder must exist.
         training: A JSON-serializable training record, or ``None`` for none.
 
@@ -43,11 +72,12 @@ def save_model(model: MaskedSwinIR, path: str | Path, training: dict | None = No
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        MaskdnError: ``"<path>: cannot write (...)"`` (:func:`maskdn.io.atomic_write`).
+        MaskdnError: ``"<path>: cannot write (...)"`` (:func:`maskdn.io.atomic_write`), or a model
+            of neither architecture.
     """
     path = Path(path)
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, CONFIG_KEY: json.dumps(model.config.to_dict())}
+    meta = {"format": FORMAT, ARCH_KEY: architecture_of(model), CONFIG_KEY: json.dumps(model.config.to_dict())}
     if training is not None:
         meta[TRAINING_KEY] = json.dumps(training)
     with atomic_write(path) as tmp:
@@ -74,14 +104,15 @@ def _permissions_as_umask(path: Path) -> None:
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The config and training record stored in one of our files: ``{"config": ..., "training": ...}``.
+    """The architecture, config and training record stored in one of our files.
 
     Args:
         path: A safetensors file written by :func:`save_model` (only its header is read).
 
     Returns:
-        ``{"config": dict, "training": dict or None}``, the JSON of the ``maskdn.config`` and
-        ``maskdn.training`` safetensors metadata.
+        ``{"architecture": str, "config": dict, "training": dict or None}``: ``maskdn.architecture``
+        (:data:`SWINIR` when absent) and the JSON of the ``maskdn.config`` and ``maskdn.training``
+        safetensors metadata.
 
     Raises:
         MaskdnError: ``"<path>: not a readable safetensors file (...)"`` or ``"<path>: not a maskdn
@@ -90,7 +121,8 @@ def read_metadata(path: str | Path) -> dict:
     meta = _safetensors_metadata(Path(path))
     if CONFIG_KEY not in meta:
         raise MaskdnError(f"{path}: not a maskdn weights file (no {CONFIG_KEY} metadata)")
-    return {"config": json.loads(meta[CONFIG_KEY]), "training": json.loads(meta.get(TRAINING_KEY, "null"))}
+    return {"architecture": meta.get(ARCH_KEY, SWINIR), "config": json.loads(meta[CONFIG_KEY]),
+            "training": json.loads(meta.get(TRAINING_KEY, "null"))}
 
 
 def describe_zoo() -> list[dict]:
@@ -98,9 +130,10 @@ def describe_zoo() -> list[dict]:
 
     Returns:
         One dict per zoo model, sorted by name: ``name``, ``default`` (whether it is
-        :data:`maskdn.zoo.DEFAULT_MODEL`), ``preset`` (``"custom"`` when the record names none),
-        ``parameters`` (the count of the architecture in its config), ``attn_mask_ratio`` (the
-        fraction of attention keys masked, 0–1), ``training`` (the training record, ``{}`` when
+        :data:`maskdn.zoo.DEFAULT_MODEL`), ``architecture`` (``masked-swinir`` or ``idf``), ``preset``
+        (``"custom"`` when the record names none), ``parameters`` (the count of the architecture in its
+        config), ``attn_mask_ratio`` (the fraction of attention keys masked, 0–1; 0 for IDF),
+        ``training`` (the training record, ``{}`` when
         absent) and ``scores`` (``{dataset: {condition: PSNR in dB}}`` recorded by ``maskdn evaluate
         --record``, ``{}`` when absent).
 
@@ -111,14 +144,16 @@ def describe_zoo() -> list[dict]:
     for name in zoo.names():
         meta = read_metadata(zoo.zoo_dir() / f"{name}.safetensors")
         training = meta["training"] or {}
-        config = ModelConfig.from_dict(meta["config"])
+        model_cls, config_cls = _architecture(name, meta["architecture"])
+        config = config_cls.from_dict(meta["config"])
         rows.append(
             {
                 "name": name,
                 "default": name == zoo.DEFAULT_MODEL,
+                "architecture": meta["architecture"],
                 "preset": training.get("preset", "custom"),
-                "parameters": sum(p.numel() for p in MaskedSwinIR(config).parameters()),
-                "attn_mask_ratio": config.attn_mask_ratio,
+                "parameters": sum(p.numel() for p in model_cls(config).parameters()),
+                "attn_mask_ratio": getattr(config, "attn_mask_ratio", 0.0),
                 "training": training,
                 "scores": training.get("scores", {}),
             }
@@ -190,17 +225,69 @@ def _check_finite(path: Path, state: dict[str, Tensor]) -> None:
             raise MaskdnError(f"{path}: tensor {name} holds NaN or inf values; refused (the weights are broken)")
 
 
+class _Inert:
+    """What an object of another library in a checkpoint becomes: nothing of it runs or is kept."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+_PLAIN_TYPES = {f"builtins.{t.__name__}": t for t in (bool, int, float, str, list, tuple, dict, set)}
+"""Types a checkpoint's metadata may name as values (OmegaConf records a node's type), allowed as themselves."""
+
+
+def _placeholders(path: Path) -> list:
+    """Allowlist entries for the globals of ``path``'s pickle that torch's ``weights_only`` refuses.
+
+    The plain types of :data:`_PLAIN_TYPES` and ``collections.defaultdict`` as themselves; globals of
+    other libraries (e.g. the OmegaConf hyper-parameters of a Lightning checkpoint) as :class:`_Inert`.
+    Anything else in ``builtins``, ``collections`` and ``torch`` is left out, so a pickled module,
+    optimizer or builtin function is still refused.
+    """
+    from collections import defaultdict
+
+    out = []
+    for name in torch.serialization.get_unsafe_globals_in_checkpoint(path):
+        if name in _PLAIN_TYPES or name == "collections.defaultdict":
+            out.append(_PLAIN_TYPES.get(name, defaultdict))
+        elif name.split(".")[0] not in ("builtins", "collections", "torch"):
+            out.append((_Inert, name))
+    return out
+
+
+def _load_tensors_only(path: Path) -> object:
+    """``torch.load(weights_only=True)``; if it refuses a global of another library, once more with
+    that library's objects replaced by :class:`_Inert` (tensors are rebuilt as always)."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            refusal = e
+            try:
+                stand_ins = _placeholders(path)
+            except Exception:  # an older torch without the listing: keep the refusal
+                stand_ins = []
+            if not stand_ins:
+                raise MaskdnError(f"{path}: refused: not a plain tensor checkpoint ({first_line(refusal)})") from None
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except MaskdnError:
+        raise
+    except pickle.UnpicklingError as e:
+        raise MaskdnError(f"{path}: refused: not a plain tensor checkpoint ({first_line(e)})") from None
+    except Exception as e:  # truncated zip, wrong magic, ...
+        raise MaskdnError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
+
+
 def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict]:
     """Tensors and metadata of a safetensors file, or of a plain tensor pickle (weights_only)."""
     head = check_file(path, "a weights file")
     if not _looks_like_safetensors(head, path.stat().st_size) and (head[:2] == b"PK" or head[:1] == b"\x80"):
         # a torch zip archive or a legacy pickle (a safetensors header length may also start with 0x80)
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise MaskdnError(f"{path}: refused: not a plain tensor checkpoint ({first_line(e)})") from None
-        except Exception as e:  # truncated zip, wrong magic, ...
-            raise MaskdnError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
+        obj = _load_tensors_only(path)
         if not isinstance(obj, dict):
             raise MaskdnError(f"{path}: holds a {type(obj).__name__}, not a state dict")
         return obj, {}
@@ -279,6 +366,8 @@ def load_model(
 
     path = zoo.resolve(source)
     tensors, meta = _read_tensors(path)
+    if _is_idf(path, meta, tensors):
+        return _load_idf(path, tensors, meta, config, device)
     state = checkpoint_filter_fn(tensors)
     if config is None:
         if CONFIG_KEY in meta:
@@ -299,7 +388,40 @@ def load_model(
         except (MaskdnError, TypeError, ValueError) as e:
             raise MaskdnError(f"--attn-mask-ratio {attn_mask_ratio}: {first_line(e)}") from None
     _check_finite(path, state)
-    model = MaskedSwinIR(config)
+    return _fill(path, MaskedSwinIR(config), state).to(device).eval()
+
+
+def _architecture(path: Path | str, name: str) -> tuple[type, type]:
+    """(model class, config class) of a ``maskdn.architecture`` name, or one line naming the file."""
+    if name not in ARCHITECTURES:
+        raise MaskdnError(f"{path}: unknown architecture {name!r} in {ARCH_KEY} (known: {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[name]
+
+
+def _is_idf(path: Path, meta: dict, tensors: dict) -> bool:
+    """Whether a file holds IDF weights: by its metadata, or (foreign files) by its tensors' names."""
+    if CONFIG_KEY in meta or ARCH_KEY in meta:
+        return _architecture(path, meta.get(ARCH_KEY, SWINIR))[0] is idf.IDFNet
+    return idf.looks_like_idf(idf.checkpoint_filter_fn(tensors))
+
+
+def _load_idf(path: Path, tensors: dict, meta: dict, config: idf.IDFConfig | None, device) -> idf.IDFNet:
+    """:func:`load_model` for IDF weights: ours (config in the metadata) or the authors' (inferred)."""
+    state = idf.checkpoint_filter_fn(tensors)
+    if config is not None and not isinstance(config, idf.IDFConfig):
+        raise MaskdnError(f"{path}: holds IDF weights; give an IDFConfig, not a {type(config).__name__}")
+    try:
+        if config is None:
+            config = (idf.IDFConfig.from_dict(json.loads(meta[CONFIG_KEY])) if CONFIG_KEY in meta
+                      else idf.infer_config(state))
+    except (ValueError, TypeError, AttributeError, MaskdnError) as e:
+        raise MaskdnError(f"{path}: broken {CONFIG_KEY} metadata ({first_line(e)})") from None
+    _check_finite(path, state)
+    return _fill(path, idf.IDFNet(config), state).to(device).eval()
+
+
+def _fill(path: Path, model: Denoiser, state: dict[str, Tensor]) -> Denoiser:
+    """``model`` with ``state`` loaded strictly, or one line naming the missing, extra or mis-shaped keys."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -312,7 +434,7 @@ def load_model(
                 parts.append(f"{label}: {', '.join(keys[:3])}{more}")
         raise MaskdnError(f"{path}: weights do not fit the model config ({'; '.join(parts)})")
     model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
+    return model
 
 
 __all__ = [
