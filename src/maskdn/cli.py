@@ -101,7 +101,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, passes: bool = True, tile: b
 
 def _denoise_options(a: argparse.Namespace) -> dict:
     return dict(passes=a.passes, self_ensemble=a.self_ensemble, tile=a.tile, tile_overlap=a.tile_overlap,
-                seed=a.seed, device=a.device, bf16=a.bf16)
+                seed=a.seed, device=a.device, bf16=a.bf16, uncertainty=a.uncertainty)
 
 
 def _warn(message: str) -> None:
@@ -495,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(d)
     d.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in pixels (default: 32)")
     d.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations (8× the time)")
+    d.add_argument("--uncertainty", action="store_true",
+                   help="also write each output's per-pixel std of the passes (a masked model, --passes 2 or more): "
+                        "NAME_std.tif (float32, [0, 1] units) and NAME_std.png (with a colour bar)")
     d.set_defaults(func=cmd_denoise)
 
     n = command("noise", "write seeded noisy copies of images (one folder per noise)", noises)

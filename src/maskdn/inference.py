@@ -51,21 +51,35 @@ ModelLike = Denoiser | str | os.PathLike | None
 
 
 def _run_model(
-    model: MaskedSwinIR, x: Tensor, passes: int, self_ensemble: bool, generator: torch.Generator | None
+    model: MaskedSwinIR, x: Tensor, passes: int, self_ensemble: bool, generator: torch.Generator | None,
+    spread: bool = False,
 ) -> Tensor:
-    """Average of the model over transforms (outer loop) and passes (inner loop) on one batch."""
+    """Average of the model over transforms (outer loop) and passes (inner loop) on one batch.
+
+    ``spread``: the per-pixel standard deviation over those samples (divided by their count) is
+    appended as ``C`` more channels; computed from sums shifted by the first sample (stable in float32).
+    """
     n_passes = passes if model.stochastic else 1
     transforms = range(8) if self_ensemble else range(1)
     acc: Tensor | None = None
+    first = sq = None
     for k in transforms:
         xt = dihedral(x, k) if k else x
         for _ in range(n_passes):
             y = model(xt, generator=generator).to(x.dtype)
             y = dihedral_inverse(y, k) if k else y
+            if spread:
+                first = y.clone() if first is None else first
+                d = y - first
+                sq = d * d if sq is None else sq.addcmul_(d, d)
             acc = y if acc is None else acc.add_(y)
     assert acc is not None
     n = len(transforms) * n_passes
-    return acc if n == 1 else acc.div_(n)
+    mean = acc if n == 1 else acc.div_(n)
+    if not spread:
+        return mean
+    var = sq.div_(n).sub_((mean - first).square_()).clamp_(min=0)
+    return torch.cat([mean, var.sqrt_()], dim=1)
 
 
 def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -140,7 +154,8 @@ def denoise_tensor(
     generator: torch.Generator | None = None,
     progress: bool = False,
     bf16: bool = False,
-) -> Tensor:
+    uncertainty: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Denoise a float batch ``[B, C, H, W]`` (``C = model.config.in_chans``, values in [0, 1]).
 
     Runs in eval mode (the model's mode is restored afterwards) under ``torch.inference_mode()``.
@@ -167,9 +182,14 @@ def denoise_tensor(
         progress: Show a tqdm bar over the tiles (only when tiling splits the image).
         bf16: Run the network under bfloat16 autocast on ``x``'s device type (within 0.05 dB PSNR of
             float32; for its speed see docs/performance.md).
+        uncertainty: Also return the per-pixel, per-channel standard deviation of the samples
+            averaged (the ``passes`` of a stochastic model, times the 8 transforms with
+            ``self_ensemble``), divided by their count; tiles blend it with the same weights as the
+            image. See :mod:`maskdn.uncertainty`.
 
     Returns:
-        The denoised batch: same shape, dtype and device as ``x``; not clamped.
+        The denoised batch: same shape, dtype and device as ``x``; not clamped. With
+        ``uncertainty``: ``(denoised, std)``, ``std`` of the same shape, in the same [0, 1] units.
 
     Raises:
         MaskdnError: Invalid ``passes`` or tile options (see :func:`check_passes` and
@@ -188,10 +208,13 @@ def denoise_tensor(
     try:
         with torch.inference_mode(), torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
             if tile is None:
-                return _run_model(model, x, passes, self_ensemble, generator)
-            return _denoise_tiled(model, x, passes, self_ensemble, generator, tile, tile_overlap, progress)
+                y = _run_model(model, x, passes, self_ensemble, generator, uncertainty)
+            else:
+                y = _denoise_tiled(model, x, passes, self_ensemble, generator, tile, tile_overlap, progress,
+                                   uncertainty)
     finally:
         model.train(was_training)
+    return (y[:, : x.shape[1]], y[:, x.shape[1] :]) if uncertainty else y
 
 
 def _denoise_tiled(
@@ -203,20 +226,21 @@ def _denoise_tiled(
     tile: int,
     overlap: int,
     progress: bool,
+    spread: bool = False,
 ) -> Tensor:
     B, C, H, W = x.shape
     if H <= tile and W <= tile:  # one tile is the whole image: no blending, identical to untiled
-        return _run_model(model, x, passes, self_ensemble, generator)
+        return _run_model(model, x, passes, self_ensemble, generator, spread)
     from tqdm.auto import tqdm
 
     stride = tile - overlap
     ys, xs = _tile_starts(H, tile, stride), _tile_starts(W, tile, stride)
     th, tw = min(tile, H), min(tile, W)
-    out = torch.zeros_like(x)
+    out = x.new_zeros((B, 2 * C if spread else C, H, W))
     weight = torch.zeros((1, 1, H, W), dtype=x.dtype, device=x.device)
     boxes = [(y0, x0) for y0 in ys for x0 in xs]
     for y0, x0 in tqdm(boxes, desc="tiles", unit="tile", disable=not progress, leave=False):
-        y = _run_model(model, x[:, :, y0 : y0 + th, x0 : x0 + tw], passes, self_ensemble, generator)
+        y = _run_model(model, x[:, :, y0 : y0 + th, x0 : x0 + tw], passes, self_ensemble, generator, spread)
         wy = _ramp(th, overlap, y0 == 0, y0 + th == H, x)
         wx = _ramp(tw, overlap, x0 == 0, x0 + tw == W, x)
         w = wy[:, None] * wx[None, :]
@@ -257,9 +281,19 @@ def _fit_channels(model: MaskedSwinIR, x: Tensor) -> tuple[Tensor, Any]:
 
 
 def _denoise_float(model: MaskedSwinIR, x: Tensor, options: dict) -> Tensor:
-    """``denoise_tensor`` on any channel count (1 or the model's)."""
+    """``denoise_tensor`` on any channel count (1 or the model's).
+
+    With ``options["spread"]`` (a list), the passes' std map ``[B, H, W]`` is appended to that list.
+    """
     xin, undo = _fit_channels(model, x)
-    return undo(denoise_tensor(model, xin, **options))
+    sink = options.get("spread")
+    if sink is None:
+        return undo(denoise_tensor(model, xin, **options))
+    from .uncertainty import channel_rms
+
+    y, std = denoise_tensor(model, xin, uncertainty=True, **{k: v for k, v in options.items() if k != "spread"})
+    sink.append(channel_rms(undo(std)))
+    return undo(y)
 
 
 def _denoise_torch(model: MaskedSwinIR, image: Tensor, device: str | torch.device, options: dict) -> Tensor:
@@ -310,8 +344,9 @@ def denoise(
     device: str | torch.device | None = None,
     progress: bool = False,
     bf16: bool = False,
+    uncertainty: bool = False,
 ) -> Any:
-    """Denoise ``image`` and return the same kind of object.
+    """Denoise ``image`` and return the same kind of object (with ``uncertainty``, and a std map).
 
     Arrays and PIL images go through :func:`maskdn.io.to_float_rgb` / :func:`maskdn.io.from_float_rgb`:
     integers are scaled to [0, 1] and back (clamped, rounded), floats are taken unscaled and clamped to
@@ -337,15 +372,22 @@ def denoise(
             the device of a given :class:`MaskedSwinIR`, the CPU for a loaded model.
         progress: As in :func:`denoise_tensor`.
         bf16: As in :func:`denoise_tensor`.
+        uncertainty: Also return the per-pixel standard deviation of the passes
+            (:mod:`maskdn.uncertainty`): needs a model whose attention mask is on at test time and
+            ``passes >= 2``.
 
     Returns:
         The denoised image, of the input's type, dtype, shape, value range and (for tensors) device.
+        With ``uncertainty``: ``(denoised, std)``, ``std`` the root mean square over channels of the
+        per-channel std, in [0, 1] intensity units: a float32 NumPy array ``[H, W]`` for arrays and
+        PIL images, a float32 tensor ``[H, W]`` (or ``[B, H, W]``) on the input's device for tensors.
 
     Raises:
         MaskdnError: An unsupported input type, PIL mode, array or tensor shape or dtype, a channel
             count the model cannot take, an unknown zoo name or unusable weights file, a ``device``
             this machine lacks (:func:`maskdn.devices.resolve_device`), or invalid options (see
-            :func:`denoise_tensor`).
+            :func:`denoise_tensor`; ``uncertainty`` with a deterministic model or ``passes < 2``,
+            :func:`maskdn.uncertainty.check_uncertainty`).
     """
     from PIL import Image
 
@@ -362,7 +404,17 @@ def denoise(
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     options = dict(passes=passes, self_ensemble=self_ensemble, tile=tile, tile_overlap=tile_overlap,
                    generator=generator, progress=progress, bf16=bf16)
-    return convert(net, image, device, options)
+    if not uncertainty:
+        return convert(net, image, device, options)
+    from .uncertainty import check_uncertainty
+
+    check_uncertainty(net, passes)
+    options["spread"] = sink = []
+    result = convert(net, image, device, options)
+    std = sink[0].float()
+    if isinstance(image, Tensor):
+        return result, (std[0] if image.ndim == 3 else std).to(image.device)
+    return result, std[0].cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -454,7 +506,8 @@ def denoise_files(
         progress: Show tqdm bars over the images (and over the tiles of each).
         **denoise_options: Passed to :func:`denoise`: ``passes``, ``self_ensemble``, ``tile``,
             ``tile_overlap``, ``seed`` (each file starts from it afresh), ``device`` (default: a
-            given model's own, else ``"cpu"``), ``bf16``.
+            given model's own, else ``"cpu"``), ``bf16``, ``uncertainty`` (then each output's std map
+            and its figure are written beside it, :func:`maskdn.uncertainty.write_uncertainty`).
 
     Returns:
         The failures in input order, as ``(input path, one-line message)``; empty if all succeeded.
@@ -478,6 +531,10 @@ def denoise_files(
     net = _resolve_model(model, denoise_options.get("device"))
     check_passes(denoise_options.get("passes", 1))
     check_tile_options(denoise_options.get("tile"), denoise_options.get("tile_overlap", 32), net.size_multiple)
+    if denoise_options.get("uncertainty"):
+        from .uncertainty import check_uncertainty
+
+        check_uncertainty(net, denoise_options.get("passes", 1))
 
     input_set = {p.resolve() for p in paths}
     claimed: dict[Path, Path] = {}
@@ -500,6 +557,11 @@ def denoise_files(
                 result = denoise(image, net, progress=progress, **denoise_options)
             except MaskdnError as e:
                 raise MaskdnError(f"{src}: {e}") from None
+            if denoise_options.get("uncertainty"):
+                from .uncertainty import write_uncertainty
+
+                result, std = result
+                write_uncertainty(dst, std, f"{src.name}: std of {denoise_options.get('passes', 1)} passes")
             write_image(dst, result)
         except MaskdnError as e:
             failures.append((src, str(e)))
