@@ -436,7 +436,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    """``maskdn export``: write a run's EMA weights, config and training record.
+    """``maskdn export-weights`` (also ``export``): write a run's EMA weights, config and training record.
 
     Args:
         a: the parsed arguments of the subcommand.
@@ -450,6 +450,30 @@ def cmd_export(a: argparse.Namespace) -> int:
     from .train import export
 
     print(f"wrote {export(a.run, _check_out(a.out, folder=False))}")
+    return 0
+
+
+def cmd_export_onnx(a: argparse.Namespace) -> int:
+    """``maskdn export-onnx``: write a deterministic model as an ONNX graph, checked with ONNX Runtime.
+
+    Args:
+        a: the parsed arguments of the subcommand.
+
+    Returns:
+        the exit status.
+
+    Raises:
+        MaskdnError: from :func:`maskdn.onnx_export.export_onnx` (a stochastic model, the extra
+            missing, an export failure); :func:`main` prints it as one line.
+    """
+    from .onnx_export import export_onnx
+
+    h, w = a.size
+    info = export_onnx(a.model, _check_out(a.out, folder=False), size=(h, w), dynamic=not a.static, opset=a.opset)
+    shape = "[B, C, H, W], any B, H and W >= 8" if info["dynamic"] else f"[1, {info['channels']}, {h}, {w}]"
+    check = ("not checked: onnxruntime is not installed" if info["max_abs_diff"] is None
+             else f"ONNX Runtime matches PyTorch to {info['max_abs_diff']:.1e}")
+    print(f"wrote {info['path']}: input 'image' {shape} float32 in [0, 1], output 'denoised'; {check}")
     return 0
 
 
@@ -475,8 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     noises = _noise_epilog()
 
-    def command(name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=_HelpFormatter)
+    def command(name: str, help: str, epilog: str | None = None, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=_HelpFormatter, **kw)
 
     def data_options(q: argparse.ArgumentParser) -> None:
         q.add_argument("--data", action="extend", nargs="+", default=None, metavar="FOLDER",
@@ -579,10 +603,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--list", action="store_true", help="list the shipped configs and exit")
     t.set_defaults(func=cmd_train)
 
-    x = command("export", "write a training run's EMA weights, config and training record")
+    x = command("export-weights", "write a training run's EMA weights, config and training record (alias: export)",
+                aliases=["export"])
     x.add_argument("run", help="run folder or its state.pt")
     _add_out(x, "output weights file (.safetensors)", required=True)
     x.set_defaults(func=cmd_export)
+
+    o = command("export-onnx", "write a deterministic model (unmasked SwinIR, IDF) as an ONNX graph, checked "
+                "with ONNX Runtime; masked models are stochastic and refused (docs/interop.md)")
+    _add_model(o, several=False)
+    _add_out(o, "output file (.onnx)", required=True)
+    o.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"),
+                   help="example image traced, in pixels (default: 64 64)")
+    o.add_argument("--static", action="store_true",
+                   help="fix the input to [1, C, H, W] of --size (faster to export); default: any batch, height, width")
+    o.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    o.set_defaults(func=cmd_export_onnx)
+
     return p
 
 

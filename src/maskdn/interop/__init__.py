@@ -1,0 +1,1 @@
+"""Bridges to other libraries' interfaces, each an optional extra: :mod:`maskdn.interop.deepinv`."""
