@@ -18,7 +18,7 @@ the same run with the same threads.
 
     python benchmarks/speed.py                       # both presets, all rows, tiled run on the small preset
     python benchmarks/speed.py --presets small --quick
-    python benchmarks/speed.py --device cuda         # on a GPU machine
+    python benchmarks/speed.py --device cuda         # on a GPU machine: its own rows, batch 64 (docs/gpu.md)
     python benchmarks/speed.py --tiled-only --tiled-presets paper --out benchmarks/results/speed-paper-tiled.json
 """
 
@@ -40,7 +40,7 @@ from maskdn.fastpath.kernels import kernel_status
 
 ROOT = Path(__file__).resolve().parent
 IMAGE = (512, 768)  # (a): H, W
-BATCH, PATCH = 16, 64  # (b)
+BATCH, PATCH = 16, 64  # (b); --batch sets BATCH (default 16 on CPU, the paper's 64 on CUDA)
 BIG = (4000, 6000)  # (c): H, W
 TILE, OVERLAP = 256, 32
 
@@ -80,7 +80,9 @@ def _model(preset_name: str, impl: str, device: str):
     from maskdn.model import MaskedSwinIR, preset
 
     torch.manual_seed(0)
-    return MaskedSwinIR(preset(preset_name)).to(device).set_attention(impl.removesuffix("-torch-core"))
+    model = MaskedSwinIR(preset(preset_name)).to(device)
+    model.set_attention(impl.removesuffix("-torch-core").removesuffix("-compiled"))
+    return model.compile_blocks() if impl.endswith("-compiled") else model
 
 
 def _forward(model, device: str, bf16: bool, repeats: int) -> float:
@@ -202,12 +204,18 @@ ROWS = [  # (path, keep_memory, label)
     ("fast-torch-core", True, "fast, keep_freed_memory, MASKDN_CPU_KERNEL=0"),
 ]
 QUICK_ROWS = [ROWS[0], ROWS[3], ROWS[4]]
+CUDA_ROWS = [  # on a GPU the allocator rows mean nothing (PyTorch caches device memory itself)
+    ("reference", False, "reference"),
+    ("sdpa", False, "sdpa"),
+    ("fast", False, "batched (maskdn default off CPU)"),
+    ("fast-compiled", False, "batched, compile_blocks"),
+]
 
 
 def _run_worker(task: str, preset_name: str, impl: str, keep: bool, bf16: bool, a: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", task, "--preset", preset_name, "--impl", impl,
            "--threads", str(a.threads), "--device", a.device, "--repeats", str(a.repeats),
-           "--train-repeats", str(a.train_repeats)]
+           "--train-repeats", str(a.train_repeats), "--batch", str(a.batch)]
     cmd += ["--keep-memory"] if keep else []
     cmd += ["--bf16"] if bf16 else []
     env = dict(os.environ, MASKDN_KEEP_FREED_MEMORY="1" if keep else "0")
@@ -258,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--presets", nargs="+", default=["paper", "small"])
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=None, help="patches per training step (default: 16 on CPU, 64 on CUDA)")
     p.add_argument("--repeats", type=int, default=2, help="timed forward passes after one warm-up; the best counts")
     p.add_argument("--train-repeats", type=int, default=5, help="timed training steps after three warm-up steps")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all rows; each row keeps its best")
@@ -276,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    global BATCH
+    on_cuda = a.device.startswith("cuda")
+    BATCH = a.batch = a.batch or (64 if on_cuda else 16)
     if a.worker:
         a.task = a.worker
         print(json.dumps(worker(a)))
@@ -283,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.tiled_only:
         return tiled_only(a, argv)
-    rows = QUICK_ROWS if a.quick else ROWS
+    rows = CUDA_ROWS if on_cuda else QUICK_ROWS if a.quick else ROWS
     peaks = {str(dt).removeprefix("torch."): matmul_peak(a.device, a.threads, dt) for dt in (torch.float32, torch.bfloat16)}
     print(f"matmul peak, {a.threads} thread(s) on {a.device}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     results = []
@@ -307,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             r.update(preset=preset_name, path=impl, keep_freed_memory=keep, label=label, dtype=dtype,
                      forward_gflops=flops["forward"] / r["forward_s"] / 1e9,
                      train_gflops=flops["train_step"] / r["train_step_s"] / 1e9)
-            if not a.quick and preset_name in a.tiled_presets and dtype in a.tiled_dtypes and (keep or a.tiled_all) and (impl == "fast" or a.tiled_all):
+            if not a.quick and preset_name in a.tiled_presets and dtype in a.tiled_dtypes and (keep or on_cuda or a.tiled_all) and (impl == "fast" or a.tiled_all):
                 r.update(_run_worker("tiled", preset_name, impl, keep, bf16, a))
             results.append(r)
             print(f"{preset_name:6} best  {label:42} {dtype:8}  fwd {r['forward_s']:7.2f} s  train {r['train_step_s']:7.2f} s"
@@ -318,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 
     speedups = {}
     for preset_name in a.presets:
-        ref, fast = find(preset_name, "reference", False, "float32"), find(preset_name, "fast", True, "float32")
-        fast_bf16 = find(preset_name, "fast", True, "bfloat16")
+        ref, fast = find(preset_name, "reference", False, "float32"), find(preset_name, "fast", not on_cuda, "float32")
+        fast_bf16 = find(preset_name, "fast", not on_cuda, "bfloat16")
         ref_keep = find(preset_name, "reference", True, "float32")
         torch_core = find(preset_name, "fast-torch-core", True, "float32")
         speedups[preset_name] = {
@@ -335,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [
         "| preset | path, allocator | dtype | (a) forward 768×512 s | GFLOP/s | % peak | page faults | "
-        "(b) train step 16×64² s | GFLOP/s | % peak | page faults | (c) tiled 6000×4000 s | peak RSS GiB |",
+        f"(b) train step {BATCH}×64² s | GFLOP/s | % peak | page faults | (c) tiled 6000×4000 s | peak RSS GiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:

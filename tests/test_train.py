@@ -265,24 +265,25 @@ def test_each_shipped_config_trains(name, image_folder, tmp_path):
 
 
 def test_compiled_training_computes_the_same_run(image_folder, tmp_path, monkeypatch):
-    """compile=true trains through torch.compile; the saved weights keep plain key names and match eager.
+    """compile=true compiles the Swin blocks in place (MaskedSwinIR.compile_blocks); the saved weights keep
+    plain key names and match eager.
 
     Compiling is the cost, so this is one step of a one-block model without attention masking."""
     import maskdn.model
 
     one_block = ModelConfig(embed_dim=8, depths=(1,), num_heads=(2,), resi_connection="1conv")
     monkeypatch.setitem(maskdn.model.PRESETS, "tiny", one_block)
-    compiled_nets, real_compile = [], torch.compile
+    compiled_nets, real_compile_blocks = [], MaskedSwinIR.compile_blocks
 
     def compile_spy(net, *args, **kwargs):
         compiled_nets.append(net)
-        return real_compile(net, *args, **kwargs)
+        return real_compile_blocks(net, *args, **kwargs)
 
-    monkeypatch.setattr(torch, "compile", compile_spy)
+    monkeypatch.setattr(MaskedSwinIR, "compile_blocks", compile_spy)
     kw = dict(iterations=1, warmup=0, attn_mask_ratio=0.0)  # masked attention is data-dependent: many graphs
     eager = train(_cfg(image_folder, tmp_path / "eager", **kw), progress=False)
     compiled = train(_cfg(image_folder, tmp_path / "compiled", compile=True, **kw), progress=False)
-    assert len(compiled_nets) == 1 and isinstance(compiled_nets[0], MaskedSwinIR)  # the training forward's
+    assert len(compiled_nets) == 1 and isinstance(compiled_nets[0], MaskedSwinIR)  # the trained model's blocks
     a, b = load_file(eager), load_file(compiled)
     assert a.keys() == b.keys() and not any("_orig_mod" in k for k in b)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

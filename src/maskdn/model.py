@@ -33,6 +33,7 @@ from .errors import MaskdnError, check_int, problem
 from .geometry import pad_to_multiple
 from .masking import token_keep_mask
 from .windows import (
+    border_shift_masks,
     image_to_tokens,
     relative_position_index,
     shift_attention_mask,
@@ -145,7 +146,7 @@ class ModelConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-ATTENTION_IMPLS = ("fast", "reference", "sdpa")
+ATTENTION_IMPLS = ("fast", "reference", "sdpa", "batched")
 """Interchangeable attention paths; all compute the same function (tests hold them to 1e-4)."""
 
 
@@ -162,8 +163,13 @@ class WindowAttention(nn.Module):
     * ``sdpa``: the same windows through :meth:`sdpa`, ``scaled_dot_product_attention`` with bias and
       shift mask as one float mask (on CPU it falls back to the math kernel; on GPU it can use a fused
       one);
-    * ``fast`` (default): the CPU fast path, :func:`maskdn.fastpath.attention_branch`: the roll and the
-      partition as one gather and, with a token mask, attention over the kept keys only.
+    * ``batched``: the device path: every window of the batch in one attention, the shift mask added to
+      the last window row and column only (:func:`maskdn.windows.border_shift_masks`, a buffer), no
+      tensor made on the host and no shape that depends on the data, so it runs asynchronously on a GPU
+      and ``torch.compile`` traces it in one graph (see ``docs/gpu.md``);
+    * ``fast`` (default): on CPU the fast path, :func:`maskdn.fastpath.attention_branch`: the roll and
+      the partition as one gather and, with a token mask, attention over the kept keys only; on any
+      other device the ``batched`` path (the kept keys' counts would be read on the host every block).
 
     SwinIR's ``WindowAttention`` (Liang et al. 2021; Swin Transformer, Liu et al. 2021) with the token
     mask of Chen et al., CVPR 2023.
@@ -180,6 +186,8 @@ class WindowAttention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size).clone(), persistent=False)
+        # the shift masks of SwinIR's shift (ws // 2) for the batched path; derived, never saved
+        self.register_buffer("border_masks", border_shift_masks(window_size, window_size // 2), persistent=False)
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -202,8 +210,10 @@ class WindowAttention(nn.Module):
         Returns:
             ``[B, H·W, C]`` in image order, ``x``'s dtype.
         """
-        if self.impl == "fast":
+        if self.impl == "fast" and x.device.type == "cpu":
             return fastpath.attention_branch(self, x, size, shift, norm, token_keep)
+        if self.impl in ("fast", "batched"):
+            return self.batched(x, size, shift, norm, token_keep)
         # the literal sequence: roll, partition, attend, reverse, roll back
         H, W = size
         B, L, C = x.shape
@@ -215,6 +225,56 @@ class WindowAttention(nn.Module):
             shift_mask = shift_attention_mask(H, W, ws, shift).to(device=x.device, dtype=x.dtype)
         attend = self.reference if self.impl == "reference" else self.sdpa
         h = window_reverse(attend(window_partition(h, ws), shift_mask, token_keep), ws, H, W)
+        if shift:
+            h = torch.roll(h, shifts=(shift, shift), dims=(1, 2))
+        return h.reshape(B, L, C)
+
+    def batched(self, x: Tensor, size: tuple[int, int], shift: int, norm: nn.Module,
+                token_keep: Tensor | None = None) -> Tensor:
+        """The device path of :meth:`forward` (same arguments and result): the literal sequence with the
+        shift mask added to the border windows only.
+
+        Roll and partition, zero the masked tokens, one qkv projection and one batched attention over
+        all ``B·nW`` windows (scores ``[B·nW, heads, N, N]``, bias and border masks added, softmax),
+        output projection, reverse and roll back. Every step is a fixed-shape tensor operation on
+        ``x``'s device: nothing is read back to the host (no synchronisation, so a GPU runs ahead of
+        Python), and ``torch.compile`` fuses the element-wise work around the two matmuls. Masked
+        tokens are attended densely: skipping them (the CPU path's kept keys) needs each window's kept
+        count on the host. Under bf16 autocast the scores stay bf16 (the bias is cast to them) and the
+        softmax runs as autocast decides (float32 on CUDA).
+
+        Args:
+            x: Tokens ``[B, H·W, C]`` in row-major image order (H, W multiples of ``window_size``).
+            size: ``(H, W)`` in tokens.
+            shift: Cyclic shift in tokens (0 or ``window_size // 2``; others build their masks per call).
+            norm: The block's pre-norm.
+            token_keep: Optional keep mask ``[B·nW, N, 1]`` (0 or 1), windows in the shifted-window order.
+
+        Returns:
+            ``[B, H·W, C]`` in image order, ``x``'s dtype (the autocast dtype under autocast).
+        """
+        H, W = size
+        B, L, C = x.shape
+        ws, heads = self.window_size, self.num_heads
+        N, d = ws * ws, C // heads
+        h = norm(x).view(B, H, W, C)
+        if shift:
+            h = torch.roll(h, shifts=(-shift, -shift), dims=(1, 2))
+        h = window_partition(h, ws)
+        if token_keep is not None:
+            h = h * token_keep
+        q, k, v = self.qkv(h).view(-1, N, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # each [B·nW, heads, N, d]
+        scores = (q * self.scale) @ k.transpose(-2, -1)
+        scores = scores + self.relative_position_bias().to(scores.dtype)
+        if shift:
+            masks = self.border_masks if shift == ws // 2 else border_shift_masks(ws, shift, x.device)
+            masks = masks.to(scores.dtype)
+            grid = scores.view(B, H // ws, W // ws, heads, N, N)  # in place: the add's backward keeps no input
+            grid[:, -1, :-1] += masks[0]
+            grid[:, :-1, -1] += masks[1]
+            grid[:, -1, -1] += masks[2]
+        out = self.proj((scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(-1, N, C))
+        h = window_reverse(out, ws, H, W)
         if shift:
             h = torch.roll(h, shifts=(shift, shift), dims=(1, 2))
         return h.reshape(B, L, C)
@@ -341,7 +401,7 @@ class SwinTransformerBlock(nn.Module):
         Returns:
             ``[B, H·W, C]``, ``x``'s dtype.
         """
-        if self.attn.impl == "fast":
+        if self.attn.impl == "fast" and x.device.type == "cpu":
             return fastpath.swin_block(self, x, size, token_keep)
         x = x + self.attention(x, size, token_keep)
         return x + self.mlp(self.norm2(x))
@@ -470,6 +530,10 @@ class PatchEmbed(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
+COMPILED_VARIANTS = 64
+"""Compiled variants of the Swin block that :meth:`MaskedSwinIR.compile_blocks` allows for (PyTorch's default: 8)."""
+
+
 class MaskedSwinIR(nn.Module):
     """SwinIR denoiser with a 1x1 first conv, no global residual and attention token masking.
 
@@ -541,19 +605,50 @@ class MaskedSwinIR(nn.Module):
         """Switch every window attention to ``impl`` (one of :data:`ATTENTION_IMPLS`); returns self.
 
         Args:
-            impl: ``"fast"``, ``"reference"`` or ``"sdpa"``.
+            impl: ``"fast"``, ``"reference"``, ``"sdpa"`` or ``"batched"`` (see :class:`WindowAttention`).
 
         Returns:
             ``self``.
 
         Raises:
-            MaskdnError: ``"unknown attention path '...' (valid: fast, reference, sdpa)"``.
+            MaskdnError: ``"unknown attention path '...' (valid: fast, reference, sdpa, batched)"``.
         """
         if impl not in ATTENTION_IMPLS:
             raise MaskdnError(f"unknown attention path {impl!r} (valid: {', '.join(ATTENTION_IMPLS)})")
         for m in self.modules():
             if isinstance(m, WindowAttention):
                 m.impl = impl
+        return self
+
+    def compile_blocks(self, **options) -> "MaskedSwinIR":
+        """``torch.compile`` every Swin block in place (regional compilation); returns self.
+
+        The blocks share their code, so the compiler traces one block per distinct shift, mask and
+        shape and reuses the result for every other block: compiling costs a few blocks' worth, not the
+        whole network's (24 blocks of the paper preset, two graphs), and the parameter names
+        (``state_dict``) stay unchanged. Meant for the
+        ``batched`` path (the default off CPU); the CPU fast path's data-dependent steps would break its
+        graphs. Calls ``nn.Module.compile`` on each :class:`SwinTransformerBlock`, as PyTorch's regional
+        compilation recipe does; the convolutions between groups run eagerly.
+
+        All blocks' variants (shift, mask, train/eval, dtype, shape) count against one code object's
+        recompilation limit, so this raises ``torch._dynamo.config.recompile_limit`` to at least
+        :data:`COMPILED_VARIANTS` (past the limit PyTorch silently runs the block eagerly).
+
+        Args:
+            **options: Passed to ``torch.compile`` (e.g. ``mode``, ``dynamic``, ``backend``).
+
+        Returns:
+            ``self``.
+        """
+        import torch._dynamo
+
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # older PyTorch
+        setattr(config, name, max(getattr(config, name), COMPILED_VARIANTS))
+        for m in self.modules():
+            if isinstance(m, SwinTransformerBlock):
+                m.compile(**options)
         return self
 
     def _token_keeps(self, B: int, H: int, W: int, x: Tensor, generator: torch.Generator | None) -> list[Tensor | None]:

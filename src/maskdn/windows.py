@@ -16,6 +16,7 @@ from torch import Tensor
 
 __all__ = [
     "WindowLayout",
+    "border_shift_masks",
     "image_to_tokens",
     "relative_position_index",
     "shift_attention_mask",
@@ -108,6 +109,34 @@ def shift_attention_mask(H: int, W: int, ws: int, shift: int) -> Tensor:
     ids = window_partition(region, ws).squeeze(-1)  # [nW, N]
     diff = ids.unsqueeze(1) - ids.unsqueeze(2)
     return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
+
+def border_shift_masks(ws: int, shift: int, device: torch.device | str = "cpu") -> Tensor:
+    """The three distinct shift masks ``[3, ws², ws²]`` (0 or −100) of shifted windows, for any map size.
+
+    After the cyclic roll by ``−shift`` only the last window row and column mix image regions (see
+    :func:`shift_attention_mask`): in the last row, rows ``ws − shift …`` of a window belong to another
+    region than the rows above them; in the last column, likewise for columns. So a window needs
+    ``masks[0]`` (row split) in the last row, ``masks[1]`` (column split) in the last column, ``masks[2]``
+    (both) in the corner, and no mask elsewhere, whatever ``H`` and ``W``. Built from the window's token
+    coordinates alone, with no data-dependent shapes, so the device path adds it under ``torch.compile``
+    without a host round trip. Equals :func:`shift_attention_mask` window by window (tested).
+
+    Args:
+        ws: Window side in tokens.
+        shift: Cyclic shift in tokens, ``0 < shift < ws``.
+        device: Where the masks are built.
+
+    Returns:
+        float32 ``[3, N, N]`` (``N = ws²``) on ``device``: row split, column split, corner.
+    """
+    t = torch.arange(ws * ws, device=device)
+    row = (t // ws) >= ws - shift  # [N]: the token lies in the rolled-in rows of a last-row window
+    col = (t % ws) >= ws - shift
+    row_split = row[:, None] != row[None, :]
+    col_split = col[:, None] != col[None, :]
+    split = torch.stack([row_split, col_split, row_split | col_split])
+    return torch.zeros(split.shape, device=device).masked_fill(split, -100.0)
 
 
 @dataclass(frozen=True, eq=False)

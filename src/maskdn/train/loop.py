@@ -161,7 +161,8 @@ def _check_resumable(cfg: TrainConfig, before: TrainConfig, iteration: int, out:
                       "use a new folder or the run's own config.toml")
 
 
-def cooldown(source: str | Path, iterations: int, out: str | Path, progress: bool = True, **settings) -> Path:
+def cooldown(source: str | Path, iterations: int, out: str | Path, progress: bool = True, time_limit: float = 0.0,
+             **settings) -> Path:
     """Branch a cool-down off the wsd run ``source`` (folder or state file) into ``out`` and train it.
 
     The branch starts from a copy of the run's current state and trains ``iterations`` more with the lr
@@ -175,12 +176,14 @@ def cooldown(source: str | Path, iterations: int, out: str | Path, progress: boo
         iterations: The cool-down's length in iterations (an integer >= 1).
         out: The branch's run folder (not the run's own).
         progress: Show a progress bar.
+        time_limit: As for :func:`train` (the branch then stops unfinished, with no export).
         **settings: :data:`MAY_CHANGE_ON_RESUME` fields of the branch.
 
     Returns:
         The path of the exported EMA weights, ``out/model.safetensors``.
 
     Raises:
+        TrainingStopped: SIGTERM, Ctrl-C or ``time_limit``; the branch's state was saved first.
         MaskdnError: ``source`` is not a wsd run, is already in its cool-down, or ``out`` is the run's
             own folder; ``iterations`` is not an integer >= 1; ``settings`` holds other fields; no
             readable state in ``source``; or any error of :func:`train`.
@@ -206,7 +209,7 @@ def cooldown(source: str | Path, iterations: int, out: str | Path, progress: boo
     if not (dest / STATE).exists():
         dest.mkdir(parents=True, exist_ok=True)
         save_state(dest / STATE, {**state, "config": branch.to_dict()})
-    return train(branch, progress)
+    return train(branch, progress, time_limit)
 
 
 def step_memory_bytes(cfg: TrainConfig, world_size: int = 1) -> int:
@@ -243,6 +246,18 @@ def _check_fits(cfg: TrainConfig, dev: torch.device, world_size: int) -> None:
                           f"{free / gib:.1f} GiB available: lower batch_size or patch_size")
 
 
+def _loss_values(losses: list) -> list[float]:
+    """``losses`` as floats: the device tensors among them (unread, see ``train_step(sync=False)``) read
+    in one transfer, in place of one host round trip per iteration."""
+    where = [i for i, v in enumerate(losses) if isinstance(v, torch.Tensor)]
+    if not where:
+        return losses
+    values = list(losses)
+    for i, v in zip(where, torch.stack([losses[i] for i in where]).tolist()):
+        values[i] = v
+    return values
+
+
 def _finite(model: nn.Module) -> bool:
     return all(torch.isfinite(v).all() for v in model.state_dict().values() if v.dtype.is_floating_point)
 
@@ -269,7 +284,7 @@ def _tensorboard(cfg: TrainConfig, out: Path, it: int):
     return SummaryWriter(str(out / "tb"), purge_step=it)
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> Path:
+def train(cfg: TrainConfig, progress: bool = True, time_limit: float = 0.0) -> Path:
     """Train (or resume) the run in ``cfg.out``; returns the path of the final EMA weights.
 
     Under torchrun (``WORLD_SIZE`` > 1) this process joins the group and leaves it at the end.
@@ -277,28 +292,37 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     noise and masks are seeded via :func:`maskdn.seeding.derive_seed`, so a resumed run ends with the
     weights of an uninterrupted one.
 
+    Off the CPU the loss is read only every ``log_every`` iterations (see
+    :func:`maskdn.train.step.train_step`, ``sync``), batches are copied to the device without waiting,
+    Adam runs fused, and ``compile = true`` compiles the Swin blocks
+    (:meth:`maskdn.model.MaskedSwinIR.compile_blocks`).
+
     Args:
         cfg: The run's config; ``data`` and ``out`` must be set.
         progress: Show a progress bar (rank 0 only).
+        time_limit: Seconds after which this call stops at the next iteration, saves the state and raises
+            :class:`TrainingStopped` (as SIGTERM does); 0: no limit. Counted from the call. Single-process
+            runs only.
 
     Returns:
         ``cfg.out/model.safetensors``, the final EMA weights (written by rank 0).
 
     Raises:
-        TrainingStopped: SIGTERM or Ctrl-C; the state was saved first.
+        TrainingStopped: SIGTERM or Ctrl-C, or ``time_limit`` reached; the state was saved first.
         MaskdnError: ``data`` or ``out`` unset; unreadable training or validation images; the folder
             in use by another run; a saved run with a different config or changed training images,
             or an incomplete state; weights that became NaN/inf or a diverged step; an ``init`` whose
-            architecture differs.
+            architecture differs; a ``time_limit`` under torchrun.
     """
     if not cfg.data or not cfg.out:
         raise MaskdnError("set the training images and the run folder (--data and --out, or data and out in the config)")
     keep_freed_memory()  # fresh activation buffers would page-fault every step (docs/performance.md)
+    deadline = time.monotonic() + time_limit if time_limit > 0 else math.inf
     own_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     ctx = distributed.setup(cfg.device)
     try:
         with contextlib.ExitStack() as lock:
-            return _train(cfg, ctx, progress, lock)
+            return _train(cfg, ctx, progress, lock, deadline)
     finally:
         if own_group:
             distributed.teardown()
@@ -350,8 +374,13 @@ def _load_init(model: MaskedSwinIR, init: str) -> None:
     model.load_state_dict(source.state_dict())
 
 
-def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: contextlib.ExitStack) -> Path:
+def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: contextlib.ExitStack,
+           deadline: float = math.inf) -> Path:
     out, dev, main = Path(cfg.out), ctx.device, ctx.is_main
+    on_cpu = dev.type == "cpu"  # elsewhere: no host round trip per step (loss read at log time), fused Adam
+    if deadline < math.inf and ctx.world_size > 1:
+        raise MaskdnError("a time limit is for single-process runs: under torchrun each process would stop "
+                          "at another iteration")
     state_path = out / STATE
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -375,7 +404,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
     if cfg.init and not state_path.exists():
         _load_init(model, cfg.init)
     ema = EMA(model, cfg.ema_decay)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, **({} if on_cpu else {"fused": True}))
     it, elapsed, best_val, last_val, history = 0, 0.0, -math.inf, None, []
     losses: list[float] = []  # losses since the last log row; saved, so a resumed row averages the same
     if state_path.exists():
@@ -405,10 +434,13 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
     net = model
     if ctx.world_size > 1:  # a collective: no process starts (and rank 0 saves nothing) before all loaded
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
-    if cfg.compile:  # the step calls net; model (uncompiled, same parameters) is what gets saved
-        net = torch.compile(net)
+    if cfg.compile:  # regional: the blocks compile in place, names and the saved state unchanged
+        model.compile_blocks()
     loader = batch_loader(Batches(sampler, cfg.batch_size, it, cfg.iterations, ctx.rank, ctx.world_size),
                           cfg.workers, cfg.seed)
+
+    def last_good() -> str:
+        return f"last good checkpoint kept in {state_path}" if state_path.exists() else "no checkpoint was written"
 
     def snapshot() -> dict:
         return {"iteration": it, "elapsed": elapsed, "val_psnr": last_val, "best_val_psnr": best_val,
@@ -420,7 +452,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
                               f"last good checkpoint kept in {state_path}")
         state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                  "config": cfg.to_dict(), "rng": rng_states(), "val_history": history, "data": data_id,
-                 "log_losses": losses, **snapshot()}
+                 "log_losses": _loss_values(losses), **snapshot()}
         save_state(state_path, state)
 
     # logs: CSV (rows after the last checkpoint are redone), TensorBoard, progress bar; rank 0 only
@@ -447,11 +479,11 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
                 g["lr"] = lr
             gen = torch.Generator(dev).manual_seed(sample_seed(cfg.seed, it, ctx.rank, _ATTENTION))
             try:
-                loss = train_step(net, opt, noisy.to(dev), clean.to(dev), generator=gen, bf16=cfg.bf16,
-                                  grad_clip=cfg.grad_clip, ema=ema)
+                loss = train_step(net, opt, noisy.to(dev, non_blocking=True), clean.to(dev, non_blocking=True),
+                                  generator=gen, bf16=cfg.bf16, grad_clip=cfg.grad_clip, ema=ema, sync=on_cpu)
             except FloatingPointError as e:
-                kept = f"last good checkpoint kept in {state_path}" if state_path.exists() else "no checkpoint was written"
-                raise MaskdnError(f"{out}: training diverged at iteration {it + 1} ({e}); stopped, {kept}") from None
+                raise MaskdnError(f"{out}: training diverged at iteration {it + 1} ({e}); "
+                                  f"stopped, {last_good()}") from None
             it += 1
             elapsed = time.perf_counter() - t0
             bar.update(1)
@@ -468,7 +500,13 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
                 if val > best_val:
                     best_val = val
                     save_model(ema.module, out / "best.safetensors", training=training_record(cfg, snapshot()))
-            if it % cfg.log_every == 0 or val is not None or it == cfg.iterations:
+            out_of_time = time.monotonic() >= deadline
+            if it % cfg.log_every == 0 or val is not None or it == cfg.iterations or out_of_time:
+                losses = _loss_values(losses)
+                if not all(math.isfinite(v) for v in losses):  # off the CPU the first look at these losses
+                    bad = next(v for v in losses if not math.isfinite(v))
+                    raise MaskdnError(f"{out}: training diverged between iterations {it - len(losses) + 1} and "
+                                      f"{it} (loss {bad}); stopped, {last_good()}")
                 mean_loss = sum(losses) / len(losses)
                 cells = ["" if scores is None else f"{scores[n]:.3f}" for n in cfg.val_noise] if per_noise else []
                 writer.writerow([it, f"{lr:.4e}", f"{mean_loss:.5f}", it * cfg.batch_size, f"{elapsed:.1f}",
@@ -482,10 +520,11 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
                 rate = (it - start_it) * cfg.batch_size / max(time.perf_counter() - t_start, 1e-9)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", patches_s=f"{rate:.1f}", refresh=False)
                 losses = []
-            if it % cfg.save_every == 0 or it == cfg.iterations or stop.signal:
+            if it % cfg.save_every == 0 or it == cfg.iterations or stop.signal or out_of_time:
                 save()
-            if stop.signal and it < cfg.iterations:
-                raise TrainingStopped(f"{out}: stopped by {stop.signal} at iteration {it}, state saved; "
+            if (stop.signal or out_of_time) and it < cfg.iterations:
+                why = f"by {stop.signal}" if stop.signal else "at the time limit"
+                raise TrainingStopped(f"{out}: stopped {why} at iteration {it}, state saved; "
                                       "rerun the same command to resume")
     finally:
         stop.restore()

@@ -43,13 +43,19 @@ def train_step(
     bf16: bool = False,
     grad_clip: float = 0.0,
     ema: EMA | None = None,
-) -> float:
+    sync: bool = True,
+) -> float | Tensor:
     """One optimisation step; returns the L1 loss (averaged over processes). The model must be in train mode.
 
     Forward (under bf16 autocast if asked), L1 loss in float32, then, when ``torch.distributed`` is
     initialised, an ``all_reduce`` mean of the loss value over processes; that value is checked before
     ``zero_grad``, ``backward``, optional gradient clipping, ``optimizer.step()`` and the EMA update,
     so a non-finite loss stops every process at the same iteration with the weights untouched.
+
+    Reading the loss makes the host wait for the device. On a GPU that wait drains its queue every
+    step, so ``sync=False`` skips it: the loss comes back as a tensor on the device, unread and
+    unchecked, and the caller checks it when it reads it (the trainer: every ``log_every`` iterations;
+    a non-finite loss then stops the run there, and its weights may have changed since).
 
     Args:
         model: The denoiser (plain, compiled and/or DDP-wrapped), in train mode so that the attention
@@ -61,12 +67,14 @@ def train_step(
         bf16: Run the forward under bfloat16 autocast on ``noisy``'s device type.
         grad_clip: If nonzero, clip the gradients' global L2 norm to it (``clip_grad_norm_``).
         ema: If given, updated from :func:`unwrap` of ``model`` after the step.
+        sync: Read and check the loss before the update (True), or return it unread (False).
 
     Returns:
-        The step's L1 loss (mean absolute error over all elements), averaged over processes.
+        The step's L1 loss (mean absolute error over all elements), averaged over processes: a float,
+        or with ``sync=False`` a 0-dim float32 tensor on the device.
 
     Raises:
-        FloatingPointError: ``"loss is nan"`` or ``"loss is inf"``, before any weight changes.
+        FloatingPointError: ``"loss is nan"`` or ``"loss is inf"``, before any weight changes (``sync=True``).
     """
     with torch.autocast(noisy.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(noisy, generator=generator)
@@ -75,9 +83,10 @@ def train_step(
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(value)
         value /= dist.get_world_size()
-    value = value.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(f"loss is {value}")
+    if sync:
+        value = value.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
