@@ -40,9 +40,14 @@ def campaign_dir(root: Path) -> Path:
     return root / "campaign"
 
 
+GPU_PREFIX = "gpu-"
+"""Folders of runs trained on a GPU machine by ``benchmarks/gpu_run.py`` (docs/gpu.md), not by this script."""
+
+
 def run_names(root: Path) -> list[str]:
-    """Every campaign run: the folders of ``campaign/`` with a ``config.toml``."""
-    return sorted(p.parent.name for p in campaign_dir(root).glob("*/config.toml"))
+    """Every campaign run: the folders of ``campaign/`` with a ``config.toml``, but the GPU runs."""
+    return sorted(p.parent.name for p in campaign_dir(root).glob("*/config.toml")
+                  if not p.parent.name.startswith(GPU_PREFIX))
 
 
 def config_path(root: Path, name: str) -> Path:
