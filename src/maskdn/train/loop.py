@@ -216,10 +216,11 @@ def step_memory_bytes(cfg: TrainConfig, world_size: int = 1) -> int:
     """Estimated peak memory of one training step of ``cfg`` in one process, in bytes.
 
     Activations kept for the backward pass dominate: about ``k`` bytes per patch pixel, per channel
-    of the embedding, per Swin block, with ``k = 45 + 75 * (1 - attn_mask_ratio)`` (masked tokens skip
-    most attention work). ``k`` was fitted to the measured peak RSS of a float32 CPU step (presets
-    tiny, small and paper; batch 4–16 of 32²–64²; ratio 0.75: 43–59 bytes, ratio 0: 109 bytes) and
-    errs high; bf16 autocast and CUDA need less.
+    of the embedding, per Swin block, with ``k = 30 + 80 * (1 - attn_mask_ratio)`` (masked tokens skip
+    most attention work), plus 1,000 bytes per patch pixel for the rest. Fitted to the measured peak
+    RSS of float32 CPU steps (presets tiny, small and paper, batch 4–16 of 32²–64²: 5.7, 12.5 and
+    62 kB per pixel at ratio 0.75, small 27.9 kB at ratio 0); the estimate is 2–18% above each.
+    bf16 autocast and CUDA need less.
 
     Args:
         cfg: The training config (its model preset, ``batch_size``, ``patch_size``).
@@ -229,7 +230,7 @@ def step_memory_bytes(cfg: TrainConfig, world_size: int = 1) -> int:
         The estimate in bytes (activations plus weights, gradients and Adam moments).
     """
     mc = cfg.model_config()
-    per_pixel = (45 + 75 * (1.0 - mc.attn_mask_ratio)) * mc.embed_dim * sum(mc.depths)
+    per_pixel = (30 + 80 * (1.0 - mc.attn_mask_ratio)) * mc.embed_dim * sum(mc.depths) + 1000
     batch = -(-cfg.batch_size // world_size)
     params = sum(p.numel() for p in MaskedSwinIR(mc).parameters())
     return int(batch * cfg.patch_size**2 * per_pixel + 5 * 4 * params)
@@ -384,11 +385,12 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
     state_path = out / STATE
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    _check_fits(cfg, dev, ctx.world_size)  # before anything is read or written
 
     # data first: a bad folder fails before anything is written
     data_id = data_fingerprint(split_holdout(cfg.data, cfg.holdout)[0])
-    sampler = PatchSampler(load_clean_images(cfg.data, cfg.holdout), cfg.patch_size, cfg.noise,
+    images = load_clean_images(cfg.data, cfg.holdout)
+    _check_fits(cfg, dev, ctx.world_size)  # after the data is known good, before any patch is cut or file written
+    sampler = PatchSampler(images, cfg.patch_size, cfg.noise,
                            cfg.input_mask_range if cfg.input_mask else None, cfg.seed)
     val_sets = None
     if main and (cfg.val_data or cfg.holdout):
