@@ -477,6 +477,28 @@ def cmd_export_onnx(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(a: argparse.Namespace) -> int:
+    """``maskdn app``: serve the web page (Gradio) until Ctrl-C.
+
+    Args:
+        a: the parsed arguments of the subcommand.
+
+    Returns:
+        the exit status.
+
+    Raises:
+        MaskdnError: from :func:`maskdn.app.launch` (the extra missing, a bad device or port);
+            :func:`main` prints it as one line.
+    """
+    from .app import launch
+
+    out = _out_folder(a.out) if a.out is not None else None
+    blocks = launch(host=a.host, port=a.port, device=a.device, open_browser=a.open, out_dir=out)
+    print(f"maskdn app: open {blocks.local_url} in a browser (Ctrl-C stops it)")
+    blocks.block_thread()
+    return 0
+
+
 def _parse_value(text: str):
     """``--set`` values: JSON where it parses (numbers, true/false, null, lists), else a string."""
     try:
@@ -619,6 +641,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix the input to [1, C, H, W] of --size (faster to export); default: any batch, height, width")
     o.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     o.set_defaults(func=cmd_export_onnx)
+
+    w = command("app", "a local web page: drop a photo, choose a model, see noisy and denoised side by side "
+                "(the app extra; docs/app.md)")
+    _add_out(w, "folder for the downloadable results (default: a temporary folder per run)")
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this computer only)")
+    w.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
+    w.add_argument("--device", default="cpu", help="torch device the models run on (default: cpu)")
+    w.add_argument("--open", action="store_true", help="open the page in the default browser")
+    w.set_defaults(func=cmd_app)
 
     return p
 
