@@ -16,7 +16,8 @@ with ``MASKDN_CPU_KERNEL=0``). Achieved
 GFLOP/s count the reference path's matrix FLOPs (torch's FlopCounterMode) against a matmul measured in
 the same run with the same threads.
 
-    python benchmarks/speed.py                       # both presets, all rows, tiled run on the small preset
+    python benchmarks/speed.py                       # both presets and IDF, all rows, tiled run on the small preset
+    python benchmarks/speed.py --presets small idf --quick   # IDF's forward beside the small preset
     python benchmarks/speed.py --presets small --quick
     python benchmarks/speed.py --device cuda         # on a GPU machine: its own rows, batch 64 (docs/gpu.md)
     python benchmarks/speed.py --tiled-only --tiled-presets paper --out benchmarks/results/speed-paper-tiled.json
@@ -77,6 +78,11 @@ def _timed(fn, device: str, repeats: int, name: str = "", warmup: int = 1) -> fl
 
 
 def _model(preset_name: str, impl: str, device: str):
+    if preset_name == IDF:  # the rival network (maskdn.idf): one path, no attention to switch
+        from maskdn.idf import IDFNet
+
+        torch.manual_seed(0)
+        return IDFNet().to(device)
     from maskdn.model import MaskedSwinIR, preset
 
     torch.manual_seed(0)
@@ -204,6 +210,10 @@ ROWS = [  # (path, keep_memory, label)
     ("fast-torch-core", True, "fast, keep_freed_memory, MASKDN_CPU_KERNEL=0"),
 ]
 QUICK_ROWS = [ROWS[0], ROWS[3], ROWS[4]]
+IDF = "idf"
+"""``--presets idf``: IDF (Kim et al., ICCV 2025; maskdn.idf, the released models' config), the rival
+network, timed beside the SwinIR presets on the same workloads; its one row is maskdn's default."""
+IDF_ROWS = [("fast", True, "IDF, keep_freed_memory (maskdn default)")]
 CUDA_ROWS = [  # on a GPU the allocator rows mean nothing (PyTorch caches device memory itself)
     ("reference", False, "reference"),
     ("sdpa", False, "sdpa"),
@@ -263,7 +273,7 @@ def _fmt(v, spec: str = ".2f") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--presets", nargs="+", default=["paper", "small"])
+    p.add_argument("--presets", nargs="+", default=["paper", "small", IDF], help=f"SwinIR presets and/or {IDF!r}")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=None, help="patches per training step (default: 16 on CPU, 64 on CUDA)")
@@ -301,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for preset_name in a.presets:
         flops = count_flops(preset_name)
-        configs = [(impl, keep, label, bf16) for impl, keep, label in rows for bf16 in (False, True)]
+        configs = [(impl, keep, label, bf16) for impl, keep, label in (IDF_ROWS if preset_name == IDF else rows)
+                   for bf16 in (False, True)]
         runs: list[list[dict]] = [[] for _ in configs]
         for rnd in range(a.rounds):
             for i, (impl, keep, label, bf16) in enumerate(configs):
@@ -329,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         return next((r for r in results if (r["preset"], r["path"], r["keep_freed_memory"], r["dtype"]) == (preset_name, impl, keep, dtype)), None)
 
     speedups = {}
-    for preset_name in a.presets:
+    for preset_name in (p for p in a.presets if p != IDF):  # IDF has no second path to compare
         ref, fast = find(preset_name, "reference", False, "float32"), find(preset_name, "fast", not on_cuda, "float32")
         fast_bf16 = find(preset_name, "fast", not on_cuda, "bfloat16")
         ref_keep = find(preset_name, "reference", True, "float32")
