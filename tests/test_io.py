@@ -100,8 +100,8 @@ def test_pillow_modes_are_normalised(tmp_path):
     assert set(np.unique(read_image(tmp_path / "b.png"))) <= {0, 255}
     gray, alpha = _img(np.uint8, 1, 1), _img(np.uint8, 1, 2)
     Image.merge("LA", [Image.fromarray(gray), Image.fromarray(alpha)]).save(tmp_path / "la.png")
-    la = read_image(tmp_path / "la.png")  # gray+alpha → RGBA with gray replicated
-    np.testing.assert_array_equal(la, np.stack([gray, gray, gray, alpha], axis=-1))
+    la = read_image(tmp_path / "la.png")  # gray+alpha stays gray+alpha
+    np.testing.assert_array_equal(la, np.stack([gray, alpha], axis=-1))
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg")
     assert read_image(tmp_path / "c.jpg").shape == (H, W, 3)
 
@@ -168,7 +168,7 @@ def test_write_errors(tmp_path):
     assert "16-bit" in _error(write_image, tmp_path / "x.bmp", rgb16)
     assert "alpha" in _error(write_image, tmp_path / "x.jpg", rgba8)
     assert "suffix" in _error(write_image, tmp_path / "x.gif", rgba8)
-    assert "shape" in _error(write_image, tmp_path / "x.png", np.zeros((4, 4, 2), np.uint8))
+    assert "shape" in _error(write_image, tmp_path / "x.png", np.zeros((4, 4, 5), np.uint8))
     assert "float32" in _error(write_image, tmp_path / "x.png", np.zeros((4, 4), np.float32))
     assert list(tmp_path.iterdir()) == []
 
@@ -183,7 +183,7 @@ def test_overwrite_refusal(tmp_path):
 
 
 def test_failed_write_leaves_nothing_and_keeps_old_target(tmp_path, monkeypatch):
-    def broken_png(tmp, a):
+    def broken_png(tmp, a, icc):
         Path(tmp).write_bytes(b"half a png")
         raise OSError(28, "No space left on device")
 
@@ -247,7 +247,7 @@ def test_expand_inputs(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-@pytest.mark.parametrize("shape", [(H, W), (H, W, 1), (H, W, 3), (H, W, 4)])
+@pytest.mark.parametrize("shape", [(H, W), (H, W, 1), (H, W, 2), (H, W, 3), (H, W, 4)])
 def test_float_round_trip_exact(dtype, shape):
     a = np.random.default_rng(3).integers(0, np.iinfo(dtype).max + 1, size=shape).astype(dtype)
     x, info = to_float_rgb(a)
@@ -274,15 +274,18 @@ def test_from_float_clamps_and_keeps_alpha():
     expected = np.rint(np.clip(y.permute(1, 2, 0).numpy(), 0, 1) * 255).astype(np.uint8)
     np.testing.assert_array_equal(out[..., :3], expected)
     np.testing.assert_array_equal(out[..., 3], a[..., 3])
-    hdr = np.full((2, 2, 3), 4.0, np.float32)  # float beyond [0, 1] is not clamped
-    np.testing.assert_array_equal(from_float_rgb(*to_float_rgb(hdr)), hdr)
+    hdr = np.array([[[0.5, 4.0, -1.0]]], np.float32)  # float beyond [0, 1]: its own range is kept
+    x, info = to_float_rgb(hdr)
+    assert (info.low, info.high) == (-1.0, 4.0) and float(x.min()) == 0.0 and float(x.max()) == 1.0
+    np.testing.assert_allclose(from_float_rgb(x, info), hdr, atol=1e-6)
+    assert from_float_rgb(x * 2, info).max() == 4.0  # clamped to the input's range, not to [0, 1]
     gray = np.array([[0.2, 0.8]], np.float32)
     x, info = to_float_rgb(gray)
     assert from_float_rgb(x + 1, info).max() == 1.0
 
 
 def test_to_float_rejects_bad_input():
-    assert "shape" in _error(to_float_rgb, np.zeros((4, 4, 2), np.uint8))
+    assert "shape" in _error(to_float_rgb, np.zeros((4, 4, 5), np.uint8))
     assert "int32" in _error(to_float_rgb, np.zeros((4, 4), np.int32))
 
 
