@@ -93,7 +93,8 @@ def evaluate_rows(
         row = {"dataset": name, "condition": cond, "images": len(recs),
                "psnr": round(float(np.mean([r["psnr"] for r in recs])), 2)}
         if ssim:
-            row["ssim"] = round(float(np.mean([r["ssim"] for r in recs])), 4)
+            scored = [r["ssim"] for r in recs if r.get("ssim") is not None]  # None: smaller than the SSIM window
+            row["ssim"] = round(float(np.mean(scored)), 4) if len(scored) == len(recs) else None
         rows.append(row)
     return rows
 

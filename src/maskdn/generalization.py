@@ -60,7 +60,7 @@ from .errors import MaskdnError, check_int
 from .geometry import center_crop
 from .inference import check_passes, denoise_tensor
 from .io import atomic_write, make_output_dir
-from .metrics import psnr, ssim
+from .metrics import SSIM_MIN_SIZE, psnr, ssim
 from .noise import apply_noise, noise_seed, parse_noise
 from .report import method_label
 
@@ -432,10 +432,11 @@ def noisy_pair(
     return center_crop(noisy, crop), center_crop(sample.clean, crop)
 
 
-def _scores(est: Tensor, clean: Tensor, with_ssim: bool) -> dict[str, float]:
-    out = {"psnr": psnr(est, clean)}
+def _scores(est: Tensor, clean: Tensor, with_ssim: bool) -> dict[str, float | None]:
+    """PSNR, and SSIM when asked: None (left blank) for an image smaller than the SSIM window."""
+    out: dict[str, float | None] = {"psnr": psnr(est, clean)}
     if with_ssim:
-        out["ssim"] = ssim(est, clean)
+        out["ssim"] = ssim(est, clean) if min(clean.shape[-2:]) >= SSIM_MIN_SIZE else None
     return out
 
 
@@ -779,6 +780,10 @@ def run_bench(
     records = merged()
     if results_path is not None and not results_path.exists():
         _write_results(results_path, records)
+    small = {(r["dataset"], r["image"]) for r in records if "ssim" in r and r["ssim"] is None}
+    if small:
+        notes.append(f"SSIM left blank for {len(small)} image(s) smaller than its {SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} "
+                     "window (and for the means that include them); PSNR is scored for all.")
     if reports and out is not None:
         from . import report
 

@@ -21,7 +21,11 @@ from torch import Tensor
 
 from .errors import MaskdnError
 
-__all__ = ["psnr", "ssim", "to_uint8_levels", "rgb_to_y"]
+__all__ = ["SSIM_MIN_SIZE", "psnr", "ssim", "to_uint8_levels", "rgb_to_y"]
+
+SSIM_MIN_SIZE = 11
+"""The smallest side :func:`ssim` scores: its 11×11 Gaussian window (σ = 1.5) must fit inside the
+image, since the map is averaged over the 'valid' region. Smaller images get PSNR only."""
 
 
 def to_uint8_levels(x: Tensor) -> Tensor:
@@ -118,8 +122,9 @@ def ssim(output: Tensor, target: Tensor, crop_border: int = 0, y_channel: bool =
     from skimage.metrics import structural_similarity
 
     a, b = _prepare(output, target, crop_border, y_channel)
-    if a.shape[-1] < 11 or a.shape[-2] < 11:
-        raise MaskdnError(f"ssim needs images of at least 11x11 after cropping, got {tuple(a.shape)}")
+    if a.shape[-1] < SSIM_MIN_SIZE or a.shape[-2] < SSIM_MIN_SIZE:
+        raise MaskdnError(f"ssim needs images of at least {SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} after cropping, "
+                          f"got {tuple(a.shape)}")
     an, bn = a.cpu().numpy().astype(np.float64), b.cpu().numpy().astype(np.float64)
     kwargs = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255.0)
     if an.ndim == 3:

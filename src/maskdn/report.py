@@ -137,7 +137,8 @@ def write_summary_csv(records: Iterable[Mapping[str, Any]], path: str | Path) ->
     """The summary as a long CSV: one row per dataset × method × condition (means over images).
 
     Columns: ``dataset, method, passes, label, noise, level, condition, images, psnr, ssim`` and
-    ``lpips`` when any group has it; PSNR (dB) with 4 decimals, SSIM 5, LPIPS 4 (empty when absent).
+    ``lpips`` when any group has it; PSNR (dB) with 4 decimals, SSIM 5, LPIPS 4 (empty when absent,
+    e.g. SSIM of images smaller than its window).
 
     Args:
         records: Benchmark records (see the module docstring); PSNR in dB and SSIM computed on 8-bit
@@ -161,7 +162,7 @@ def write_summary_csv(records: Iterable[Mapping[str, Any]], path: str | Path) ->
     for row in rows:
         lp = row["lpips"]
         w.writerow({**row, "level": "" if row["level"] is None else f"{row['level']:g}",
-                    "psnr": f"{row['psnr']:.4f}", "ssim": f"{row['ssim']:.5f}",
+                    "psnr": f"{row['psnr']:.4f}", "ssim": "" if math.isnan(row["ssim"]) else f"{row['ssim']:.5f}",
                     "lpips": "" if lp is None or math.isnan(lp) else f"{lp:.4f}"})
     return write_text(path, buf.getvalue())
 
@@ -191,7 +192,7 @@ def summary_markdown(records: Iterable[Mapping[str, Any]], notes: Sequence[str] 
 
     Returns:
         The Markdown text: cells ``PSNR (dB, 2 decimals) / SSIM (3 decimals)[ / LPIPS]``, ``–`` where a
-        method has no result for a condition.
+        method has no result for a condition or a metric is blank (SSIM of images smaller than its window).
 
     Raises:
         KeyError: A record lacks a required key (:func:`summarize`).
@@ -218,7 +219,7 @@ def summary_markdown(records: Iterable[Mapping[str, Any]], notes: Sequence[str] 
                 if cell is None:
                     row.append("–")
                     continue
-                text = f"{cell['psnr']:.2f} / {cell['ssim']:.3f}"
+                text = f"{cell['psnr']:.2f} / " + ("–" if math.isnan(cell["ssim"]) else f"{cell['ssim']:.3f}")
                 if has_lpips:
                     lp = cell["lpips"]
                     text += " / –" if lp is None or math.isnan(lp) else f" / {lp:.3f}"
