@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -184,9 +185,11 @@ def export_onnx(
     example = torch.rand(1, channels, *size, generator=torch.Generator().manual_seed(0))
     dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     start = time.perf_counter()
-    with atomic_write(path) as tmp:
+    with atomic_write(path) as tmp, warnings.catch_warnings():
+        # torch.export's own deprecation notices concern PyTorch's internals, not the user's model
+        warnings.filterwarnings("ignore", category=FutureWarning)
         try:
-            torch.onnx.export(exportable, (example,), str(tmp), dynamo=True, external_data=False,
+            torch.onnx.export(exportable, (example,), str(tmp), dynamo=True, external_data=False, verbose=False,
                               input_names=["image"], output_names=["denoised"], opset_version=opset,
                               dynamic_shapes=(dims,) if dynamic else None)
         except Exception as e:  # the exporter raises many kinds; one line with its reason
