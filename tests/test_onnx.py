@@ -57,7 +57,7 @@ def test_any_deterministic_module(tmp_path):
 def test_idf_matches_pytorch(tmp_path):
     idf = pytest.importorskip("maskdn.idf", reason="maskdn.idf is not in this checkout")
     torch.manual_seed(0)
-    model = idf.IDFNet(idf.IDFConfig(iterations=3)).eval()
+    model = idf.IDFNet(idf.IDFConfig(iterations=2)).eval()  # two: a plain and a dilated application
     path = tmp_path / "idf.onnx"
     assert export_onnx(model, path, size=(21, 30), dynamic=False)["max_abs_diff"] < 1e-4
 
