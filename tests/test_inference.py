@@ -92,7 +92,7 @@ def test_odd_and_tiny_sizes(tiny_model, size):
 
 def test_unsupported_inputs(tiny_model):
     with pytest.raises(MaskdnError):
-        denoise(np.zeros((H, W, 2), np.uint8), tiny_model)
+        denoise(np.zeros((H, W, 5), np.uint8), tiny_model)
     with pytest.raises(MaskdnError):
         denoise(torch.zeros(3, H, W, dtype=torch.uint8), tiny_model)
     with pytest.raises(MaskdnError):
