@@ -90,7 +90,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, passes: bool = True, tile: b
                        help=f"average K stochastic attention-mask passes per image (default: {DEFAULT_PASSES})")
     if tile:
         p.add_argument("--tile", type=int, default=None,
-                       help="denoise in N×N tiles, N > the 32-pixel overlap: bounded memory (default: whole images)")
+                       help="denoise in N×N tiles, N > the 32-pixel overlap: bounded memory (default: whole images, "
+                            "in tiles when the whole would not fit in memory)")
     if bf16:
         p.add_argument("--bf16", action="store_true",
                        help="bfloat16 autocast: faster on CPUs/GPUs with bf16 units, within 0.05 dB")
@@ -174,7 +175,7 @@ def cmd_denoise(a: argparse.Namespace) -> int:
         from .weights import load_model
 
         model = load_model(model, device=a.device, attn_mask_ratio=a.attn_mask_ratio)
-    failures = denoise_files(a.inputs, a.out, model, **_denoise_options(a))
+    failures = denoise_files(a.inputs, a.out, model, max_pixels=a.max_pixels, **_denoise_options(a))
     for path, message in failures:
         print(f"maskdn: failed: {message}", file=sys.stderr)
     if failures:
@@ -544,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--uncertainty", action="store_true",
                    help="also write each output's per-pixel std of the passes (a masked model, --passes 2 or more): "
                         "NAME_std.tif (float32, [0, 1] units) and NAME_std.png (with a colour bar)")
+    d.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="largest image (width × height) read, checked before decoding: a guard against "
+                        "decompression bombs (default: 89,478,485; with --tile 357,913,940)")
     d.set_defaults(func=cmd_denoise)
 
     n = command("noise", "write seeded noisy copies of images (one folder per noise)", noises)

@@ -36,7 +36,8 @@ from torch import Tensor
 from .devices import module_device, on_device, resolve_device
 from .errors import MaskdnError, check_int
 from .geometry import dihedral, dihedral_inverse
-from .io import make_output_dir
+from .io import DEFAULT_MAX_PIXELS, make_output_dir
+from .memory import is_out_of_memory, plan_tile
 from .denoiser import Denoiser
 from .model import MaskedSwinIR
 
@@ -175,7 +176,8 @@ def denoise_tensor(
         passes: Stochastic forward passes to average per transform (int >= 1).
         self_ensemble: Average over the 8 flips/rotations (8× the work).
         tile: The tile side in pixels (>= the model's window size), or None to process the whole
-            image at once.
+            image at once when it fits in memory, else in the largest tiles that fit
+            (:func:`maskdn.memory.plan_tile`: the peak is predicted from the size before any work).
         tile_overlap: The overlap of neighbouring tiles in pixels (0 <= ``tile_overlap`` < ``tile``).
         generator: Drives the attention masks in sequence, so a seeded generator gives a
             reproducible result; it must live on ``x``'s device. None: torch's global RNG.
@@ -193,8 +195,9 @@ def denoise_tensor(
 
     Raises:
         MaskdnError: Invalid ``passes`` or tile options (see :func:`check_passes` and
-            :func:`check_tile_options`), ``x`` not a 4-D float tensor, NaN or inf in ``x``, or ``C`` not
-            ``model.config.in_chans`` (raised by the model).
+            :func:`check_tile_options`), ``x`` not a 4-D float tensor, NaN or inf in ``x``, ``C`` not
+            ``model.config.in_chans`` (raised by the model), or running out of memory all the same
+            (``"out of memory denoising a WxH image ...; use smaller tiles (--tile N)"``).
     """
     check_passes(passes)
     check_tile_options(tile, tile_overlap, model.size_multiple)
@@ -203,6 +206,8 @@ def denoise_tensor(
         raise MaskdnError(f"expected a float tensor [B, C, H, W], got {desc}")
     if not bool(torch.isfinite(x).all()):
         raise MaskdnError("the image holds NaN or inf values; refused (replace them first, e.g. numpy.nan_to_num)")
+    if tile is None:
+        tile = plan_tile(model, tuple(x.shape), x.device, tile_overlap)  # None: the whole image fits
     was_training = model.training
     model.eval()
     try:
@@ -212,9 +217,21 @@ def denoise_tensor(
             else:
                 y = _denoise_tiled(model, x, passes, self_ensemble, generator, tile, tile_overlap, progress,
                                    uncertainty)
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        where = f"in {tile}x{tile} tiles" if tile else "whole"
+        raise MaskdnError(f"out of memory denoising a {x.shape[-1]}x{x.shape[-2]} image {where} on {x.device}; "
+                          f"use smaller tiles (--tile {_smaller_tile(tile, x, model.size_multiple)})") from None
     finally:
         model.train(was_training)
     return (y[:, : x.shape[1]], y[:, x.shape[1] :]) if uncertainty else y
+
+
+def _smaller_tile(tile: int | None, x: Tensor, multiple: int) -> int:
+    """A tile side to suggest after running out of memory: half the current one (or of the image)."""
+    side = (tile or max(x.shape[-2:])) // 2
+    return max(side - side % multiple, multiple, 64)
 
 
 def _denoise_tiled(
@@ -317,7 +334,7 @@ def _denoise_numpy(model: MaskedSwinIR, image: np.ndarray, device: str | torch.d
     return out.astype(image.dtype, copy=False)  # float16/float64 in, the same out
 
 
-_PIL_MODES = ("L", "RGB", "RGBA", "I;16", "F")
+_PIL_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "F")
 
 
 def _denoise_pil(model: MaskedSwinIR, image: Any, device: str | torch.device, options: dict) -> Any:
@@ -349,15 +366,16 @@ def denoise(
     """Denoise ``image`` and return the same kind of object (with ``uncertainty``, and a std map).
 
     Arrays and PIL images go through :func:`maskdn.io.to_float_rgb` / :func:`maskdn.io.from_float_rgb`:
-    integers are scaled to [0, 1] and back (clamped, rounded), floats are taken unscaled and clamped to
-    [0, 1] only if they lay in it. Tensors are denoised in float32 and cast back, not clamped. Gray
-    stays gray (replicated into a colour model and averaged back; a colour image into a gray model is
-    denoised channel by channel) and an alpha channel is passed through unchanged.
+    integers are scaled to [0, 1] and back (clamped, rounded); floats within [0, 1] are taken as they
+    are, floats beyond it mapped linearly from their own range onto [0, 1] and back; either way the
+    result is clamped to the input's range. Tensors are denoised in float32 and cast back, not clamped.
+    Gray stays gray (replicated into a colour model and averaged back; a colour image into a gray model
+    is denoised channel by channel) and an alpha channel (RGBA, gray + alpha) is passed through unchanged.
 
     Args:
-        image: A NumPy array ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` (RGBA), uint8
-            (0–255), uint16 (0–65535) or float (nominally [0, 1]); a PIL image in mode ``L``, ``RGB``,
-            ``RGBA``, ``I;16`` or ``F``; or a float tensor ``[C, H, W]`` or ``[B, C, H, W]``,
+        image: A NumPy array ``[H, W]``, ``[H, W, 1]``, ``[H, W, 2]`` (gray + alpha), ``[H, W, 3]`` or
+            ``[H, W, 4]`` (RGBA), uint8 (0–255), uint16 (0–65535) or float (any range, see above); a PIL
+            image in mode ``L``, ``LA``, ``RGB``, ``RGBA``, ``I;16`` or ``F``; or a float tensor ``[C, H, W]`` or ``[B, C, H, W]``,
             ``C`` = 1 or 3, values in [0, 1], on any device.
         model: A :class:`MaskedSwinIR` (never moved: it runs where it is, or a copy runs on another
             ``device``), a zoo name or a weights path (loaded with :func:`maskdn.load_model`); None:
@@ -486,6 +504,7 @@ def denoise_files(
     model: ModelLike = None,
     *,
     progress: bool = True,
+    max_pixels: int | None = None,
     **denoise_options: Any,
 ) -> list[tuple[Path, str]]:
     """Denoise image files (files, folders or globs in ``inputs``) into ``output``; returns the failures.
@@ -494,9 +513,17 @@ def denoise_files(
     image suffix (and not an existing folder), that is the output file; otherwise ``output`` is a
     folder (created with its parents) and each result keeps its input's file name, so its format
     follows the input's suffix (:func:`check_output` refuses an image suffix that cannot be written,
-    before any work). Inputs are never overwritten, nor is a symlink loop or broken link replaced. Each file is read with
-    :func:`maskdn.io.read_image`, denoised with :func:`denoise` (native dtype kept) and written with
-    :func:`maskdn.io.write_image` (atomically); a file that fails does not stop the batch.
+    before any work). Inputs are never overwritten, nor is a symlink loop or broken link replaced.
+
+    Each output comes back as its input went in, or the file is refused before any work on it: its
+    header is read first (:func:`maskdn.io.probe_image`, over the pixel limit refused),
+    :func:`maskdn.io.check_writable` refuses what the output could not hold as it was (palette,
+    bilevel, CMYK, animations; 16 bits or float in JPEG, ...), and a page whose full-resolution buffers
+    (:func:`maskdn.memory.full_resolution_bytes`) exceed the available memory is refused. Then every
+    page (all pages of a multi-page TIFF) is read upright (:func:`maskdn.io.read_page`), denoised with
+    :func:`denoise` (mode, bit depth, sample type and value range kept; tiled automatically when the
+    whole would not fit) and written with :func:`maskdn.io.write_pages` (atomically, with the input's
+    ICC profile); a file that fails does not stop the batch.
 
     Args:
         inputs: Files, folders and glob patterns (see :func:`maskdn.io.expand_inputs`); a single
@@ -504,6 +531,10 @@ def denoise_files(
         output: The output file or folder.
         model: As in :func:`denoise`; loaded once for the whole batch.
         progress: Show tqdm bars over the images (and over the tiles of each).
+        max_pixels: The most pixels (width × height) a page may have, checked from the header before
+            decoding (a guard against decompression bombs). None: :data:`maskdn.io.DEFAULT_MAX_PIXELS`
+            (Pillow's, 89.5 million), or :data:`TILED_MAX_PIXELS` when ``tile`` is given, since tiles
+            bound the forward pass's memory.
         **denoise_options: Passed to :func:`denoise`: ``passes``, ``self_ensemble``, ``tile``,
             ``tile_overlap``, ``seed`` (each file starts from it afresh), ``device`` (default: a
             given model's own, else ``"cpu"``), ``bf16``, ``uncertainty`` (then each output's std map
@@ -516,13 +547,13 @@ def denoise_files(
 
     Raises:
         MaskdnError: Before any file is processed: no matching inputs, an unusable model or device,
-            invalid ``passes`` or tile options, an ``output`` :func:`check_output` refuses (an image
+            invalid ``passes``, tile options or ``max_pixels``, an ``output`` :func:`check_output` refuses (an image
             format maskdn does not write, several inputs for an image file, a file where a folder
             should be, a broken link or symlink loop), or an output folder that cannot be created.
     """
     from tqdm.auto import tqdm
 
-    from .io import expand_inputs, read_image, write_image
+    from .io import expand_inputs
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -531,6 +562,8 @@ def denoise_files(
     net = _resolve_model(model, denoise_options.get("device"))
     check_passes(denoise_options.get("passes", 1))
     check_tile_options(denoise_options.get("tile"), denoise_options.get("tile_overlap", 32), net.size_multiple)
+    if max_pixels is not None:
+        check_int("--max-pixels", max_pixels)
     if denoise_options.get("uncertainty"):
         from .uncertainty import check_uncertainty
 
@@ -552,18 +585,58 @@ def denoise_files(
             if target in claimed:
                 raise MaskdnError(f"{dst}: already written from {claimed[target]}; inputs share a file name")
             claimed[target] = src
-            image = read_image(src)
-            try:
-                result = denoise(image, net, progress=progress, **denoise_options)
-            except MaskdnError as e:
-                raise MaskdnError(f"{src}: {e}") from None
-            if denoise_options.get("uncertainty"):
-                from .uncertainty import write_uncertainty
-
-                result, std = result
-                write_uncertainty(dst, std, f"{src.name}: std of {denoise_options.get('passes', 1)} passes")
-            write_image(dst, result)
+            _denoise_file(src, dst, net, progress, max_pixels, denoise_options)
         except MaskdnError as e:
             failures.append((src, str(e)))
     bar.close()
     return failures
+
+
+TILED_MAX_PIXELS = 4 * DEFAULT_MAX_PIXELS
+"""The pixel limit of :func:`denoise_files` when tiles are asked for (about 358 million pixels, e.g.
+a 180-megapixel panorama): tiles bound the forward pass, leaving the full-resolution buffers."""
+
+
+def _probe(src: Path, max_pixels: int | None, tiled: bool) -> Any:
+    """The input's header under the batch's pixel limit; over it, one line saying how to proceed."""
+    from .io import ImageTooLarge, probe_image
+
+    limit = max_pixels if max_pixels is not None else TILED_MAX_PIXELS if tiled else DEFAULT_MAX_PIXELS
+    try:
+        return probe_image(src, max_pixels=limit)
+    except ImageTooLarge as e:
+        if max_pixels is None and not tiled:
+            raise e.with_hint(f"in tiles (e.g. --tile 1024) the limit is {TILED_MAX_PIXELS:,}, or raise it "
+                              "with --max-pixels") from None
+        raise e.with_hint("raise the limit with --max-pixels if the image is genuine") from None
+
+
+def _denoise_file(src: Path, dst: Path, net: Any, progress: bool, max_pixels: int | None, options: dict) -> None:
+    """One file of :func:`denoise_files`: header and checks first, then every page, then one atomic write."""
+    from .io import check_writable, read_page, write_pages
+    from .memory import available_memory, full_resolution_bytes
+
+    header = _probe(src, max_pixels, options.get("tile") is not None)
+    check_writable(dst, header)
+    uncertainty = options.get("uncertainty")
+    if uncertainty and len(header.pages) > 1:
+        raise MaskdnError(f"{src}: uncertainty maps of multi-page images are not supported; denoise without it")
+    available = available_memory("cpu")
+    for p in header.pages:
+        need = full_resolution_bytes(p.height, p.width, p.channels, p.dtype.itemsize)
+        if available is not None and need > available:
+            raise MaskdnError(f"{src}: a {p.width}x{p.height} image needs about {need / 2**30:.1f} GiB at full "
+                              f"resolution, and {available / 2**30:.1f} GiB of memory is available")
+    pages = []
+    for i in range(len(header.pages)):
+        try:
+            result = denoise(read_page(header, i), net, progress=progress, **options)
+        except MaskdnError as e:
+            raise MaskdnError(e if str(e).startswith(f"{src}:") else f"{src}: {e}") from None
+        if uncertainty:
+            from .uncertainty import write_uncertainty
+
+            result, std = result
+            write_uncertainty(dst, std, f"{src.name}: std of {options.get('passes', 1)} passes")
+        pages.append(result)
+    write_pages(dst, pages, icc_profile=header.icc_profile)
