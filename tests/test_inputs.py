@@ -501,3 +501,55 @@ def test_bench_on_images_smaller_than_the_ssim_window(tmp_path, tiny_model):
     assert "SSIM left blank for 2 image(s) smaller than its 11x11 window" in summary and " / –" in summary
     csv_row = (tmp_path / "out" / "summary.csv").read_text().splitlines()[1]
     assert csv_row.endswith(",")  # SSIM blank, PSNR there
+
+
+# --------------------------------------------------------------------------------------------------
+# Flat colours and image borders, with the bundled models
+# --------------------------------------------------------------------------------------------------
+
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0), (128, 128, 128)]
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from maskdn.weights import load_model
+
+    return {name: load_model(name) for name in ("baseline-small", "masked-small")}
+
+
+@pytest.mark.parametrize("colour", COLOURS, ids=["red", "green", "blue", "white", "black", "grey"])
+def test_clean_flat_colours_come_back_flat(bundled, colour):
+    """A noise-free flat image (or flat regions of two colours) comes back as it is, corners included:
+    the bundled models shifted pure red to (236, 9, 8) and white corners to 217."""
+    flat = np.empty((40, 36, 3), np.uint8)
+    flat[:] = colour
+    halves = flat.copy()
+    halves[:, 18:] = (255, 255, 255) if colour != (255, 255, 255) else (0, 0, 0)
+    for model in bundled.values():
+        for a in (flat, halves):
+            assert np.abs(denoise(a, model).astype(int) - a).max() <= 2
+
+
+@pytest.mark.parametrize("colour", [(255, 255, 255), (0, 0, 0), (128, 128, 128)], ids=["white", "black", "grey"])
+def test_borders_are_denoised_like_the_inside(bundled, colour):
+    """Nearly flat images (±1 level, so no window is exactly constant and the model does the work): the
+    outermost pixels as close as the inside, within a level (without border context the corners were up
+    to 38 levels off). masked-small's own bias on black, up to 5 levels in red, is the same inside."""
+    rng = np.random.default_rng(0)
+    a = np.clip(np.array(colour) + rng.integers(-1, 2, (40, 36, 3)), 0, 255).astype(np.uint8)
+    for model in bundled.values():
+        err = np.abs(denoise(a, model).astype(int) - a)
+        ring = np.concatenate([err[:2].ravel(), err[-2:].ravel(), err[:, :2].ravel(), err[:, -2:].ravel()])
+        assert ring.max() <= err[8:-8, 8:-8].max() + 1 and ring.max() <= 6
+
+
+def test_noisy_images_are_never_passed_through(tiny_model):
+    """Only exactly constant windows are kept as they are: noise leaves none, so a noisy flat image (and
+    a noisy photo) is the model's output everywhere."""
+    flat = torch.full((1, 3, 40, 40), 0.5)
+    noisy = (flat + torch.randn(flat.shape, generator=torch.Generator().manual_seed(0)) / 255).clamp(0, 1)
+    noisy = torch.round(noisy * 255) / 255
+    with torch.inference_mode():
+        expected = inf.model_pass(tiny_model, noisy)
+    assert torch.equal(denoise_tensor(tiny_model, noisy), expected)
+    assert torch.equal(denoise_tensor(tiny_model, flat), flat)
