@@ -440,6 +440,28 @@ def test_cooldown_branch_leaves_the_run_untouched_and_exports(image_folder, tmp_
     assert "only compile, device" in capsys.readouterr().err
 
 
+def test_cooldown_branch_carries_the_runs_log_rows_and_best_weights(tmp_path):
+    """A branch's folder tells its whole history: the run's log rows before the branch point, then its
+    own, and a best.safetensors matching the best validation PSNR its state inherited."""
+    data = make_images(tmp_path / "clean", sizes=((40, 48), (33, 29), (30, 40)))
+    kw = dict(schedule="wsd", warmup=2, save_every=100, iterations=4, holdout=1, val_every=2, val_crop=16)
+    run, branch = tmp_path / "run", tmp_path / "run-cd"
+    train(_cfg(data, run, **kw), progress=False)
+    run_best = (run / "best.safetensors").read_bytes()
+    loop.cooldown(run, 2, branch, progress=False)
+    rows = [r.split(",") for r in (branch / "log.csv").read_text().strip().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[:4] == [r.split(",") for r in (run / "log.csv").read_text().strip().splitlines()[1:]]
+    hist = load_state(branch / "state.pt")["val_history"]
+    assert [e["iteration"] for e in hist] == [2, 4, 6]
+    branch_best = (branch / "best.safetensors").read_bytes()
+    mean = [sum(e["psnr"].values()) / len(e["psnr"]) for e in hist]
+    if mean[2] > max(mean[:2]):
+        assert branch_best != run_best  # the branch's own weights beat the run's best
+    else:
+        assert branch_best == run_best  # still the run's best, now in the branch's folder too
+
+
 def test_holdout_images_are_never_trained_on_and_validate_under_each_noise(tmp_path):
     data = make_images(tmp_path / "clean", sizes=((40, 48), (33, 29), (30, 40), (24, 24)))
     cfg = _cfg(data, tmp_path / "h", iterations=2, holdout=2, val_every=2, val_crop=16,

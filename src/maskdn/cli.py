@@ -400,7 +400,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         a: the parsed arguments of the subcommand.
 
     Returns:
-        the exit status.
+        the exit status: 0 when the run finished, 128 + the signal's number when SIGTERM or Ctrl-C
+        stopped it after saving its state (143, 130).
 
     Raises:
         MaskdnError: a ``--set`` item without ``=``, ``--cooldown`` without a run and ``--out`` (or with
@@ -408,8 +409,9 @@ def cmd_train(a: argparse.Namespace) -> int:
             :func:`maskdn.train.cooldown`; :func:`main` prints it as one line.
     """
     import os
+    import signal
 
-    from .train import TrainConfig, load_config, shipped_configs, train
+    from .train import TrainConfig, TrainingStopped, load_config, shipped_configs, train
 
     if a.list:
         print("\n".join(shipped_configs()))
@@ -428,9 +430,14 @@ def cmd_train(a: argparse.Namespace) -> int:
         if not a.config or not a.out or a.data is not None:
             raise MaskdnError("--cooldown N branches off a run: maskdn train RUN --cooldown N --out NEW_FOLDER")
         del overrides["out"]
-        path = cooldown(a.config, a.cooldown, a.out, **overrides)
+        run = lambda: cooldown(a.config, a.cooldown, a.out, **overrides)  # noqa: E731
     else:
-        path = train(load_config(a.config, overrides))
+        run = lambda: train(load_config(a.config, overrides))  # noqa: E731
+    try:
+        path = run()
+    except TrainingStopped as e:  # asked to stop, state saved: not an error (TrainingStopped says why)
+        print(f"maskdn: {e}", file=sys.stderr)
+        return 128 + signal.Signals[e.signal].value if e.signal else 0
     if os.environ.get("RANK", "0") == "0":
         print(f"wrote {path}")
     return 0

@@ -20,6 +20,7 @@ import contextlib
 import csv
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -110,10 +111,19 @@ def validate(model: MaskedSwinIR, pairs: list, seed: int, device: torch.device) 
 
 
 class TrainingStopped(MaskdnError):
-    """A run stopped on request (SIGTERM or Ctrl-C) after saving its state; rerunning resumes it.
+    """A run stopped on request (SIGTERM, Ctrl-C or its time limit) after saving its state; rerunning resumes it.
 
-    A :class:`MaskdnError`, so ``maskdn train`` prints its one-line message and exits with status 1.
+    Not a failure: ``maskdn train`` prints the one-line message without ``error:`` and exits with
+    128 + the signal's number (143 for SIGTERM, 130 for Ctrl-C, the shell's convention for a process
+    ended by a signal), or 0 at the time limit.
+
+    Attributes:
+        signal: The signal's name (``"SIGTERM"``, ``"SIGINT"``), or None at the time limit.
     """
+
+    def __init__(self, message: str, signal: str | None = None) -> None:
+        super().__init__(message)
+        self.signal = signal
 
 
 class _StopRequest:
@@ -165,9 +175,9 @@ def cooldown(source: str | Path, iterations: int, out: str | Path, progress: boo
              **settings) -> Path:
     """Branch a cool-down off the wsd run ``source`` (folder or state file) into ``out`` and train it.
 
-    The branch starts from a copy of the run's current state and trains ``iterations`` more with the lr
-    decaying linearly to 0 (``cooldown = iterations``), then writes ``out/model.safetensors``, its
-    export. The run itself is only read, so it continues later as if the branch never happened. A
+    The branch starts from a copy of the run's current state (and of its ``log.csv`` rows up to that
+    iteration and its ``best.safetensors``) and trains ``iterations`` more with the lr decaying
+    linearly to 0 (``cooldown = iterations``), then writes ``out/model.safetensors``, its export. The run itself is only read, so it continues later as if the branch never happened. A
     branch interrupted part-way resumes from ``out`` when called again. ``settings`` sets
     :data:`MAY_CHANGE_ON_RESUME` fields (threads, device, …) of the branch.
 
@@ -208,6 +218,13 @@ def cooldown(source: str | Path, iterations: int, out: str | Path, progress: boo
     branch = dataclasses.replace(cfg, out=str(dest), iterations=it + iterations, cooldown=iterations, **settings)
     if not (dest / STATE).exists():
         dest.mkdir(parents=True, exist_ok=True)
+        # The branch's folder tells its whole history: the run's log rows up to the branch point, and
+        # the best weights its inherited best validation PSNR refers to. The state goes last: it marks
+        # the branch as created.
+        for name in ("log.csv", "best.safetensors"):
+            if (path.parent / name).is_file():
+                with atomic_write(dest / name) as tmp:
+                    shutil.copyfile(path.parent / name, tmp)
         save_state(dest / STATE, {**state, "config": branch.to_dict()})
     return train(branch, progress, time_limit)
 
@@ -527,7 +544,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
             if (stop.signal or out_of_time) and it < cfg.iterations:
                 why = f"by {stop.signal}" if stop.signal else "at the time limit"
                 raise TrainingStopped(f"{out}: stopped {why} at iteration {it}, state saved; "
-                                      "rerun the same command to resume")
+                                      "rerun the same command to resume", stop.signal)
     finally:
         stop.restore()
         bar.close()
