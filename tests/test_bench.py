@@ -459,3 +459,58 @@ def test_curves_stack_every_dataset(tmp_path):
     one = Image.open(plot_curves(recs[:2], tmp_path / "one.png")).size
     two = Image.open(plot_curves(recs, tmp_path / "two.png")).size
     assert one[0] == two[0] and two[1] > 1.8 * one[1]
+
+
+def _rec(dataset, image, method, cond, psnr):
+    noise, _, level = cond.partition(":")
+    return {"dataset": dataset, "image": image, "method": method, "passes": 1, "noise": noise,
+            "level": float(level) if level else None, "psnr": psnr, "ssim": 0.9, "seed": 0}
+
+
+def test_generalization_ranking_weighs_datasets_equally_and_leaves_out_the_training_noise():
+    from maskdn.report import generalization_ranking, ranking_markdown
+
+    recs = []
+    for img in ("a", "b"):  # grid: in distribution, A wins by 10 dB; out of it, B by 1
+        recs += [_rec("grid", img, "A", "gaussian:15", 40), _rec("grid", img, "B", "gaussian:15", 30),
+                 _rec("grid", img, "A", "poisson:3", 25), _rec("grid", img, "B", "poisson:3", 26),
+                 _rec("grid", img, "A", "speckle:0.04", 27), _rec("grid", img, "B", "speckle:0.04", 28)]
+    recs += [_rec("real", f"r{i}", m, "real", p) for i in range(4) for m, p in (("A", 36.5), ("B", 36.0))]
+    recs += [_rec("grid", "a", "C", "poisson:3", 50)]  # one image of one condition: not comparable
+    ranking = generalization_ranking(recs)
+    assert [r["method"] for r in ranking] == ["B", "A", "C"]
+    b, a, c = ranking
+    assert b["datasets"] == {"grid": pytest.approx(27.0), "real": pytest.approx(36.0)}
+    assert b["score"] == pytest.approx((27.0 + 36.0) / 2) and a["score"] == pytest.approx((26.0 + 36.5) / 2)
+    assert c["score"] is None and c["missing"] == ["grid: 2 of 2 conditions incomplete", "real: 1 of 1 conditions incomplete"]
+    # with nothing left out, the in-distribution column counts too and A wins
+    assert generalization_ranking(recs, exclude=())[0]["method"] == "A"
+    table = ranking_markdown(ranking)
+    assert "| 1 | B | 27.00 | 36.00 | 31.50 |" in table and "| – | C | – | – | – |" in table
+    assert "C is not ranked: grid: 2 of 2 conditions incomplete" in table
+
+
+def test_rank_command_names_the_rules_choice_among_bundled_models(tmp_path, capsys):
+    from maskdn.cli import main
+    from maskdn.zoo import DEFAULT_MODEL
+
+    grid, real = tmp_path / "grid", tmp_path / "real"
+    grid.mkdir(), real.mkdir()
+    (grid / "results.json").write_text(json.dumps(
+        [_rec("K", "a", m, c, p) for m, c, p in (("masked-small", "poisson:3", 26), ("baseline-small", "poisson:3", 25),
+                                                  ("noisy", "poisson:3", 30), ("masked-small", "gaussian:15", 30),
+                                                  ("baseline-small", "gaussian:15", 33))]))
+    (real / "results.json").write_text(json.dumps(
+        [_rec("PolyU", "x", m, "real", p) for m, p in (("masked-small", 36), ("baseline-small", 36.4), ("noisy", 36))]))
+    out = tmp_path / "ranking.json"
+    assert main(["rank", str(grid), str(real / "results.json"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    # 'noisy' scores best here but is not a bundled model: the rule chooses among those
+    assert text.splitlines()[2].startswith("| 1 | noisy |")
+    chosen = "masked-small"  # (26 + 36) / 2 = 31.0 against (25 + 36.4) / 2 = 30.7
+    assert f"by this rule the default model is {chosen}" in text
+    assert ("(it is)" in text) == (DEFAULT_MODEL == chosen)
+    doc = json.loads(out.read_text())
+    assert doc["chosen"] == chosen and [r["method"] for r in doc["ranking"]] == ["noisy", "masked-small", "baseline-small"]
+    assert main(["rank", str(tmp_path / "nothing")]) == 1
+    assert "no benchmark results there" in capsys.readouterr().err

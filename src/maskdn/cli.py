@@ -393,6 +393,49 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rank(a: argparse.Namespace) -> int:
+    """``maskdn rank``: the default-model rule applied to benchmark results.
+
+    Args:
+        a: the parsed arguments of the subcommand.
+
+    Returns:
+        the exit status.
+
+    Raises:
+        MaskdnError: a results file that cannot be read (:func:`maskdn.generalization.load_results`),
+            none given, or ``--out`` unwritable; :func:`main` prints it as one line.
+    """
+    from . import zoo
+    from .generalization import load_results
+    from .report import generalization_ranking, ranking_markdown, write_text
+
+    records = []
+    for given in a.results:
+        path = Path(given) / "results.json" if Path(given).is_dir() else Path(given)
+        if not path.is_file():
+            raise MaskdnError(f"{given}: no benchmark results there (a results.json or the folder holding one)")
+        records += load_results(path)
+    ranking = generalization_ranking(records, a.exclude)
+    bundled = [r for r in ranking if r["method"] in zoo.names()]
+    chosen = next((r["method"] for r in bundled if r["score"] is not None), None)
+    print(ranking_markdown(ranking))
+    print()
+    if chosen is None:
+        print("no bundled model has every measurement: the rule chooses none")
+    else:
+        same = "it is" if chosen == zoo.DEFAULT_MODEL else f"maskdn's default is still {zoo.DEFAULT_MODEL}"
+        print(f"by this rule the default model is {chosen} ({same})")
+    if a.out:
+        out = _check_out(a.out, folder=False)
+        doc = {"rule": "mean PSNR (dB) out of distribution (conditions other than "
+                       f"{', '.join(a.exclude)}), each dataset weighted equally",
+               "results": [str(r) for r in a.results], "chosen": chosen, "default": zoo.DEFAULT_MODEL,
+               "ranking": ranking}
+        write_text(out, json.dumps(doc, indent=1) + "\n")
+    return 0
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     """``maskdn train``: train or resume a run, or branch a wsd cool-down (``--cooldown``).
 
@@ -569,6 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
     m = command("models", "list the bundled models")
     m.add_argument("--json", action="store_true", help="machine-readable output")
     m.set_defaults(func=cmd_models)
+
+    r = command("rank", "the default-model rule on benchmark results: mean PSNR out of distribution, datasets "
+                        "weighted equally", "example: maskdn rank bench-grid/ bench-polyu/ --out ranking.json")
+    r.add_argument("results", nargs="+", metavar="RESULTS", help="results.json files of maskdn bench, or their folders")
+    r.add_argument("--exclude", nargs="+", default=["gaussian:15"], metavar="NAME:LEVEL",
+                   help="the in-distribution conditions left out (default: gaussian:15)")
+    _add_out(r, "also write the ranking to FILE.json")
+    r.set_defaults(func=cmd_rank)
 
     e = command("demo", "the bundled models side by side on the bundled sample photos under a few noises")
     _add_out(e, "output folder (default: maskdn-demo)", default="maskdn-demo")

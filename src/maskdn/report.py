@@ -20,7 +20,10 @@ from .io import atomic_write
 
 __all__ = [
     "LEVEL_LABELS",
+    "IN_DISTRIBUTION",
     "condition_of",
+    "generalization_ranking",
+    "ranking_markdown",
     "level_label",
     "method_label",
     "plot_curves",
@@ -112,6 +115,78 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict]:
             means["lpips"] = None
         rows.append({**g, "images": n, **means})
     return rows
+
+
+#: The conditions the rule of :func:`generalization_ranking` leaves out: the training noise of every
+#: bundled model trained on Gaussian σ=15 alone (the protocol of masked training and of IDF).
+IN_DISTRIBUTION = ("gaussian:15",)
+
+
+def generalization_ranking(records: Iterable[Mapping[str, Any]], exclude: Sequence[str] = IN_DISTRIBUTION) -> list[dict]:
+    """maskdn's default-model rule: mean PSNR out of distribution, every dataset weighted equally.
+
+    Per method (one-pass records only) and dataset: the mean over the dataset's conditions, except
+    ``exclude``, of each condition's mean PSNR over images (:func:`summarize`). Its score is the mean
+    of those dataset means, so a 100-image real-noise set (PolyU, one condition ``real``) weighs as
+    much as a 28-condition synthetic grid. A method is ranked only when it has every condition of
+    every dataset in ``records`` with as many images as any other method there; otherwise its
+    score is None and ``missing`` says what it lacks.
+
+    Args:
+        records: Benchmark records (:mod:`maskdn.generalization`), typically of several ``results.json``
+            files (the Kodak24/CBSD68 grid and PolyU).
+        exclude: The in-distribution conditions (``noise:level``) left out.
+
+    Returns:
+        One dict per method, best score first, unranked methods last (in first-seen order):
+        ``{method, score, datasets: {dataset: mean PSNR in dB or None}, missing: [str]}``.
+
+    Raises:
+        KeyError: A record lacks a required key (:func:`summarize`).
+    """
+    rows = [r for r in summarize(records) if r["passes"] == 1 and r["condition"] not in set(exclude)]
+    cells: dict[str, dict[str, dict[str, tuple[int, float]]]] = {}  # method → dataset → condition → (n, psnr)
+    needed: dict[str, dict[str, int]] = {}  # dataset → condition → most images any method has
+    for r in rows:
+        cells.setdefault(r["method"], {}).setdefault(r["dataset"], {})[r["condition"]] = (r["images"], r["psnr"])
+        conds = needed.setdefault(r["dataset"], {})
+        conds[r["condition"]] = max(conds.get(r["condition"], 0), r["images"])
+    out = []
+    for method, by_dataset in cells.items():
+        means: dict[str, float | None] = {}
+        missing: list[str] = []
+        for dataset, conds in needed.items():
+            have = by_dataset.get(dataset, {})
+            short = [c for c, n in conds.items() if have.get(c, (0, math.nan))[0] < n or math.isnan(have[c][1])]
+            if short:
+                missing.append(f"{dataset}: {len(short)} of {len(conds)} conditions incomplete")
+                means[dataset] = None
+            else:
+                means[dataset] = _mean([have[c][1] for c in conds])
+        score = None if missing else _mean(list(means.values()))
+        out.append({"method": method, "score": score, "datasets": means, "missing": missing})
+    ranked = sorted((r for r in out if r["score"] is not None), key=lambda r: -r["score"])
+    return ranked + [r for r in out if r["score"] is None]
+
+
+def ranking_markdown(ranking: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of :func:`generalization_ranking`: rank, method, each dataset's mean, the score.
+
+    Args:
+        ranking: Its rows, in its order.
+
+    Returns:
+        The table (PSNR in dB, 2 decimals; ``–`` for what a method lacks, with the reason under it).
+    """
+    datasets = list(dict.fromkeys(d for r in ranking for d in r["datasets"]))
+    lines = ["| rank | method | " + " | ".join(datasets) + " | mean |", "|---" * (len(datasets) + 3) + "|"]
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    for i, r in enumerate(ranking, 1):
+        rank = str(i) if r["score"] is not None else "–"
+        lines.append(f"| {rank} | {r['method']} | " + " | ".join(fmt(r["datasets"].get(d)) for d in datasets)
+                     + f" | {fmt(r['score'])} |")
+    lines += [f"\n{r['method']} is not ranked: {'; '.join(r['missing'])}." for r in ranking if r["missing"]]
+    return "\n".join(lines)
 
 
 def write_text(path: str | Path, text: str) -> Path:

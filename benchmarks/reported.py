@@ -1,0 +1,85 @@
+"""What the papers report next to what maskdn measures on the same conditions: prints a Markdown table.
+
+The reported numbers are constants written down from the papers (sources below); ours are the mean
+PSNR over images of a ``maskdn bench`` run (its ``results.json``), one pass, per dataset. Every model
+compared was trained on Gaussian σ=15 alone.
+
+- IDF (Kim et al., ICCV 2025, arXiv 2508.19649), Figure 1 (the teaser): its test set is not stated there.
+- Masked training (Chen et al., CVPR 2023): Kodak24, read off the paper's figure to about ±0.1 dB
+  (``../shared/notes/paper-curves.md`` in this project's workspace; only Poisson, speckle and correlated
+  noise are plotted there).
+
+    python benchmarks/reported.py bench-grid/            # the README's grid run (Kodak24 and CBSD68)
+    python benchmarks/reported.py bench-grid/results.json --json reported.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from maskdn.generalization import load_results
+from maskdn.report import summarize
+
+# condition → PSNR (dB) as reported
+IDF_REPORTED = {"gaussian:50": 25.73, "correlated:55": 27.87, "speckle:0.04": 29.18, "poisson:3.5": 27.47,
+                "saltpepper:0.02": 33.38}
+MASKED_REPORTED_KODAK24 = {"correlated:55": 27.2, "speckle:0.04": 29.05, "poisson:3.5": 25.4}
+BASELINE_REPORTED_KODAK24 = {"correlated:55": 25.4, "speckle:0.04": 24.4, "poisson:3.5": 19.35}
+
+COLUMNS = [  # (header, source): source is a dict of reported numbers or a method name measured here
+    ("IDF, reported", IDF_REPORTED),
+    ("`idf-g15`, ours", "idf-g15"),
+    ("masked SwinIR, reported (Kodak24)", MASKED_REPORTED_KODAK24),
+    ("`masked-small`, ours", "masked-small"),
+    ("SwinIR baseline, reported (Kodak24)", BASELINE_REPORTED_KODAK24),
+    ("`baseline-small`, ours", "baseline-small"),
+]
+
+
+def table(records: list[dict], datasets: list[str]) -> tuple[str, dict]:
+    """The Markdown table and its numbers: a row per condition of :data:`IDF_REPORTED`."""
+    means = {(r["dataset"], r["method"], r["condition"]): r["psnr"] for r in summarize(records) if r["passes"] == 1}
+    images = {r["dataset"]: r["images"] for r in summarize(records)}
+    head = ["condition"] + [h for h, _ in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    numbers: dict = {}
+    for cond in IDF_REPORTED:
+        cells = [cond]
+        for header, source in COLUMNS:
+            if isinstance(source, dict):
+                v = source.get(cond)
+                cells.append("–" if v is None else f"{v:.2f}")
+                numbers[f"{header} / {cond}"] = v
+                continue
+            vals = [means.get((d, source, cond), math.nan) for d in datasets]
+            numbers.update({f"{source} / {d} / {cond}": None if math.isnan(v) else v for d, v in zip(datasets, vals)})
+            cells.append(" / ".join("–" if math.isnan(v) else f"{v:.2f}" for v in vals))
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (f"Ours: mean PSNR (dB) over the first {' and '.join(f'{images.get(d, 0)} images of {d}' for d in datasets)}"
+            f" ({' / '.join(datasets)}), one pass, noisy inputs clipped and 8-bit quantized.")
+    return "\n".join(lines) + "\n\n" + note, numbers
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", help="a maskdn bench results.json, or its folder")
+    p.add_argument("--datasets", nargs="+", default=["Kodak24", "CBSD68"], help="datasets of the run to show")
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    a = p.parse_args(argv)
+    path = Path(a.results) / "results.json" if Path(a.results).is_dir() else Path(a.results)
+    if not path.is_file():
+        print(f"reported.py: {a.results}: no results.json there", file=sys.stderr)
+        return 1
+    text, numbers = table(load_results(path), a.datasets)
+    print(text)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"results": str(path), "numbers": numbers}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
