@@ -185,7 +185,8 @@ def ranking_markdown(ranking: Sequence[Mapping[str, Any]]) -> str:
         rank = str(i) if r["score"] is not None else "–"
         lines.append(f"| {rank} | {r['method']} | " + " | ".join(fmt(r["datasets"].get(d)) for d in datasets)
                      + f" | {fmt(r['score'])} |")
-    lines += [f"\n{r['method']} is not ranked: {'; '.join(r['missing'])}." for r in ranking if r["missing"]]
+    unranked = [f"{r['method']} is not ranked: {'; '.join(r['missing'])}." for r in ranking if r["missing"]]
+    lines += [""] + unranked if unranked else []
     return "\n".join(lines)
 
 
