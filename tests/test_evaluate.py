@@ -273,3 +273,46 @@ def test_record_never_writes_into_the_installed_package(folders, tmp_path, capsy
     rec = read_metadata(copy)["training"]
     assert set(rec["scores"]["Clean"]) == {"gaussian:15"} and rec["scores_protocol"]["limit"] == 1
     assert read_metadata(copy)["config"] == read_metadata(bundled)["config"]
+
+
+def test_evaluate_reuses_matching_bench_records_and_computes_only_the_rest(folders, tmp_path, capsys):
+    """--reuse: records of an earlier bench run of the same weights are taken, not recomputed; the scores
+    are those of a fresh evaluation; records of other settings (a tile) are never taken."""
+    import json
+
+    import torch
+
+    from maskdn.evaluate import evaluate_rows
+    from maskdn.model import MaskedSwinIR, preset
+    from maskdn.weights import load_model
+
+    clean, pairs = folders
+    torch.manual_seed(0)
+    path = save_model(MaskedSwinIR(preset("tiny")), tmp_path / "m.safetensors")  # stochastic: seeds must match too
+    bench = tmp_path / "bench"
+    assert main(["bench", "--data", str(clean), str(pairs), "--model", str(path), "--noise", "gaussian:15",
+                 "--passes", "1", "--limit", "1", "-o", str(bench)]) == 0
+    records = json.loads((bench / "results.json").read_text())
+    assert {r["image"] for r in records if r["method"] == "m"} == {"c0", "cam_0"}
+    decoy = {**next(r for r in records if r["image"] == "c0" and r["method"] == "m"), "tile": 8, "psnr": 99.0}
+
+    model = load_model(path)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    fresh = evaluate_rows(model, [clean, pairs], ["gaussian:15"], progress=False)
+    n_fresh, calls[:] = len(calls), []
+    reused = evaluate_rows(model, [clean, pairs], ["gaussian:15"], progress=False, reuse=records + [decoy],
+                           reuse_method="m")
+    assert reused == fresh and n_fresh == 4 and len(calls) == 2  # c1 and cam_1 only
+    with pytest.raises(MaskdnError, match="no tile, no bf16"):
+        evaluate_rows(model, [clean], ["gaussian:15"], progress=False, reuse=records, reuse_method="m", tile=16)
+
+    capsys.readouterr()
+    args = ["evaluate", "--model", str(path), "--data", str(clean), str(pairs), "--noise", "gaussian:15"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert main(args + ["--reuse", str(bench)]) == 0 and capsys.readouterr().out == table
+    assert main(args + ["--reuse", str(bench), "--attn-mask-ratio", "0.5"]) == 1
+    assert "do not say which attention-mask ratio" in capsys.readouterr().err
+    assert main(args + ["--reuse", str(tmp_path / "none")]) == 1
+    assert "no benchmark results there" in capsys.readouterr().err

@@ -296,12 +296,14 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     Raises:
         MaskdnError: ``--record`` with ``noisy``, on a bundled model without a copy to write, or on a
-            file that is not a maskdn weights file; an output that is not ``.csv``/``.json``; or from
-            loading, evaluating or recording; :func:`main` prints it as one line.
+            file that is not a maskdn weights file; an output that is not ``.csv``/``.json``; ``--reuse``
+            of missing results or with ``--attn-mask-ratio``; or from loading, evaluating or
+            recording; :func:`main` prints it as one line.
     """
     from .evaluate import check_scores_path, evaluate_rows, rows_table, write_scores
+    from .generalization import method_name
     from .weights import load_model, read_metadata, update_training_record
-    from .zoo import resolve
+    from .zoo import DEFAULT_MODEL, resolve
 
     record_to = None
     if a.record:
@@ -317,8 +319,15 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         check_scores_path(_check_out(a.out, folder=False))
     data = _datasets(a)
     noises = a.noise or list(EVALUATE_NOISES)
+    reuse = []
+    if a.reuse:
+        if a.attn_mask_ratio is not None:
+            raise MaskdnError("--reuse: the benchmark records do not say which attention-mask ratio made them; "
+                              "leave out --attn-mask-ratio or --reuse")
+        reuse = _load_results_args(a.reuse)
     model = None if a.model == "noisy" else load_model(a.model, device=a.device, attn_mask_ratio=a.attn_mask_ratio)
-    rows = evaluate_rows(model, data, noises, seed=a.seed, passes=a.passes, limit=a.limit, tile=a.tile, bf16=a.bf16)
+    rows = evaluate_rows(model, data, noises, seed=a.seed, passes=a.passes, limit=a.limit, tile=a.tile, bf16=a.bf16,
+                         reuse=reuse, reuse_method=method_name(a.model or DEFAULT_MODEL))
     print(rows_table(rows))
     protocol = {"model": a.model or "default", "seed": a.seed, "passes": a.passes, "limit": a.limit,
                 "note": "mean PSNR (dB) and SSIM on 8-bit RGB levels of maskdn evaluate; noisy inputs clipped and "
@@ -393,6 +402,19 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     return 0
 
 
+def _load_results_args(given: list[str]) -> list[dict]:
+    """The records of ``maskdn bench`` results named on the command line (files or their folders)."""
+    from .generalization import load_results
+
+    records: list[dict] = []
+    for item in given:
+        path = Path(item) / "results.json" if Path(item).is_dir() else Path(item)
+        if not path.is_file():
+            raise MaskdnError(f"{item}: no benchmark results there (a results.json or the folder holding one)")
+        records += load_results(path)
+    return records
+
+
 def cmd_rank(a: argparse.Namespace) -> int:
     """``maskdn rank``: the default-model rule applied to benchmark results.
 
@@ -407,15 +429,9 @@ def cmd_rank(a: argparse.Namespace) -> int:
             none given, or ``--out`` unwritable; :func:`main` prints it as one line.
     """
     from . import zoo
-    from .generalization import load_results
     from .report import generalization_ranking, ranking_markdown, write_text
 
-    records = []
-    for given in a.results:
-        path = Path(given) / "results.json" if Path(given).is_dir() else Path(given)
-        if not path.is_file():
-            raise MaskdnError(f"{given}: no benchmark results there (a results.json or the folder holding one)")
-        records += load_results(path)
+    records = _load_results_args(a.results)
     ranking = generalization_ranking(records, a.exclude)
     bundled = [r for r in ranking if r["method"] in zoo.names()]
     chosen = next((r["method"] for r in bundled if r["score"] is not None), None)
@@ -634,6 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"noises for the clean-image folders (default: {' '.join(EVALUATE_NOISES)})")
     _add_run_options(v)
     _add_out(v, "also write the scores to FILE.csv or FILE.json")
+    v.add_argument("--reuse", action="extend", nargs="+", default=None, metavar="RESULTS",
+                   help="results.json files of maskdn bench (or their folders) made with the same weights: "
+                        "their records of this model under the same noise and seed are taken, not recomputed")
     v.add_argument("--record", nargs="?", const=True, default=None, metavar="FILE",
                    help="store the PSNRs in the weights file's training record; with FILE, in a copy written there "
                         "(needed for a bundled model: the installed package is never changed)")

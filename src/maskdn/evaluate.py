@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ def evaluate_rows(
     crop: int | None = 0,
     bf16: bool = False,
     ssim: bool = True,
+    reuse: Iterable[Mapping[str, Any]] = (),
+    reuse_method: str | None = None,
 ) -> list[dict]:
     """Mean PSNR and SSIM of ``model``'s output per dataset and condition, one row each.
 
@@ -69,6 +71,13 @@ def evaluate_rows(
             (:func:`maskdn.generalization.noisy_pair`); 0 or None: whole images.
         bf16: Run the model under bfloat16 autocast.
         ssim: Also score SSIM (:func:`maskdn.metrics.ssim`); False leaves it out (faster).
+        reuse: Records of earlier benchmark runs (:func:`maskdn.generalization.load_results`): those of
+            ``reuse_method`` with this evaluation's identity (dataset, image, condition, passes, seed,
+            crop; :func:`maskdn.generalization.record_key`) are taken instead of recomputed, so records
+            made with a tile, bf16 or a set attention-mask ratio never are. They must come from the
+            same weights and attention-mask ratio as ``model``, which the records cannot show.
+        reuse_method: The model's name in ``reuse`` (:func:`maskdn.generalization.method_name` of
+            what ``maskdn bench --model`` was given; ``noisy`` for the noisy input).
 
     Returns:
         ``[{"dataset", "condition", "images", "psnr", ["ssim"]}, ...]`` in dataset then condition order:
@@ -77,13 +86,18 @@ def evaluate_rows(
         as written in ``noises`` (``real`` for real-noise pairs).
 
     Raises:
-        MaskdnError: An invalid noise spec, pass count, tile or crop, or an empty or unreadable folder.
+        MaskdnError: An invalid noise spec, pass count, tile or crop, an empty or unreadable folder,
+            or ``reuse`` together with ``tile`` or ``bf16``.
     """
     spelled = {str(parse_noise(n)): n for n in noises}  # canonical name:level → as the caller wrote it
     method = (resolve_method("noisy") if model is None
               else model_method(model, "model", [passes], tile=tile, bf16=bf16, device=module_device(model)))
+    if reuse and (tile or bf16):  # the tile and bf16 of `method` are not in its records' identity
+        raise MaskdnError("reusing benchmark records works for whole images in float32 only (no tile, no bf16)")
+    prior = [{**r, "method": method.name} for r in reuse if r.get("method") == reuse_method]
     records = run_bench(list(data), [method], list(noises), None, seed=seed, passes=passes, limit=limit,
-                        progress="evaluate" if progress else False, lpips=False, with_ssim=ssim, crop=crop)
+                        progress="evaluate" if progress else False, lpips=False, with_ssim=ssim, crop=crop,
+                        reuse=prior)
     per: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         cond = condition_of(r)

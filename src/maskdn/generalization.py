@@ -36,7 +36,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
@@ -71,6 +71,7 @@ __all__ = [
     "PAPER_GRID",
     "Method",
     "load_results",
+    "method_name",
     "model_method",
     "noisy_pair",
     "record_key",
@@ -230,10 +231,23 @@ def resolve_method(
             f"method {name}: not a built-in ({', '.join(BUILTIN_METHODS)}) nor a loadable model ({e})"
         ) from None
     counts = [1, passes] if model.stochastic and passes > 1 else [1]
-    label = Path(name).stem if (os.sep in name or name.endswith((".safetensors", ".pth", ".ckpt"))) else name
-    method = model_method(model, label, counts, device=device, bf16=bf16, tile=tile)
+    method = model_method(model, method_name(name), counts, device=device, bf16=bf16, tile=tile)
     method.source = str(Path(name).resolve()) if Path(name).exists() else name
     return method
+
+
+def method_name(name: str | os.PathLike) -> str:
+    """The name a model given as ``name`` has in benchmark records: the file stem of a weights path,
+    else ``name`` itself (a zoo name or a built-in method).
+
+    Args:
+        name: A zoo name, a built-in method name or a weights path.
+
+    Returns:
+        The record's ``method``.
+    """
+    name = str(name)
+    return Path(name).stem if (os.sep in name or name.endswith((".safetensors", ".pth", ".ckpt"))) else name
 
 
 def _resolve_all(
@@ -530,6 +544,7 @@ def run_bench(
     attn_mask_ratio: float | None = None,
     noise_seeding: Callable[[int, str, str], int] | None = None,
     on_estimate: Callable[[dict, Tensor, Tensor], None] | None = None,
+    reuse: Iterable[Mapping[str, Any]] = (),
 ) -> list[dict]:
     """Benchmark ``methods`` on ``data_dirs`` under ``noises``; returns all records of ``OUT/results.json``.
 
@@ -582,6 +597,10 @@ def run_bench(
             every record this call computes (not for resumed ones): the noisy input and the method's
             estimate, float ``[3, h, w]`` CPU tensors (the estimate as returned, not clamped). When
             given, all work runs in this process.
+        reuse: Records of earlier runs (e.g. another ``results.json``) to take instead of computing
+            the records with the same identity (:func:`record_key`). They must come from the same
+            methods (the same weights), which the records cannot show. Unlike resumed records they
+            are not written to ``OUT/results.json`` unless planned here.
 
     Returns:
         The records, in plan order (dataset, image, condition, method, passes), then any other
@@ -636,6 +655,8 @@ def run_bench(
     results_path = None if out is None else out / _RESULTS
     previous = [] if results_path is None else load_results(results_path)
     done: dict[tuple, dict] = {record_key(r): r for r in previous}
+    for r in reuse:
+        done.setdefault(record_key(r), dict(r))
 
     def conditions_of(samples: list[Sample]) -> list[str]:
         return [REAL] if any(s.noisy is not None for s in samples) else conds_noise
