@@ -13,6 +13,7 @@ from maskdn.datasets import Sample
 from maskdn.demo import sample_paths
 from maskdn.datasets import load_image
 from maskdn.errors import MaskdnError
+from maskdn.inference import denoise_tensor, model_pass
 from maskdn.metrics import psnr
 from maskdn.model import MaskedSwinIR, preset
 
@@ -66,15 +67,29 @@ def test_a_deepinv_denoiser(dinv):
     with torch.no_grad():
         got = den(x, 0.1)
     g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        want = (model(x, generator=g) + model(x, generator=g)) / 2
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # two passes, masks drawn in order from the seed
+    with torch.no_grad():  # the passes maskdn.denoise runs (border context), masks drawn in order from the seed
+        want = (model_pass(model, x, g) + model_pass(model, x, g)) / 2
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         assert not torch.equal(den(x, 0.1), got)  # the next call draws new masks
         gray = den(x[:, :1], 0.1)
     assert gray.shape == (2, 1, 16, 24)
     with pytest.raises(MaskdnError, match="2-channel"):
         den(x[:, :2], 0.1)
+
+
+def test_an_idf_model_as_a_deepinv_denoiser(dinv, photo):
+    """IDF (deterministic) through the same wrapper: one pass whatever ``passes``, the estimate of maskdn.denoise."""
+    from maskdn.interop.deepinv import to_deepinv
+    from maskdn.weights import load_model
+
+    idf = load_model("idf-g15")
+    noisy = (photo + 0.1 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    with torch.no_grad():
+        got = to_deepinv(idf, passes=3)(noisy, 0.1)
+        assert torch.equal(to_deepinv("idf-g15")(noisy, 0.1), got)
+    torch.testing.assert_close(got.clamp(0, 1), denoise_tensor(idf, noisy), atol=1e-6, rtol=0)
+    assert psnr(got.clamp(0, 1)[0], photo[0]) > psnr(noisy[0], photo[0]) + 5
 
 
 def test_gradients_flow_for_unfolded_training(dinv):

@@ -4,10 +4,13 @@ deepinv (https://deepinv.github.io) calls a denoiser as ``denoiser(x, sigma)`` o
 float images in [0, 1], ``sigma`` the noise standard deviation on that scale; its plug-and-play and
 unfolded algorithms (``deepinv.optim``, ``deepinv.unfolded``) take any :class:`deepinv.models.Denoiser`.
 
-* :func:`to_deepinv` wraps a maskdn model as one. maskdn's models are *blind*: ``sigma`` is accepted
-  and ignored. A masked model stays stochastic (a fresh attention mask per call, drawn from the
-  wrapper's own seeded generator, so a run is reproducible); ``passes`` averages several per call.
-  The call keeps autograd, so an unfolded network can train through it.
+* :func:`to_deepinv` wraps a maskdn model (either architecture: masked SwinIR or IDF) as one.
+  maskdn's models are *blind*: ``sigma`` is accepted and ignored. Each pass is the one
+  :func:`maskdn.denoise` runs (:func:`maskdn.inference.model_pass`: the image grown by replicated
+  border pixels, cropped back), so both give the same estimate. A masked model stays stochastic (a
+  fresh attention mask per call, drawn from the wrapper's own seeded generator, so a run is
+  reproducible); ``passes`` averages several per call. The call keeps autograd, so an unfolded
+  network can train through it.
 * :func:`from_deepinv` goes the other way: any deepinv denoiser (with a fixed ``sigma``) as a
   ``(name, callable)`` method for :func:`maskdn.generalization.run_bench`, to score it on maskdn's
   noise grid beside the bundled models.
@@ -33,8 +36,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torch import nn
+
+from ..denoiser import Denoiser
 from ..errors import MaskdnError, check_int, first_line
-from ..model import MaskedSwinIR
+from ..inference import model_pass
 
 __all__ = ["from_deepinv", "to_deepinv"]
 
@@ -67,12 +73,13 @@ def _denoiser_class() -> type:
         """A maskdn model as a deepinv denoiser: ``forward(x, sigma=None)`` with ``sigma`` ignored (blind).
 
         Args:
-            model: The :class:`MaskedSwinIR`, registered as a submodule (``.to(device)`` moves it).
+            model: The maskdn model (:class:`maskdn.denoiser.Denoiser`), registered as a submodule
+                (``.to(device)`` moves it).
             passes: Stochastic passes averaged per call (a deterministic model runs once).
             seed: Seed of the attention masks' generator, created on the input's device at the first call.
         """
 
-        def __init__(self, model: MaskedSwinIR, passes: int = 1, seed: int = 0) -> None:
+        def __init__(self, model: Denoiser, passes: int = 1, seed: int = 0) -> None:
             super().__init__()
             self.model, self.passes, self.seed = model, passes, seed
             self._generator: torch.Generator | None = None
@@ -98,8 +105,8 @@ def _denoiser_class() -> type:
             if x.shape[1] != want and not gray:
                 raise MaskdnError(f"cannot feed a {x.shape[1]}-channel image to a {want}-channel model")
             xin = x.expand(-1, want, -1, -1) if gray else x
-            n = self.passes if self.model.masks_attention else 1
-            y = sum(self.model(xin, generator=self._generator) for _ in range(n)) / n
+            n = self.passes if self.model.stochastic else 1
+            y = sum(model_pass(self.model, xin, self._generator) for _ in range(n)) / n
             return y.mean(dim=1, keepdim=True) if gray else y
 
     _CLASS = MaskdnDenoiser
@@ -107,7 +114,7 @@ def _denoiser_class() -> type:
 
 
 def to_deepinv(
-    model: MaskedSwinIR | str | os.PathLike | None = None,
+    model: Denoiser | str | os.PathLike | None = None,
     *,
     passes: int = 1,
     seed: int = 0,
@@ -116,8 +123,9 @@ def to_deepinv(
     """A maskdn model as a :class:`deepinv.models.Denoiser` (``denoiser(x, sigma)``, ``sigma`` ignored).
 
     Args:
-        model: A :class:`MaskedSwinIR` (used as it is, not copied), a zoo name, weights file or
-            ``hf://`` reference (:func:`maskdn.load_model`); None: the default zoo model.
+        model: A loaded maskdn model (:class:`~maskdn.model.MaskedSwinIR` or :class:`~maskdn.idf.IDFNet`,
+            used as it is, not copied), a zoo name, weights file or ``hf://`` reference
+            (:func:`maskdn.load_model`); None: the default zoo model.
         passes: Stochastic passes averaged per call (int >= 1; more passes, less variance).
         seed: Seed of the wrapper's attention-mask generator (reproducible runs).
         device: Where a loaded model is put (default: the CPU); ignored for an instance.
@@ -132,7 +140,7 @@ def to_deepinv(
     """
     check_int("passes", passes)
     cls = _denoiser_class()
-    if not isinstance(model, MaskedSwinIR):
+    if not isinstance(model, nn.Module):
         from ..weights import load_model
 
         model = load_model(model, device=device or "cpu")
