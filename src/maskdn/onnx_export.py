@@ -1,8 +1,10 @@
 """ONNX export of deterministic denoisers: the unmasked SwinIR models, IDF, any ``torch.nn.Module`` image map.
 
 ``maskdn export-onnx`` writes a graph that maps a float32 batch ``[B, C, H, W]`` with values in [0, 1]
-(input ``image``) to the denoised batch of the same shape (output ``denoised``, not clamped): the
-model's own ``forward``, so ONNX Runtime, TensorRT or a browser runtime can run it without PyTorch or
+(input ``image``) to the denoised batch of the same shape (output ``denoised``, not clamped): for a
+maskdn model, one pass as :func:`maskdn.denoise` runs it (:func:`maskdn.inference.model_pass`: the
+image grown by :data:`~maskdn.inference.BORDER_CONTEXT` replicated pixels on every side, cropped back
+after), so ONNX Runtime, TensorRT or a browser runtime give what maskdn gives, without PyTorch or
 maskdn. It uses PyTorch's ``torch.export``-based exporter (``torch.onnx.export(dynamo=True)``, which
 needs ``onnxscript``), with the batch, height and width dynamic by default: one file serves every
 image size, the padding to the attention window included.
@@ -11,9 +13,8 @@ What is exported, and what cannot be:
 
 * :class:`~maskdn.model.MaskedSwinIR` models run through the literal attention path
   (``set_attention("reference")``, the same function to 1e-4 as the default CPU fast path, whose C
-  kernel and oneDNN calls have no ONNX form); the reflection padding to a window multiple is done
-  by the graph, so any size in, the same size out (height and width at least the window size, 8,
-  as one reflection reaches no further).
+  kernel and oneDNN calls have no ONNX form); the border context and the reflection padding to a
+  window multiple are done by the graph, so any size in, the same size out.
 * **Stochastic models are refused**: a masked model whose attention mask stays on at test time
   (``masked-small``, the paper's models) draws a fresh random token mask for every block of every
   pass from a seeded ``torch.Generator``. A graph would either freeze one draw for ever (always the
@@ -22,9 +23,9 @@ What is exported, and what cannot be:
   across runtimes, and averaging K passes would need K copies of the network. Export such a model's
   weights with the mask switched off only if that is what you mean (``load_model(...,
   config=replace(config, attn_mask_ratio=0))``); it is then a different model.
-* Any other module (IDF, :class:`maskdn.idf.IDFNet`, among them) is exported as it is, padded to
-  its ``size_multiple`` when it declares one, after a check that two runs on the same input agree
-  exactly (a stochastic module is refused the same way). A data-dependent loop, such as IDF's
+* IDF (:class:`maskdn.idf.IDFNet`) is exported with the same border context; any other module as
+  it is (its own ``forward``), padded to its ``size_multiple`` when it declares one. Both after a
+  check that two runs on the same input agree exactly (a stochastic module is refused the same way). A data-dependent loop, such as IDF's
   optional early halting, is traced as the example input ran it: export IDF without ``adaptive``.
 
 After writing, the graph is checked with ONNX Runtime when it is installed (the ``onnx`` extra):
@@ -45,6 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import MaskdnError, first_line
+from .idf import IDFNet
+from .inference import BORDER_CONTEXT, model_pass
 from .io import atomic_write
 from .model import MaskedSwinIR
 
@@ -54,27 +57,31 @@ __all__ = ["ExportableDenoiser", "check_deterministic", "export_onnx", "run_onnx
 class ExportableDenoiser(nn.Module):
     """``model`` in the form the exporter traces: one image argument, padding inside the graph.
 
-    Pads ``[B, C, H, W]`` by reflection at the bottom/right to a multiple of ``multiple`` (the
-    attention window), runs ``model`` and crops back, with pad amounts written as arithmetic on the
-    input's size so they stay symbolic in a dynamic graph.
+    Grows ``[B, C, H, W]`` by ``border`` replicated pixels on every side (what
+    :func:`maskdn.inference.model_pass` does), pads by reflection at the bottom/right to a multiple of
+    ``multiple`` (the attention window), runs ``model`` and crops back to ``[B, C, H, W]``, with pad
+    amounts written as arithmetic on the input's size so they stay symbolic in a dynamic graph.
 
     Args:
         model: The denoiser, in eval mode; called as ``model(x)``.
         multiple: The size multiple the model needs (1: none).
+        border: Replicated context pixels on each side (0: none; maskdn's models:
+            :data:`maskdn.inference.BORDER_CONTEXT`).
     """
 
-    def __init__(self, model: nn.Module, multiple: int = 1) -> None:
+    def __init__(self, model: nn.Module, multiple: int = 1, border: int = 0) -> None:
         super().__init__()
-        self.model, self.multiple = model, multiple
+        self.model, self.multiple, self.border = model, multiple, border
 
     def forward(self, image: Tensor) -> Tensor:
         """Denoise ``image`` ``[B, C, H, W]`` (values in [0, 1]); returns the same shape, not clamped."""
-        if self.multiple == 1:
-            return self.model(image)
         H, W = image.shape[-2:]
-        m = self.multiple
-        x = F.pad(image, (0, (m - W % m) % m, 0, (m - H % m) % m), mode="reflect")  # needs H, W >= m
-        return self.model(x)[..., :H, :W]
+        b, m = self.border, self.multiple
+        x = F.pad(image, (b, b, b, b), mode="replicate") if b else image
+        if m > 1:  # reflection needs each side to exceed its pad: H, W >= m, or a border
+            h, w = H + 2 * b, W + 2 * b
+            x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
+        return self.model(x)[..., b : b + H, b : b + W]
 
 
 def check_deterministic(model: nn.Module, channels: int = 3) -> None:
@@ -108,9 +115,10 @@ def _prepare(model: nn.Module) -> tuple[nn.Module, int]:
     config = getattr(net, "config", None)
     channels = int(getattr(config, "in_chans", 3))
     check_deterministic(net, channels)
-    if isinstance(net, MaskedSwinIR):
-        return ExportableDenoiser(net.set_attention("reference"), net.config.window_size).eval(), channels
-    return ExportableDenoiser(net, int(getattr(net, "size_multiple", 1))).eval(), channels
+    if isinstance(net, MaskedSwinIR):  # one pass as maskdn.denoise runs it
+        return ExportableDenoiser(net.set_attention("reference"), net.config.window_size, BORDER_CONTEXT).eval(), channels
+    border = BORDER_CONTEXT if isinstance(net, IDFNet) else 0
+    return ExportableDenoiser(net, int(getattr(net, "size_multiple", 1)), border).eval(), channels
 
 
 def run_onnx(path: str | os.PathLike, image: Tensor) -> Tensor:
@@ -210,6 +218,7 @@ def export_onnx(
         diff = 0.0
         for x in checks:
             with torch.no_grad():
-                want = model(x)
+                # what maskdn runs (its default attention path), or the module as exported
+                want = model_pass(model, x) if isinstance(model, (MaskedSwinIR, IDFNet)) else exportable(x)
             diff = max(diff, float((run_onnx(path, x) - want).abs().max()))
     return {"path": path, "dynamic": dynamic, "channels": channels, "seconds": seconds, "max_abs_diff": diff}
