@@ -21,6 +21,7 @@ import math
 import sys
 from pathlib import Path
 
+from maskdn.errors import MaskdnError
 from maskdn.generalization import load_results
 from maskdn.report import summarize
 
@@ -42,8 +43,9 @@ COLUMNS = [  # (header, source): source is a dict of reported numbers or a metho
 
 def table(records: list[dict], datasets: list[str]) -> tuple[str, dict]:
     """The Markdown table and its numbers: a row per condition of :data:`IDF_REPORTED`."""
-    means = {(r["dataset"], r["method"], r["condition"]): r["psnr"] for r in summarize(records) if r["passes"] == 1}
-    images = {r["dataset"]: r["images"] for r in summarize(records)}
+    rows = summarize(records)
+    means = {(r["dataset"], r["method"], r["condition"]): r["psnr"] for r in rows if r["passes"] == 1}
+    images = {r["dataset"]: r["images"] for r in rows}
     head = ["condition"] + [h for h, _ in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     numbers: dict = {}
@@ -74,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     if not path.is_file():
         print(f"reported.py: {a.results}: no results.json there", file=sys.stderr)
         return 1
-    text, numbers = table(load_results(path), a.datasets)
+    try:
+        records = load_results(path)
+    except MaskdnError as e:
+        print(f"reported.py: {e}", file=sys.stderr)
+        return 1
+    text, numbers = table(records, a.datasets)
     print(text)
     if a.json:
         Path(a.json).write_text(json.dumps({"results": str(path), "numbers": numbers}, indent=1) + "\n")

@@ -483,17 +483,16 @@ def cmd_train(a: argparse.Namespace) -> int:
             raise MaskdnError(f"--set {item}: expected key=value")
         overrides[key] = text if kinds.get(key) == "str" else _parse_value(text)
     overrides.update({k: v for k, v in (("data", a.data), ("out", a.out)) if v is not None})
-    if a.cooldown is not None:
-        from .train import cooldown
-
-        if not a.config or not a.out or a.data is not None:
-            raise MaskdnError("--cooldown N branches off a run: maskdn train RUN --cooldown N --out NEW_FOLDER")
-        del overrides["out"]
-        run = lambda: cooldown(a.config, a.cooldown, a.out, **overrides)  # noqa: E731
-    else:
-        run = lambda: train(load_config(a.config, overrides))  # noqa: E731
     try:
-        path = run()
+        if a.cooldown is not None:
+            from .train import cooldown
+
+            if not a.config or not a.out or a.data is not None:
+                raise MaskdnError("--cooldown N branches off a run: maskdn train RUN --cooldown N --out NEW_FOLDER")
+            del overrides["out"]
+            path = cooldown(a.config, a.cooldown, a.out, **overrides)
+        else:
+            path = train(load_config(a.config, overrides))
     except TrainingStopped as e:  # asked to stop, state saved: not an error (TrainingStopped says why)
         print(f"maskdn: {e}", file=sys.stderr)
         return 128 + signal.Signals[e.signal].value if e.signal else 0

@@ -117,21 +117,20 @@ def _run_model(
 ) -> Tensor:
     """Average of the model over transforms (outer loop) and passes (inner loop) on one batch.
 
-    The batch is grown by :data:`BORDER_CONTEXT` replicated pixels on every side first and cropped back after.
+    Each sample is one :func:`model_pass` (the batch grown by :data:`BORDER_CONTEXT` replicated pixels,
+    cropped back; replication commutes with the flips and rotations).
 
     ``spread``: the per-pixel standard deviation over those samples (divided by their count) is
     appended as ``C`` more channels; computed from sums shifted by the first sample (stable in float32).
     """
     n_passes = passes if model.stochastic else 1
     transforms = range(8) if self_ensemble else range(1)
-    H, W = x.shape[-2:]
-    x = F.pad(x, (BORDER_CONTEXT,) * 4, mode="replicate") if BORDER_CONTEXT else x
     acc: Tensor | None = None
     first = sq = None
     for k in transforms:
         xt = dihedral(x, k) if k else x
         for _ in range(n_passes):
-            y = model(xt, generator=generator).to(x.dtype)
+            y = model_pass(model, xt, generator).to(x.dtype)
             y = dihedral_inverse(y, k) if k else y
             if spread:
                 first = y.clone() if first is None else first
@@ -140,11 +139,9 @@ def _run_model(
             acc = y if acc is None else acc.add_(y)
     assert acc is not None
     n = len(transforms) * n_passes
-    b = BORDER_CONTEXT
-    mean = (acc if n == 1 else acc.div_(n))[..., b : b + H, b : b + W]
+    mean = acc if n == 1 else acc.div_(n)
     if not spread:
         return mean
-    first, sq = first[..., b : b + H, b : b + W], sq[..., b : b + H, b : b + W]
     var = sq.div_(n).sub_((mean - first).square_()).clamp_(min=0)
     return torch.cat([mean, var.sqrt_()], dim=1)
 

@@ -53,6 +53,8 @@ from .model import MaskedSwinIR
 
 __all__ = ["ExportableDenoiser", "check_deterministic", "export_onnx", "run_onnx"]
 
+_MASKDN_NETS = (MaskedSwinIR, IDFNet)  # exported as maskdn runs them: with the border context
+
 
 class ExportableDenoiser(nn.Module):
     """``model`` in the form the exporter traces: one image argument, padding inside the graph.
@@ -115,9 +117,9 @@ def _prepare(model: nn.Module) -> tuple[nn.Module, int]:
     config = getattr(net, "config", None)
     channels = int(getattr(config, "in_chans", 3))
     check_deterministic(net, channels)
-    if isinstance(net, MaskedSwinIR):  # one pass as maskdn.denoise runs it
-        return ExportableDenoiser(net.set_attention("reference"), net.config.window_size, BORDER_CONTEXT).eval(), channels
-    border = BORDER_CONTEXT if isinstance(net, IDFNet) else 0
+    if isinstance(net, MaskedSwinIR):
+        net.set_attention("reference")
+    border = BORDER_CONTEXT if isinstance(net, _MASKDN_NETS) else 0  # one pass as maskdn.denoise runs it
     return ExportableDenoiser(net, int(getattr(net, "size_multiple", 1)), border).eval(), channels
 
 
@@ -219,6 +221,6 @@ def export_onnx(
         for x in checks:
             with torch.no_grad():
                 # what maskdn runs (its default attention path), or the module as exported
-                want = model_pass(model, x) if isinstance(model, (MaskedSwinIR, IDFNet)) else exportable(x)
+                want = model_pass(model, x) if isinstance(model, _MASKDN_NETS) else exportable(x)
             diff = max(diff, float((run_onnx(path, x) - want).abs().max()))
     return {"path": path, "dynamic": dynamic, "channels": channels, "seconds": seconds, "max_abs_diff": diff}

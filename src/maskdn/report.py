@@ -144,7 +144,8 @@ def generalization_ranking(records: Iterable[Mapping[str, Any]], exclude: Sequen
     Raises:
         KeyError: A record lacks a required key (:func:`summarize`).
     """
-    rows = [r for r in summarize(records) if r["passes"] == 1 and r["condition"] not in set(exclude)]
+    left_out = set(exclude)
+    rows = [r for r in summarize(records) if r["passes"] == 1 and r["condition"] not in left_out]
     cells: dict[str, dict[str, dict[str, tuple[int, float]]]] = {}  # method → dataset → condition → (n, psnr)
     needed: dict[str, dict[str, int]] = {}  # dataset → condition → most images any method has
     for r in rows:
