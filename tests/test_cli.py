@@ -16,7 +16,7 @@ from maskdn.cli import main
 from maskdn.io import read_image, write_image
 from maskdn.model import MaskedSwinIR, preset
 from maskdn.weights import save_model
-from maskdn.zoo import DEFAULT_MODEL, names
+from maskdn.zoo import DEFAULT_MODEL, names, names_default_first
 
 
 @pytest.fixture
@@ -155,6 +155,11 @@ def test_models_lists_the_zoo(capsys):
     assert DEFAULT_MODEL in names()
     default = next(r for r in rows if r["default"])
     assert default["training"]["patches_seen"] > 0 and default["scores"]
+
+
+def test_default_model_is_offered_first():
+    order = names_default_first()  # the demo's and the web app's order
+    assert order[0] == DEFAULT_MODEL and sorted(order) == names() and order[1:] == sorted(order[1:])
 
 
 def test_train_rejects_unknown_setting(tmp_path, capsys):

@@ -214,7 +214,7 @@ def build_app(device: str = "cpu", models: list[str] | None = None, out_dir: str
     gr = _gradio()
     from .demo import sample_paths
 
-    names = models or sorted(zoo.names(), key=lambda n: (n != zoo.DEFAULT_MODEL, n))
+    names = models or zoo.names_default_first()
 
     def run(upload, model, passes, tile, noise, seed, progress=gr.Progress(track_tqdm=True)):
         if upload is None:

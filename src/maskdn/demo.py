@@ -47,16 +47,6 @@ def sample_paths() -> list[Path]:
     return sorted(Path(str(files("maskdn") / "samples")).glob("*.png"))
 
 
-def demo_models() -> list[str]:
-    """The bundled models the demo compares by default: the default model first, then the others by name.
-
-    Returns:
-        Zoo names (:func:`maskdn.zoo.names`); empty when none is bundled.
-    """
-    names = zoo.names()
-    return sorted(names, key=lambda n: (n != zoo.DEFAULT_MODEL, n))
-
-
 def _label_of(source: ModelSource, i: int) -> str:
     """A model's name on the figure: its zoo name, its file's stem, or ``model<i>`` for an object."""
     if isinstance(source, MaskedSwinIR):
@@ -161,7 +151,7 @@ def run_demo(
             ``denoised/<model>/<photo>_<name>-<level>.png``, ``comparison.png``, ``psnr.md`` and
             ``psnr.json``.
         models: Models to compare: zoo names, weights files or loaded models (one or a sequence);
-            None: every bundled model, the default first (:func:`demo_models`).
+            None: every bundled model, the default first (:func:`maskdn.zoo.names_default_first`).
         noises: Noise specs (``name:level``), each once.
         seed: Seeds the noise and the attention masks.
         passes: Averaged stochastic passes per image (int >= 1).
@@ -188,7 +178,7 @@ def run_demo(
     if out.exists() and not out.is_dir():
         raise MaskdnError(f"{out}: exists and is not a folder; choose another output folder")
     if models is None:
-        models = demo_models()
+        models = zoo.names_default_first()
     elif isinstance(models, (MaskedSwinIR, str, os.PathLike)):
         models = [models]
     if not models:

@@ -37,6 +37,16 @@ def names() -> list[str]:
     return sorted(p.stem for p in d.glob("*.safetensors")) if d.is_dir() else []
 
 
+def names_default_first() -> list[str]:
+    """Names of the bundled models, :data:`DEFAULT_MODEL` first, then the others sorted (the order the
+    demo and the web app offer them in).
+
+    Returns:
+        The names of :func:`names`, reordered; empty when none is bundled.
+    """
+    return sorted(names(), key=lambda n: (n != DEFAULT_MODEL, n))
+
+
 def resolve(source: str | Path | None) -> Path:
     """A zoo name (or None for the default) → its bundled file; ``hf://`` → the Hub's cached file; else a path.
 
