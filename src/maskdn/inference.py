@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .devices import module_device, on_device, resolve_device
+from .devices import module_device, on_device, resolve_device, warn_if_bf16_is_slow
 from .errors import MaskdnError, check_int
 from .geometry import dihedral, dihedral_inverse
 from .io import DEFAULT_MAX_PIXELS, make_output_dir
@@ -249,7 +249,8 @@ def denoise_tensor(
             reproducible result; it must live on ``x``'s device. None: torch's global RNG.
         progress: Show a tqdm bar over the tiles (only when tiling splits the image).
         bf16: Run the network under bfloat16 autocast on ``x``'s device type (within 0.05 dB PSNR of
-            float32; for its speed see docs/performance.md).
+            float32; for its speed see docs/performance.md). Warns on a CPU without bfloat16 units,
+            where it is slower (:func:`maskdn.devices.warn_if_bf16_is_slow`).
         uncertainty: Also return the per-pixel, per-channel standard deviation of the samples
             averaged (the ``passes`` of a stochastic model, times the 8 transforms with
             ``self_ensemble``), divided by their count; tiles blend it with the same weights as the
@@ -272,6 +273,8 @@ def denoise_tensor(
         raise MaskdnError(f"expected a float tensor [B, C, H, W], got {desc}")
     if not bool(torch.isfinite(x).all()):
         raise MaskdnError("the image holds NaN or inf values; refused (replace them first, e.g. numpy.nan_to_num)")
+    if bf16:
+        warn_if_bf16_is_slow(x.device, "bf16")
     if tile is None:
         tile = plan_tile(model, tuple(x.shape), x.device, tile_overlap)  # None: the whole image fits
     was_training = model.training

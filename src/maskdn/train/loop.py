@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..datasets import Sample
-from ..devices import available_memory
+from ..devices import available_memory, warn_if_bf16_is_slow
 from ..errors import MaskdnError, check_int, first_line
 from ..fastpath.runtime import keep_freed_memory
 from ..generalization import model_method, run_bench
@@ -450,6 +450,8 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
             raise MaskdnError(f"{state_path}: not a complete training state ({type(e).__name__}: "
                               f"{first_line(e)}); use a new folder") from None
         del state
+    if cfg.bf16 and main:
+        warn_if_bf16_is_slow(dev, f"{out}: bf16 = true")
     net = model
     if ctx.world_size > 1:  # a collective: no process starts (and rank 0 saves nothing) before all loaded
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
