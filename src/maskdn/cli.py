@@ -630,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = command("rank", "the default-model rule on benchmark results: mean PSNR out of distribution, datasets "
                         "weighted equally", "example: maskdn rank bench-grid/ bench-polyu/ --out ranking.json")
-    r.add_argument("results", nargs="+", metavar="RESULTS", help="results.json files of maskdn bench, or their folders")
+    r.add_argument("results", nargs="+", metavar="RESULTS", help="results.json files of maskdn bench (or .json.gz), or their folders")
     r.add_argument("--exclude", nargs="+", default=["gaussian:15"], metavar="NAME:LEVEL",
                    help="the in-distribution conditions left out (default: gaussian:15)")
     _add_out(r, "also write the ranking to FILE.json")

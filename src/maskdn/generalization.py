@@ -31,6 +31,7 @@ scored when its weights are available offline; otherwise ``summary.md`` says why
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import multiprocessing
@@ -301,7 +302,8 @@ def load_results(path: str | Path) -> list[dict]:
     """The records of a ``results.json`` (a JSON list, or ``{"records": [...]}``); [] when absent.
 
     Args:
-        path: The results file.
+        path: The results file; one whose name ends in ``.gz`` is read through gzip (the records the
+            repository keeps in ``docs/bench/``).
 
     Returns:
         The record dicts as stored (each with ``dataset, image, method, passes, noise, level, seed``);
@@ -316,8 +318,12 @@ def load_results(path: str | Path) -> list[dict]:
     if not path.exists():
         return []
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                data = json.load(f)
+        else:
+            data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, EOFError) as e:
         raise MaskdnError(f"{path}: cannot resume from it ({e}); move it away to start afresh") from None
     records = data.get("records") if isinstance(data, dict) else data
     if not isinstance(records, list) or not all(isinstance(r, dict) and all(k in r for k in _KEY_FIELDS) for r in records):

@@ -22,6 +22,7 @@ __all__ = [
     "LEVEL_LABELS",
     "IN_DISTRIBUTION",
     "condition_of",
+    "dataset_tables",
     "generalization_ranking",
     "ranking_markdown",
     "level_label",
@@ -257,34 +258,27 @@ def _tables(rows: list[dict]) -> dict[str, tuple[list[str], list[str], dict[tupl
     return out
 
 
-def summary_markdown(records: Iterable[Mapping[str, Any]], notes: Sequence[str] = ()) -> str:
-    """Markdown: one table per dataset, methods as rows, conditions as columns, best PSNR in bold.
-
-    ``notes`` (one line each, e.g. why LPIPS is absent) are listed under the heading.
+def dataset_tables(records: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, str]]:
+    """One Markdown table per dataset: methods as rows, conditions as columns, best PSNR in bold.
 
     Args:
         records: Benchmark records (see the module docstring); PSNR in dB and SSIM computed on 8-bit
             levels (0–255) as BasicSR/KAIR do (:mod:`maskdn.metrics`), LPIPS (lower is better) optional.
-        notes: Lines listed as bullets under the heading.
 
     Returns:
-        The Markdown text: cells ``PSNR (dB, 2 decimals) / SSIM (3 decimals)[ / LPIPS]``, ``–`` where a
-        method has no result for a condition or a metric is blank (SSIM of images smaller than its window).
+        ``{dataset: (images, table)}`` in first-seen order: the most images any cell averages, and the
+        table, cells ``PSNR (dB, 2 decimals) / SSIM (3 decimals)[ / LPIPS]`` (LPIPS when any record of
+        ``records`` has it), ``–`` where a method has no result for a condition or a metric is blank
+        (SSIM of images smaller than its window).
 
     Raises:
         KeyError: A record lacks a required key (:func:`summarize`).
     """
     rows = summarize(records)
     has_lpips = any(r["lpips"] is not None for r in rows)
-    what = "PSNR (dB) / SSIM / LPIPS (lower is better)" if has_lpips else "PSNR (dB) / SSIM"
-    parts = ["# Benchmark summary", "", f"Mean {what} over images; best PSNR per column in **bold**.", ""]
-    if notes:
-        parts += [f"- {n}" for n in notes] + [""]
+    out = {}
     for dataset, (labels, conds, cells) in _tables(rows).items():
-        n = max((c["images"] for c in cells.values()), default=0)
-        parts += [f"## {dataset} ({n} image{'s' if n != 1 else ''})", ""]
-        parts.append("| method | " + " | ".join(conds) + " |")
-        parts.append("|---" * (len(conds) + 1) + "|")
+        lines = ["| method | " + " | ".join(conds) + " |", "|---" * (len(conds) + 1) + "|"]
         best = {}
         for c in conds:
             vals = [cells[(lb, c)]["psnr"] for lb in labels if (lb, c) in cells and not math.isnan(cells[(lb, c)]["psnr"])]
@@ -301,8 +295,34 @@ def summary_markdown(records: Iterable[Mapping[str, Any]], notes: Sequence[str] 
                     lp = cell["lpips"]
                     text += " / –" if lp is None or math.isnan(lp) else f" / {lp:.3f}"
                 row.append(f"**{text}**" if best[c] is not None and cell["psnr"] == best[c] else text)
-            parts.append(f"| {lb} | " + " | ".join(row) + " |")
-        parts.append("")
+            lines.append(f"| {lb} | " + " | ".join(row) + " |")
+        out[dataset] = (max((c["images"] for c in cells.values()), default=0), "\n".join(lines))
+    return out
+
+
+def summary_markdown(records: Iterable[Mapping[str, Any]], notes: Sequence[str] = ()) -> str:
+    """Markdown: a heading, then :func:`dataset_tables`' table of each dataset under its own heading.
+
+    ``notes`` (one line each, e.g. why LPIPS is absent) are listed under the heading.
+
+    Args:
+        records: Benchmark records, as for :func:`dataset_tables`.
+        notes: Lines listed as bullets under the heading.
+
+    Returns:
+        The Markdown text.
+
+    Raises:
+        KeyError: A record lacks a required key (:func:`summarize`).
+    """
+    records = list(records)
+    has_lpips = any(r["lpips"] is not None for r in summarize(records))
+    what = "PSNR (dB) / SSIM / LPIPS (lower is better)" if has_lpips else "PSNR (dB) / SSIM"
+    parts = ["# Benchmark summary", "", f"Mean {what} over images; best PSNR per column in **bold**.", ""]
+    if notes:
+        parts += [f"- {n}" for n in notes] + [""]
+    for dataset, (n, table) in dataset_tables(records).items():
+        parts += [f"## {dataset} ({n} image{'s' if n != 1 else ''})", "", table, ""]
     return "\n".join(parts)
 
 

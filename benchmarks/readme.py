@@ -1,0 +1,126 @@
+"""Regenerate the README's benchmark tables from the benchmark records kept in the repository.
+
+The README marks each generated table with a pair of HTML comments (invisible on GitHub)::
+
+    <!-- generated: NAME -->
+    ...
+    <!-- end: NAME -->
+
+and this script rewrites what lies between them from ``docs/bench/results-grid.json.gz`` (the
+Kodak24/CBSD68 grid of ``maskdn bench``) and ``docs/bench/results-polyu.json.gz`` (PolyU). NAME is one of
+
+- ``kodak24``, ``cbsd68``, ``polyu``: that dataset's table of :func:`maskdn.report.dataset_tables`
+  under a heading with its image count (``maskdn bench`` writes the same tables to ``summary.md``);
+- ``ranking``: the default-model rule over both runs (:func:`maskdn.report.generalization_ranking`,
+  what ``maskdn rank`` prints).
+
+A dataset's table is made only from complete records (every method, every condition, the same
+images); a README block that the records cannot give is an error saying why. ``--check`` changes
+nothing and exits 1 when a block differs from what the records give (the test suite runs it),
+naming the block.
+
+    python benchmarks/readme.py                 # rewrite README.md's generated blocks
+    python benchmarks/readme.py --check         # exit 1 if any is out of date
+    python benchmarks/readme.py --grid bench-grid/ --polyu bench-polyu/   # from fresh runs instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from maskdn.errors import MaskdnError
+from maskdn.generalization import load_results
+from maskdn.io import atomic_write
+from maskdn.report import dataset_tables, generalization_ranking, ranking_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
+DATASETS = {"kodak24": "Kodak24", "cbsd68": "CBSD68", "polyu": "PolyU"}
+
+
+def _records(source: Path) -> list[dict]:
+    path = source / "results.json" if source.is_dir() else source
+    if not path.is_file():
+        raise MaskdnError(f"{source}: no benchmark records there (a results.json, .json.gz, or its folder)")
+    return load_results(path)
+
+
+def blocks(grid: list[dict], polyu: list[dict]) -> tuple[dict[str, str], dict[str, str]]:
+    """Every block the two runs' records give: ``({name: Markdown}, {name: why it is not given})``.
+
+    A dataset's table is given only when it is complete: every method has every condition on as many
+    images as any other (:func:`maskdn.report.generalization_ranking`'s test); the ranking only when
+    both datasets' tables of the grid and PolyU's are.
+    """
+    out, why = {}, {}
+    for name, dataset in DATASETS.items():
+        records = [r for r in grid + polyu if r["dataset"] == dataset]
+        short = [f"{r['method']}: {'; '.join(r['missing'])}" for r in generalization_ranking(records, exclude=())
+                 if r["missing"]]
+        if not records or short:
+            why[name] = f"the records of {dataset} are " + ("absent" if not records else f"incomplete ({short[0]})")
+            continue
+        n, table = dataset_tables(records)[dataset]
+        out[name] = f"#### {dataset} ({n} image{'s' if n != 1 else ''})\n\n{table}\n"
+    if why:
+        why["ranking"] = "needs every table: " + "; ".join(why.values())
+    else:
+        out["ranking"] = ranking_markdown(generalization_ranking(grid + polyu)) + "\n"
+    return out, why
+
+
+def render(text: str, generated: dict[str, str], why: dict[str, str]) -> tuple[str, list[str]]:
+    """``text`` with every generated block replaced; also the names of the blocks that changed.
+
+    Raises:
+        MaskdnError: a block the records do not give (saying why), or the README has no block.
+    """
+    changed: list[str] = []
+
+    def fill(m: re.Match) -> str:
+        name = m["name"]
+        if name not in generated:
+            reason = why.get(name, f"no such block (known: {', '.join([*DATASETS, 'ranking'])})")
+            raise MaskdnError(f"README block {name!r}: {reason}")
+        if m["body"] != generated[name]:
+            changed.append(name)
+        return m.group(1) + generated[name] + m.group(4)
+
+    new = BLOCK.sub(fill, text)
+    if not BLOCK.search(text):
+        raise MaskdnError("the README has no generated block (<!-- generated: NAME --> ... <!-- end: NAME -->)")
+    return new, changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    p.add_argument("--grid", type=Path, default=ROOT / "docs/bench/results-grid.json.gz",
+                   help="records of the Kodak24/CBSD68 grid (results.json, .json.gz, or a bench folder)")
+    p.add_argument("--polyu", type=Path, default=ROOT / "docs/bench/results-polyu.json.gz",
+                   help="records of the PolyU run (same forms)")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
+    a = p.parse_args(argv)
+    try:
+        text = a.readme.read_text(encoding="utf-8")
+        new, changed = render(text, *blocks(_records(a.grid), _records(a.polyu)))
+        if a.check:
+            for name in changed:
+                print(f"readme.py: {a.readme}: block {name!r} differs from the records; "
+                      f"run python benchmarks/readme.py", file=sys.stderr)
+            return 1 if changed else 0
+        if changed:
+            with atomic_write(a.readme) as tmp:
+                tmp.write_text(new, encoding="utf-8")
+        print(f"{a.readme}: {', '.join(changed) if changed else 'nothing'} rewritten")
+        return 0
+    except (MaskdnError, OSError) as e:
+        print(f"readme.py: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
