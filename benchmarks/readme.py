@@ -7,12 +7,15 @@ The README marks each generated table with a pair of HTML comments (invisible on
     <!-- end: NAME -->
 
 and this script rewrites what lies between them from ``docs/bench/results-grid.json.gz`` (the
-Kodak24/CBSD68 grid of ``maskdn bench``) and ``docs/bench/results-polyu.json.gz`` (PolyU). NAME is one of
+Kodak24/CBSD68 grid of ``maskdn bench``), ``docs/bench/results-polyu.json.gz`` (PolyU) and the
+bundled weights' metadata. NAME is one of
 
 - ``kodak24``, ``cbsd68``, ``polyu``: that dataset's table of :func:`maskdn.report.dataset_tables`
   under a heading with its image count (``maskdn bench`` writes the same tables to ``summary.md``);
 - ``ranking``: the default-model rule over both runs (:func:`maskdn.report.generalization_ranking`,
-  what ``maskdn rank`` prints).
+  what ``maskdn rank`` prints);
+- ``scores``: the bundled models' scores on the full test sets, as recorded in their weights files
+  by ``maskdn evaluate --record`` (what ``maskdn models`` shows).
 
 A dataset's table is made only from complete records (every method, every condition, the same
 images); a README block that the records cannot give is an error saying why. ``--check`` changes
@@ -35,6 +38,7 @@ from maskdn.errors import MaskdnError
 from maskdn.generalization import load_results
 from maskdn.io import atomic_write
 from maskdn.report import dataset_tables, generalization_ranking, ranking_markdown
+from maskdn.weights import describe_zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
@@ -69,7 +73,31 @@ def blocks(grid: list[dict], polyu: list[dict]) -> tuple[dict[str, str], dict[st
         why["ranking"] = "needs every table: " + "; ".join(why.values())
     else:
         out["ranking"] = ranking_markdown(generalization_ranking(grid + polyu)) + "\n"
+    out["scores"] = scores_block(describe_zoo())
     return out, why
+
+
+def scores_block(zoo_rows: list[dict]) -> str:
+    """The bundled models' recorded scores (``maskdn models``; written by ``maskdn evaluate --record``):
+    a row per dataset and model, a column per condition, best per dataset and column in bold; the
+    models without recorded scores named under it."""
+    scored = [r for r in zoo_rows if r["scores"]]
+    datasets = list(dict.fromkeys(d for r in scored for d in r["scores"]))
+    conds = list(dict.fromkeys(c for r in scored for d in datasets for c in r["scores"].get(d, {})))
+    lines = ["| dataset | model | " + " | ".join(conds) + " |", "|---" * (len(conds) + 2) + "|"]
+    for d in datasets:
+        have = [r for r in scored if d in r["scores"]]
+        best = {c: max((r["scores"][d][c] for r in have if c in r["scores"][d]), default=None) for c in conds}
+        for r in have:
+            cells = []
+            for c in conds:
+                v = r["scores"][d].get(c)
+                cells.append("–" if v is None else f"**{v:.2f}**" if v == best[c] else f"{v:.2f}")
+            lines.append(f"| {d} | `{r['name']}` | " + " | ".join(cells) + " |")
+    unscored = [f"`{r['name']}`" for r in zoo_rows if not r["scores"]]
+    if unscored:
+        lines += ["", f"Not scored on the full test sets yet: {', '.join(unscored)}."]
+    return "\n".join(lines) + "\n"
 
 
 def render(text: str, generated: dict[str, str], why: dict[str, str]) -> tuple[str, list[str]]:
@@ -83,7 +111,7 @@ def render(text: str, generated: dict[str, str], why: dict[str, str]) -> tuple[s
     def fill(m: re.Match) -> str:
         name = m["name"]
         if name not in generated:
-            reason = why.get(name, f"no such block (known: {', '.join([*DATASETS, 'ranking'])})")
+            reason = why.get(name, f"no such block (known: {', '.join([*DATASETS, 'ranking', 'scores'])})")
             raise MaskdnError(f"README block {name!r}: {reason}")
         if m["body"] != generated[name]:
             changed.append(name)

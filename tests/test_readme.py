@@ -92,3 +92,12 @@ def test_gzipped_records_load_like_plain_ones_and_a_broken_one_is_one_line(tmp_p
     (tmp_path / "broken.json.gz").write_bytes(gzip.compress(b"[{")[:-4])
     with pytest.raises(MaskdnError, match=r"broken\.json\.gz: cannot resume from it"):
         load_results(tmp_path / "broken.json.gz")
+
+
+def test_scores_block_bolds_the_best_per_dataset_and_names_the_unscored():
+    rows = [{"name": "a", "scores": {"K": {"g": 30.0, "p": 25.5}, "P": {"real": 37.0}}},
+            {"name": "b", "scores": {"K": {"g": 29.0, "p": 26.0}}}, {"name": "c", "scores": {}}]
+    assert _script().scores_block(rows).splitlines() == [
+        "| dataset | model | g | p | real |", "|---|---|---|---|---|",
+        "| K | `a` | **30.00** | 25.50 | – |", "| K | `b` | 29.00 | **26.00** | – |",
+        "| P | `a` | – | – | **37.00** |", "", "Not scored on the full test sets yet: `c`."]
