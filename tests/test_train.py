@@ -18,7 +18,7 @@ from maskdn.errors import MaskdnError
 from maskdn.geometry import dihedral, dihedral_inverse
 from maskdn.model import MaskedSwinIR, ModelConfig, preset
 from maskdn.train import EMA, TrainConfig, export, learning_rate, load_config, loop, shipped_configs, train, train_step
-from maskdn.train.checkpoint import load_state
+from maskdn.train.checkpoint import find_state, load_state
 from maskdn.train.config import to_toml
 from maskdn.train.data import INPUT_MASK_FILL, Batches, PatchSampler, batch_loader
 from maskdn.weights import load_model, read_metadata
@@ -527,6 +527,32 @@ def test_cli_train_lists_configs_and_applies_overrides(image_folder, tmp_path, c
     assert main(["train", str(cfg_file), "--set", "lr=fast"]) == 1
     assert "--set lr: expected float, got 'fast'" in capsys.readouterr().err
     assert math.isclose(read_metadata(tmp_path / "r" / "model.safetensors")["training"]["lr"], 0.002)
+
+
+@pytest.mark.parametrize("text, seconds", [("3600", 3600), ("90s", 90), ("45m", 2700), ("2h", 7200),
+                                           ("1h30m", 5400), ("0.5h", 1800), (" 2H ", 7200)])
+def test_durations(text, seconds):
+    from maskdn.cli import parse_duration
+
+    assert parse_duration(text, "--time-limit") == seconds
+
+
+def test_cli_time_limit_stops_saves_and_resumes(image_folder, tmp_path, capsys):
+    """--time-limit: the run stops at the first iteration past it with its state saved and exit 0, and
+    the same command without it finishes the run; a malformed duration is one line before any work."""
+    cfg_file = tmp_path / "mine.toml"
+    cfg_file.write_text('preset = "tiny"\npatch_size = 16\nbatch_size = 2\niterations = 3\nbf16 = false\n'
+                        'tensorboard = false\ndevice = "cpu"\nwarmup = 0\n')
+    args = ["train", str(cfg_file), "--data", str(image_folder), "--out", str(tmp_path / "r")]
+    for bad in ("soon", "0", "1d", "-5m", "h"):
+        assert main([*args, f"--time-limit={bad}"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--time-limit {bad}: expected a positive duration" in err
+    assert not (tmp_path / "r").exists()
+    assert main([*args, "--time-limit", "0.001s"]) == 0
+    assert "stopped at the time limit at iteration 1, state saved" in capsys.readouterr().err
+    assert find_state(tmp_path / "r") is not None and not (tmp_path / "r" / "model.safetensors").exists()
+    assert main(args) == 0 and (tmp_path / "r" / "model.safetensors").exists()
 
 
 def test_init_starts_from_given_weights_and_checks_the_architecture(image_folder, tmp_path):

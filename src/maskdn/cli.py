@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -452,6 +453,22 @@ def cmd_rank(a: argparse.Namespace) -> int:
     return 0
 
 
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def parse_duration(text: str, option: str) -> float:
+    """Seconds in a duration such as ``3600``, ``90s``, ``45m``, ``2h`` or ``1h30m``.
+
+    Raises:
+        MaskdnError: ``"OPTION TEXT: expected a duration ..."`` for anything else, or zero.
+    """
+    m = _DURATION.fullmatch(text.strip().lower())
+    seconds = sum(float(v) * k for v, k in zip(m.groups(), (3600, 60, 1)) if v) if m else 0.0
+    if seconds <= 0:
+        raise MaskdnError(f"{option} {text}: expected a positive duration such as 3600, 90s, 45m, 2h or 1h30m")
+    return seconds
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     """``maskdn train``: train or resume a run, or branch a wsd cool-down (``--cooldown``).
 
@@ -459,12 +476,12 @@ def cmd_train(a: argparse.Namespace) -> int:
         a: the parsed arguments of the subcommand.
 
     Returns:
-        the exit status: 0 when the run finished, 128 + the signal's number when SIGTERM or Ctrl-C
-        stopped it after saving its state (143, 130).
+        the exit status: 0 when the run finished or stopped at ``--time-limit`` (state saved), 128 + the
+        signal's number when SIGTERM or Ctrl-C stopped it after saving its state (143, 130).
 
     Raises:
-        MaskdnError: a ``--set`` item without ``=``, ``--cooldown`` without a run and ``--out`` (or with
-            ``--data``), or from :func:`maskdn.train.load_config`, :func:`maskdn.train.train` or
+        MaskdnError: a ``--set`` item without ``=``, a ``--time-limit`` that is not a duration,
+            ``--cooldown`` without a run and ``--out`` (or with ``--data``), or from :func:`maskdn.train.load_config`, :func:`maskdn.train.train` or
             :func:`maskdn.train.cooldown`; :func:`main` prints it as one line.
     """
     import os
@@ -483,6 +500,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             raise MaskdnError(f"--set {item}: expected key=value")
         overrides[key] = text if kinds.get(key) == "str" else _parse_value(text)
     overrides.update({k: v for k, v in (("data", a.data), ("out", a.out)) if v is not None})
+    limit = 0.0 if a.time_limit is None else parse_duration(a.time_limit, "--time-limit")
     try:
         if a.cooldown is not None:
             from .train import cooldown
@@ -490,9 +508,9 @@ def cmd_train(a: argparse.Namespace) -> int:
             if not a.config or not a.out or a.data is not None:
                 raise MaskdnError("--cooldown N branches off a run: maskdn train RUN --cooldown N --out NEW_FOLDER")
             del overrides["out"]
-            path = cooldown(a.config, a.cooldown, a.out, **overrides)
+            path = cooldown(a.config, a.cooldown, a.out, time_limit=limit, **overrides)
         else:
-            path = train(load_config(a.config, overrides))
+            path = train(load_config(a.config, overrides), time_limit=limit)
     except TrainingStopped as e:  # asked to stop, state saved: not an error (TrainingStopped says why)
         print(f"maskdn: {e}", file=sys.stderr)
         return 128 + signal.Signals[e.signal].value if e.signal else 0
@@ -702,6 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cooldown", type=int, default=None, metavar="N",
                    help="branch off the wsd run CONFIG (a run folder): train N more iterations with the lr decayed "
                         "linearly towards 0 into --out and export them there; the run itself is left as it is")
+    t.add_argument("--time-limit", default=None, metavar="DURATION",
+                   help="stop at the first iteration after DURATION (3600, 90s, 45m, 2h, 1h30m), save the state and "
+                        "exit 0; rerun to resume (e.g. within a job's or a session's time)")
     t.add_argument("--list", action="store_true", help="list the shipped configs and exit")
     t.set_defaults(func=cmd_train)
 
