@@ -430,19 +430,18 @@ def cmd_rank(a: argparse.Namespace) -> int:
             none given, or ``--out`` unwritable; :func:`main` prints it as one line.
     """
     from . import zoo
-    from .report import generalization_ranking, ranking_markdown, write_text
+    from .report import generalization_ranking, ranking_markdown, rule_choice, write_text
 
     records = _load_results_args(a.results)
     ranking = generalization_ranking(records, a.exclude)
-    bundled = [r for r in ranking if r["method"] in zoo.names()]
-    chosen = next((r["method"] for r in bundled if r["score"] is not None), None)
+    chosen, why = rule_choice(ranking, zoo.names())
     print(ranking_markdown(ranking))
     print()
     if chosen is None:
-        print("no bundled model has every measurement: the rule chooses none")
+        print(why)
     else:
         same = "it is" if chosen == zoo.DEFAULT_MODEL else f"maskdn's default is still {zoo.DEFAULT_MODEL}"
-        print(f"by this rule the default model is {chosen} ({same})")
+        print(f"{why} ({same})")
     if a.out:
         out = _check_out(a.out, folder=False)
         doc = {"rule": "mean PSNR (dB) out of distribution (conditions other than "

@@ -25,6 +25,7 @@ __all__ = [
     "dataset_tables",
     "generalization_ranking",
     "ranking_markdown",
+    "rule_choice",
     "level_label",
     "method_label",
     "plot_curves",
@@ -169,6 +170,30 @@ def generalization_ranking(records: Iterable[Mapping[str, Any]], exclude: Sequen
         out.append({"method": method, "score": score, "datasets": means, "missing": missing})
     ranked = sorted((r for r in out if r["score"] is not None), key=lambda r: -r["score"])
     return ranked + [r for r in out if r["score"] is None]
+
+
+def rule_choice(ranking: Sequence[Mapping[str, Any]], candidates: Iterable[str]) -> tuple[str | None, str]:
+    """The model the default-model rule picks among ``candidates`` (the bundled models), and why.
+
+    It picks only when every candidate that appears in ``ranking`` is ranked: a candidate with
+    incomplete measurements might be the best one, so until it is complete the rule picks none.
+
+    Args:
+        ranking: :func:`generalization_ranking`'s rows.
+        candidates: Method names eligible as the default (``maskdn.zoo.names()``).
+
+    Returns:
+        ``(name, sentence)``: the best-scoring candidate, or None with the reason (no candidate
+        measured, or which are incomplete).
+    """
+    names = set(candidates)
+    rows = [r for r in ranking if r["method"] in names]
+    short = [r["method"] for r in rows if r["score"] is None]
+    if not rows:
+        return None, "no bundled model was measured: the rule picks none"
+    if short:
+        return None, f"{', '.join(short)} lack measurements (see above): the rule picks none until they are complete"
+    return rows[0]["method"], f"by this rule the default model is {rows[0]['method']}"
 
 
 def ranking_markdown(ranking: Sequence[Mapping[str, Any]]) -> str:
