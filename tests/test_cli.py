@@ -154,7 +154,7 @@ def test_models_lists_the_zoo(capsys):
     assert [r["name"] for r in rows] == names()
     assert DEFAULT_MODEL in names()
     default = next(r for r in rows if r["default"])
-    assert default["training"]["patches_seen"] > 0 and default["scores"]
+    assert default["training"]["iterations"] > 0 and default["scores"]  # whichever model the rule picks
 
 
 def test_default_model_is_offered_first():
