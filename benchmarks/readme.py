@@ -14,6 +14,7 @@ bundled weights' metadata. NAME is one of
   under a heading with its image count (``maskdn bench`` writes the same tables to ``summary.md``);
 - ``ranking``: the default-model rule over both runs (:func:`maskdn.report.generalization_ranking`,
   what ``maskdn rank`` prints);
+- ``reported``: the papers' reported numbers beside ours on the grid (``benchmarks/reported.py``);
 - ``scores``: the bundled models' scores on the full test sets, as recorded in their weights files
   by ``maskdn evaluate --record`` (what ``maskdn models`` shows).
 
@@ -30,6 +31,7 @@ naming the block.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -52,6 +54,14 @@ def _records(source: Path) -> list[dict]:
     return load_results(path)
 
 
+def _reported():
+    """``benchmarks/reported.py`` (the papers' numbers beside ours), loaded from beside this file."""
+    spec = importlib.util.spec_from_file_location("reported", Path(__file__).with_name("reported.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def blocks(grid: list[dict], polyu: list[dict]) -> tuple[dict[str, str], dict[str, str]]:
     """Every block the two runs' records give: ``({name: Markdown}, {name: why it is not given})``.
 
@@ -71,8 +81,10 @@ def blocks(grid: list[dict], polyu: list[dict]) -> tuple[dict[str, str], dict[st
         out[name] = f"#### {dataset} ({n} image{'s' if n != 1 else ''})\n\n{table}\n"
     if why:
         why["ranking"] = "needs every table: " + "; ".join(why.values())
+        why["reported"] = why["ranking"]
     else:
         out["ranking"] = ranking_markdown(generalization_ranking(grid + polyu)) + "\n"
+        out["reported"] = _reported().table(grid, ["Kodak24", "CBSD68"])[0] + "\n"
     out["scores"] = scores_block(describe_zoo())
     return out, why
 
@@ -111,7 +123,7 @@ def render(text: str, generated: dict[str, str], why: dict[str, str]) -> tuple[s
     def fill(m: re.Match) -> str:
         name = m["name"]
         if name not in generated:
-            reason = why.get(name, f"no such block (known: {', '.join([*DATASETS, 'ranking', 'scores'])})")
+            reason = why.get(name, f"no such block (known: {', '.join([*DATASETS, 'ranking', 'reported', 'scores'])})")
             raise MaskdnError(f"README block {name!r}: {reason}")
         if m["body"] != generated[name]:
             changed.append(name)
