@@ -6,7 +6,8 @@ Functions here take the attention module as their first argument, ``attn``: a
 
 * :func:`attend_windows`: windows without a token mask: a contiguous ``[3, heads, B·nW, N, d]`` qkv,
   the shift mask added to the border windows only and, without autograd, one head at a time with the
-  bias folded into the score matmul (``baddbmm``) and an in-place softmax in one reused buffer;
+  bias folded into the score matmul (``baddbmm``), an in-place softmax in one reused buffer and the
+  value product computed transposed;
 * :func:`kept_keys`: windows with a token mask: attention over the kept keys plus one folded masked
   key, in the fused C kernel (:mod:`maskdn.fastpath.kernels`) where it applies, else in PyTorch ops
   laid out keys × queries (:class:`_PlaceQueries`, :class:`_KeysByQueries`).
@@ -202,19 +203,22 @@ def attend_windows(attn: nn.Module, x: Tensor, layout: WindowLayout, offset: int
         if border is not None:
             hit, masks = border
             scores.index_add_(1, hit, masks.to(scores.dtype).unsqueeze(0).expand(heads, -1, -1, -1))
-        out = scores.softmax(-1) @ v
-    else:  # one score buffer reused by every head (fresh pages fault), softmax in place
-        out = torch.empty(heads, B_, N, d, dtype=qkv.dtype, device=x.device)
-        buffer = torch.empty(B_, N, N, dtype=qkv.dtype, device=x.device)
-        border = layout.border(offset, B_)
-        for i in range(heads):
-            scores = torch.baddbmm(bias[i].expand(B_, -1, -1), qkv[0, i], qkv[1, i].transpose(1, 2),
-                                   alpha=attn.scale, out=buffer)
-            if border is not None:
-                scores.index_add_(0, border[0], border[1].to(scores.dtype))
-            torch.bmm(torch.softmax(scores, dim=-1, out=scores), qkv[2, i], out=out[i])
-    out = out.view(heads, B_ * N, d).transpose(0, 1).reshape(B_, N, C)
-    return linear(out, attn.proj.weight, attn.proj.bias)
+        out = (scores.softmax(-1) @ v).view(heads, B_ * N, d).transpose(0, 1).reshape(B_, N, C)
+        return linear(out, attn.proj.weight, attn.proj.bias)
+    # without autograd: one score buffer reused by every head (fresh pages fault), softmax in place
+    outT = torch.empty(heads, B_, d, N, dtype=qkv.dtype, device=x.device)
+    buffer = torch.empty(B_, N, N, dtype=qkv.dtype, device=x.device)
+    border = layout.border(offset, B_)
+    for i in range(heads):
+        scores = torch.baddbmm(bias[i].expand(B_, -1, -1), qkv[0, i], qkv[1, i].transpose(1, 2),
+                               alpha=attn.scale, out=buffer)
+        if border is not None:
+            scores.index_add_(0, border[0], border[1].to(scores.dtype))
+        probs = torch.softmax(scores, dim=-1, out=scores)
+        # transposed, (P·V)ᵀ = Vᵀ·Pᵀ: with d = 8–10 output columns the product runs 2–3× slower on CPU
+        # than with the 64 queries as columns (docs/performance.md; with autograd it did not pay)
+        torch.bmm(qkv[2, i].transpose(1, 2), probs.transpose(1, 2), out=outT[i])
+    return linear(outT.permute(1, 3, 0, 2).reshape(B_, N, C), attn.proj.weight, attn.proj.bias)
 
 
 def kept_keys(attn: nn.Module, tokens: Tensor, windows: Tensor, keep: Tensor, kind: Tensor, tables: KeyTables,
