@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -173,6 +174,29 @@ def test_train_rejects_unknown_setting(tmp_path, capsys):
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "maskdn", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "denoise" in r.stdout and "demo" in r.stdout
+
+
+@pytest.mark.parametrize("env, first, policy", [({}, "maskdn", "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "maskdn", "ACTIVE"),
+                                               ({}, "torch", None)])
+def test_openmp_threads_sleep_when_maskdn_loads_torch(env, first, policy):
+    """maskdn sets OMP_WAIT_POLICY=PASSIVE before PyTorch loads (spinning waits made a 2-thread forward
+    4-45x slower on a busy machine), unless the user set it or imported torch first."""
+    code = f"import os; import {first}; import maskdn; print(os.environ.get('OMP_WAIT_POLICY'))"
+    run_env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | env
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env)
+    assert r.returncode == 0 and r.stdout.strip() == str(policy)
+
+
+def test_threads_option_sets_torch_threads(tmp_path, photos, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n))
+    seen: list[int] = []
+    assert main(["denoise", str(photos / "gray.jpg"), "-o", str(tmp_path / "o.png"), "--threads", "1"]) == 0
+    assert seen == [1]
+    assert main(["denoise", str(photos / "gray.jpg"), "-o", str(tmp_path / "p.png"), "--threads", "0"]) == 1
+    assert "--threads 0: expected a positive number of threads" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists()
 
 
 def test_noise_command_writes_seeded_copies(tmp_path, photos, capsys):

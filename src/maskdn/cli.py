@@ -85,6 +85,8 @@ def _add_model(p: argparse.ArgumentParser, several: bool, extra: str = "") -> No
 def _add_run_options(p: argparse.ArgumentParser, *, passes: bool = True, tile: bool = True, bf16: bool = True) -> None:
     """The options of every subcommand that runs a model."""
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for PyTorch's operations (default: PyTorch's, one per core)")
     p.add_argument("--seed", type=int, default=0, help="seed of the attention masks and of any noise added (default: 0)")
     if passes:
         p.add_argument("--passes", type=int, default=DEFAULT_PASSES,
@@ -781,6 +783,12 @@ def main(argv: list[str] | None = None) -> int:
                 from .devices import resolve_device
 
                 resolve_device(args.device)  # one line before any work, on every subcommand
+            if getattr(args, "threads", None) is not None:
+                if args.threads < 1:
+                    raise MaskdnError(f"--threads {args.threads}: expected a positive number of threads")
+                import torch
+
+                torch.set_num_threads(args.threads)
             status = args.func(args)
             sys.stdout.flush()  # a closed pipe (maskdn models | head) shows here, inside the handler
             return status
