@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in changed:
                 print(f"readme.py: {a.readme}: block {name!r} differs from the records; "
                       f"run python benchmarks/readme.py", file=sys.stderr)
+            if not changed:
+                print(f"{a.readme}: every generated block is up to date")
             return 1 if changed else 0
         if changed:
             with atomic_write(a.readme) as tmp:

@@ -439,7 +439,13 @@ def test_cli_bench_progress_jobs_limit_resume_errors(data, tmp_path, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.png").write_bytes(b"not a png")
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "results.json").write_text('[{"dataset": ')
     for argv, msg in [
+        (["bench", "--data", str(data["dirs"][0]), "--method", "noisy", "--out", str(tmp_path / "torn")],
+         "results.json: cannot read benchmark records from it (Expecting value: line 1 column 14 (char 13)); "
+         "cannot resume from it: move it away to start afresh"),
+        (["rank", str(tmp_path / "torn")], "results.json: cannot read benchmark records from it (Expecting value"),
         (["bench", "--data", str(bad), "--method", "noisy", "--out", str(tmp_path / "o")], "x.png"),
         (["bench", "--data", str(data["dirs"][0]), "--method", "noisy", "--jobs", "0", "--out", str(tmp_path / "o")], "jobs must be"),
         (["bench", "--data", str(data["dirs"][0]), "--method", "noisy", "--lpips-backbone", str(tmp_path / "no.pth"),
@@ -508,12 +514,17 @@ def test_rank_command_names_the_rules_choice_among_bundled_models(tmp_path, caps
     # 'noisy' scores best here but is not a bundled model: the rule chooses among those
     assert text.splitlines()[2].startswith("| 1 | noisy |")
     chosen = "masked-small"  # (26 + 36) / 2 = 31.0 against (25 + 36.4) / 2 = 30.7
-    assert f"by this rule the default model is {chosen}" in text
+    assert f"by this rule, on K, PolyU, the default model is {chosen}" in text
     assert ("(it is)" in text) == (DEFAULT_MODEL == chosen)
     doc = json.loads(out.read_text())
     assert doc["chosen"] == chosen and [r["method"] for r in doc["ranking"]] == ["noisy", "masked-small", "baseline-small"]
     assert main(["rank", str(tmp_path / "nothing")]) == 1
     assert "no benchmark results there" in capsys.readouterr().err
+    assert main(["rank", str(grid), "--exclude", "bogus"]) == 1
+    assert "--exclude bogus: unknown noise" in capsys.readouterr().err
+    # both of K's conditions left out (written as the records name them or not): PolyU alone decides
+    assert main(["rank", str(grid), str(real), "--exclude", "gaussian:15.0", "poisson:3"]) == 0
+    assert "| 1 | baseline-small | 36.40 | 36.40 |" in capsys.readouterr().out
     # a bundled model measured on part of the grid might be the best: the rule waits for it
     (tmp_path / "part.json").write_text(json.dumps([_rec("K", "a", "idf-g15", "poisson:3", 31)]))
     assert main(["rank", str(grid), str(real / "results.json"), str(tmp_path / "part.json")]) == 0

@@ -93,7 +93,7 @@ def test_gzipped_records_load_like_plain_ones_and_a_broken_one_is_one_line(tmp_p
     grid, _ = _runs(tmp_path)
     assert load_results(tmp_path / "grid.json.gz") == grid
     (tmp_path / "broken.json.gz").write_bytes(gzip.compress(b"[{")[:-4])
-    with pytest.raises(MaskdnError, match=r"broken\.json\.gz: cannot resume from it"):
+    with pytest.raises(MaskdnError, match=r"broken\.json\.gz: cannot read benchmark records from it \("):
         load_results(tmp_path / "broken.json.gz")
 
 

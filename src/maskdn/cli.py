@@ -275,7 +275,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     result = run_demo(_check_out(a.out, folder=True), a.model, seed=a.seed, passes=a.passes, device=a.device,
                       tile=a.tile, bf16=a.bf16, attn_mask_ratio=a.attn_mask_ratio)
     print(result["table"])
-    print(f"\nwrote {a.out}/ (comparison.png, psnr.md, psnr.json, noisy/ and denoised/<model>/ images)")
+    print(f"\nwrote {Path(a.out)}/ (comparison.png, psnr.md, psnr.json, noisy/ and denoised/<model>/ images)")
     return 0
 
 
@@ -378,7 +378,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if lpips and not any("lpips" in r for r in records):
         why = next((line[2:] for line in summary.splitlines() if line.startswith("- LPIPS not computed")), "")
         _warn(why or "LPIPS not computed")
-    print(f"\nwrote {a.out}/ (results.json, summary.csv, summary.md, curves.png, gallery.png)")
+    print(f"\nwrote {Path(a.out)}/ (results.json, summary.csv, summary.md, curves.png, gallery.png)")
     return 0
 
 
@@ -401,7 +401,7 @@ def cmd_analyze(a: argparse.Namespace) -> int:
                      limit=a.limit, crop=a.crop, tokens=a.tokens, bins=a.bins, seed=a.seed, device=a.device,
                      attn_mask_ratio=a.attn_mask_ratio)
     print(summary_markdown(result))
-    print(f"\nwrote {a.out}/ (analysis.json, summary.md, cka.png, histograms_<model>.png)")
+    print(f"\nwrote {Path(a.out)}/ (analysis.json, summary.md, cka.png, histograms_<model>.png)")
     return 0
 
 
@@ -418,6 +418,21 @@ def _load_results_args(given: list[str]) -> list[dict]:
     return records
 
 
+def _condition_name(spec: str) -> str:
+    """``--exclude``'s ``name:level`` as the benchmark records name it (``gaussian:15.0`` → ``gaussian:15``).
+
+    Raises:
+        MaskdnError: ``"--exclude SPEC: ..."`` for an unknown noise or a level out of its range.
+    """
+    from .noise import parse_noise
+
+    try:
+        noise = parse_noise(spec)
+    except MaskdnError as e:
+        raise MaskdnError(f"--exclude {e}") from None
+    return f"{noise.name}:{noise.level:g}"
+
+
 def cmd_rank(a: argparse.Namespace) -> int:
     """``maskdn rank``: the default-model rule applied to benchmark results.
 
@@ -429,13 +444,15 @@ def cmd_rank(a: argparse.Namespace) -> int:
 
     Raises:
         MaskdnError: a results file that cannot be read (:func:`maskdn.generalization.load_results`),
-            none given, or ``--out`` unwritable; :func:`main` prints it as one line.
+            none given, an ``--exclude`` that is not a noise condition, or ``--out`` unwritable;
+            :func:`main` prints it as one line.
     """
     from . import zoo
     from .report import generalization_ranking, ranking_markdown, rule_choice, write_text
 
+    exclude = [c if c == "real" else _condition_name(c) for c in a.exclude]
     records = _load_results_args(a.results)
-    ranking = generalization_ranking(records, a.exclude)
+    ranking = generalization_ranking(records, exclude)
     chosen, why = rule_choice(ranking, zoo.names())
     print(ranking_markdown(ranking))
     print()
@@ -447,7 +464,7 @@ def cmd_rank(a: argparse.Namespace) -> int:
     if a.out:
         out = _check_out(a.out, folder=False)
         doc = {"rule": "mean PSNR (dB) out of distribution (conditions other than "
-                       f"{', '.join(a.exclude)}), each dataset weighted equally",
+                       f"{', '.join(exclude)}), each dataset weighted equally",
                "results": [str(r) for r in a.results], "chosen": chosen, "default": zoo.DEFAULT_MODEL,
                "ranking": ranking}
         write_text(out, json.dumps(doc, indent=1) + "\n")

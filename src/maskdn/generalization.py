@@ -310,9 +310,9 @@ def load_results(path: str | Path) -> list[dict]:
         ``[]`` when ``path`` does not exist.
 
     Raises:
-        MaskdnError: ``"<path>: cannot resume from it (<reason>); move it away to start afresh"`` when it
-            cannot be read or is not JSON; ``"<path>: not a benchmark results file; move it away to
-            start afresh"`` when it is not a list of records with those keys.
+        MaskdnError: ``"<path>: cannot read benchmark records from it (<reason>)"`` when it cannot be
+            read or is not JSON; ``"<path>: not a benchmark results file"`` when it is not a list of
+            records with those keys (:func:`run_bench`, resuming, adds what to do).
     """
     path = Path(path)
     if not path.exists():
@@ -324,10 +324,10 @@ def load_results(path: str | Path) -> list[dict]:
         else:
             data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, EOFError) as e:
-        raise MaskdnError(f"{path}: cannot resume from it ({e}); move it away to start afresh") from None
+        raise MaskdnError(f"{path}: cannot read benchmark records from it ({e})") from None
     records = data.get("records") if isinstance(data, dict) else data
     if not isinstance(records, list) or not all(isinstance(r, dict) and all(k in r for k in _KEY_FIELDS) for r in records):
-        raise MaskdnError(f"{path}: not a benchmark results file; move it away to start afresh")
+        raise MaskdnError(f"{path}: not a benchmark results file")
     return records
 
 
@@ -659,7 +659,10 @@ def run_bench(
     if out is not None:
         make_output_dir(out)
     results_path = None if out is None else out / _RESULTS
-    previous = [] if results_path is None else load_results(results_path)
+    try:
+        previous = [] if results_path is None else load_results(results_path)
+    except MaskdnError as e:
+        raise MaskdnError(f"{e}; cannot resume from it: move it away to start afresh") from None
     done: dict[tuple, dict] = {record_key(r): r for r in previous}
     for r in reuse:
         done.setdefault(record_key(r), dict(r))

@@ -183,8 +183,8 @@ def rule_choice(ranking: Sequence[Mapping[str, Any]], candidates: Iterable[str])
         candidates: Method names eligible as the default (``maskdn.zoo.names()``).
 
     Returns:
-        ``(name, sentence)``: the best-scoring candidate, or None with the reason (no candidate
-        measured, or which are incomplete).
+        ``(name, sentence)``: the best-scoring candidate and the datasets it was chosen on, or None
+        with the reason (no candidate measured, or which are incomplete).
     """
     names = set(candidates)
     rows = [r for r in ranking if r["method"] in names]
@@ -193,7 +193,8 @@ def rule_choice(ranking: Sequence[Mapping[str, Any]], candidates: Iterable[str])
         return None, "no bundled model was measured: the rule picks none"
     if short:
         return None, f"{', '.join(short)} lack measurements (see above): the rule picks none until they are complete"
-    return rows[0]["method"], f"by this rule the default model is {rows[0]['method']}"
+    datasets = ", ".join(rows[0]["datasets"])
+    return rows[0]["method"], f"by this rule, on {datasets}, the default model is {rows[0]['method']}"
 
 
 def ranking_markdown(ranking: Sequence[Mapping[str, Any]]) -> str:
