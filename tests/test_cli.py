@@ -73,6 +73,8 @@ def test_batch_goes_on_past_a_bad_file(tmp_path, photos, tiny_weights, capsys):
     [
         (["denoise", "{d}/nope.png", "-o", "{t}/o.png"], "nope.png: no such file"),
         (["denoise", "{d}/rgb.png", "-o", "{t}/o.png", "--model", "{d}/rgb.png"], "rgb.png: not a readable safetensors"),
+        (["denoise", "{d}/rgb.png", "-o", "{t}/o.png", "--model", "{d}/junk.pth"],
+         "junk.pth: not a readable PyTorch checkpoint (neither a zip archive nor a pickle"),
         (["denoise", "{d}/rgb.png", "-o", "{t}/o.png", "--tile", "4", "--tile-overlap", "2"], "window size"),
         (["denoise", "{d}/rgb.png", "-o", "{t}/o.png", "--tile", "16"], "larger than the tile overlap"),
         (["denoise", "{d}/rgb.png", "-o", "{d}/rgb.png/o.png"], "cannot create"),
@@ -81,6 +83,7 @@ def test_batch_goes_on_past_a_bad_file(tmp_path, photos, tiny_weights, capsys):
     ],
 )
 def test_bad_input_is_one_line_without_output(tmp_path, photos, tiny_weights, capsys, args, message):
+    (photos / "junk.pth").write_bytes(b"junk")
     args = [a.format(d=photos, t=tmp_path) for a in args]
     if "--model" not in args:
         args += ["--model", str(tiny_weights)]

@@ -282,6 +282,10 @@ def _load_tensors_only(path: Path) -> object:
         raise MaskdnError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
 
 
+_TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+"""Names under which PyTorch checkpoints are published (the authors' ``.pth``, IDF's ``.ckpt``)."""
+
+
 def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict]:
     """Tensors and metadata of a safetensors file, or of a plain tensor pickle (weights_only)."""
     head = check_file(path, "a weights file")
@@ -291,6 +295,9 @@ def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict]:
         if not isinstance(obj, dict):
             raise MaskdnError(f"{path}: holds a {type(obj).__name__}, not a state dict")
         return obj, {}
+    if path.suffix.lower() in _TORCH_SUFFIXES and not _looks_like_safetensors(head, path.stat().st_size):
+        raise MaskdnError(f"{path}: not a readable PyTorch checkpoint (neither a zip archive nor a pickle, "
+                          "and not safetensors either)")
     meta = _safetensors_metadata(path)
     try:
         return load_file(str(path)), meta
