@@ -43,8 +43,9 @@ def check_uncertainty(model: torch.nn.Module, passes: int) -> None:
         passes: The number of passes that will be averaged.
 
     Raises:
-        MaskdnError: ``"--uncertainty needs a model whose attention mask is on at test time ..."``
-            for a deterministic model, or ``"--uncertainty needs --passes 2 or more ..."``.
+        MaskdnError: ``"an uncertainty map (uncertainty=True, --uncertainty) needs a model whose
+            attention mask is on at test time ..."`` for a deterministic model, or ``"... needs 2 or
+            more passes (passes=, --passes) ..."``.
     """
     config = getattr(model, "config", None)
     if hasattr(config, "attn_mask_ratio"):  # a SwinIR: stochastic when denoising (eval mode) only if the mask stays on
@@ -52,10 +53,11 @@ def check_uncertainty(model: torch.nn.Module, passes: int) -> None:
     else:  # another maskdn.denoiser.Denoiser (IDF: deterministic)
         stochastic = bool(getattr(model, "stochastic", False))
     if not stochastic:
-        raise MaskdnError("--uncertainty needs a model whose attention mask is on at test time (e.g. masked-small); "
-                          "this one is deterministic, so its passes do not spread")
+        raise MaskdnError("an uncertainty map (uncertainty=True, --uncertainty) needs a model whose attention mask "
+                          "is on at test time (e.g. masked-small); this one is deterministic, so its passes do not spread")
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 2:
-        raise MaskdnError(f"--uncertainty needs --passes 2 or more (the spread of the passes), not {passes!r}")
+        raise MaskdnError("an uncertainty map (uncertainty=True, --uncertainty) needs 2 or more passes "
+                          f"(passes=, --passes: the spread of the passes), not {passes!r}")
 
 
 def channel_rms(std: Tensor) -> Tensor:
