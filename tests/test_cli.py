@@ -213,6 +213,10 @@ def test_noise_command_writes_seeded_copies(tmp_path, photos, capsys):
     assert all(np.array_equal(read_image(out / k), v) for k, v in first.items())
     assert main(["noise", str(photos), "-o", str(out), "--noise", "fog:1"]) == 1
     assert "fog:1: unknown noise" in capsys.readouterr().err
+    (photos / "torn.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # a folder with a bad file: the others done, counted
+    assert main(["noise", str(photos), "-o", str(tmp_path / "n2"), "--noise", "gaussian:25"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "maskdn: 1 file(s) failed" and "torn.png" in err[-2] and (tmp_path / "n2/gaussian_25/rgb.png").exists()
 
 
 def test_bench_command_end_to_end(tmp_path, photos, tiny_weights, capsys):

@@ -178,8 +178,12 @@ def cmd_denoise(a: argparse.Namespace) -> int:
         from .weights import load_model
 
         model = load_model(model, device=a.device, attn_mask_ratio=a.attn_mask_ratio)
-    failures = denoise_files(a.inputs, a.out, model, max_pixels=a.max_pixels, **_denoise_options(a))
-    for path, message in failures:
+    return _report_failures(denoise_files(a.inputs, a.out, model, max_pixels=a.max_pixels, **_denoise_options(a)))
+
+
+def _report_failures(failures: list[tuple[str, str]]) -> int:
+    """Print each failed file's line and their count; the exit status (1 if any failed)."""
+    for _, message in failures:
         print(f"maskdn: failed: {message}", file=sys.stderr)
     if failures:
         print(f"maskdn: {len(failures)} file(s) failed", file=sys.stderr)
@@ -204,10 +208,8 @@ def cmd_noise(a: argparse.Namespace) -> int:
     for spec in a.noise:
         parse_noise(spec)  # a bad spec is one line before the folder is created
     _warn_skipped(a.inputs)
-    failures = write_noisy_copies(a.inputs, str(_out_folder(a.out)), a.noise, seed=a.seed, quantize=not a.float)
-    for _, message in failures:
-        print(f"maskdn: failed: {message}", file=sys.stderr)
-    return 1 if failures else 0
+    return _report_failures(write_noisy_copies(a.inputs, str(_out_folder(a.out)), a.noise, seed=a.seed,
+                                               quantize=not a.float))
 
 
 def cmd_models(a: argparse.Namespace) -> int:
