@@ -15,6 +15,7 @@ bundled weights' metadata. NAME is one of
 - ``ranking``: the default-model rule over both runs (:func:`maskdn.report.generalization_ranking`,
   what ``maskdn rank`` prints);
 - ``reported``: the papers' reported numbers beside ours on the grid (``benchmarks/reported.py``);
+- ``demo``: the table ``maskdn demo`` printed, from its ``psnr.json`` kept as ``docs/demo-psnr.json``;
 - ``scores``: the bundled models' scores on the full test sets, as recorded in their weights files
   by ``maskdn evaluate --record`` (what ``maskdn models`` shows).
 
@@ -32,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
 
+from maskdn.demo import psnr_table
 from maskdn.errors import MaskdnError
 from maskdn.generalization import load_results
 from maskdn.io import atomic_write
@@ -86,6 +89,8 @@ def blocks(grid: list[dict], polyu: list[dict]) -> tuple[dict[str, str], dict[st
         out["ranking"] = ranking_markdown(generalization_ranking(grid + polyu)) + "\n"
         out["reported"] = _reported().table(grid, ["Kodak24", "CBSD68"])[0] + "\n"
     out["scores"] = scores_block(describe_zoo())
+    demo = json.loads((ROOT / "docs" / "demo-psnr.json").read_text(encoding="utf-8"))
+    out["demo"] = psnr_table(demo["rows"], demo["models"]) + "\n"
     return out, why
 
 
@@ -123,7 +128,7 @@ def render(text: str, generated: dict[str, str], why: dict[str, str]) -> tuple[s
     def fill(m: re.Match) -> str:
         name = m["name"]
         if name not in generated:
-            reason = why.get(name, f"no such block (known: {', '.join([*DATASETS, 'ranking', 'reported', 'scores'])})")
+            reason = why.get(name, f"no such block (known: {', '.join([*DATASETS, 'ranking', 'reported', 'scores', 'demo'])})")
             raise MaskdnError(f"README block {name!r}: {reason}")
         if m["body"] != generated[name]:
             changed.append(name)

@@ -174,6 +174,16 @@ def test_train_rejects_unknown_setting(tmp_path, capsys):
     assert "--set lr: expected key=value" in capsys.readouterr().err
 
 
+def test_demo_table_marks_the_default_and_averages_each_noise():
+    from maskdn.demo import psnr_table
+
+    rows = [{"image": i, "noise": n, "model": m, "psnr_noisy": 20.0 + k, "psnr_denoised": 30.0 + k + (m == "x")}
+            for k, i in enumerate(("a", "b")) for n in ("gaussian:25", "poisson:2") for m in (DEFAULT_MODEL, "x")]
+    assert psnr_table(rows, [DEFAULT_MODEL, "x"]).splitlines() == [
+        f"| noise | noisy PSNR (dB) | `{DEFAULT_MODEL}` (default) | `x` |", "|---|---|---|---|",
+        "| gaussian:25 | 20.50 | 30.50 | 31.50 |", "| poisson:2 | 20.50 | 30.50 | 31.50 |"]
+
+
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "maskdn", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "denoise" in r.stdout and "demo" in r.stdout

@@ -47,6 +47,27 @@ def sample_paths() -> list[Path]:
     return sorted(Path(str(files("maskdn") / "samples")).glob("*.png"))
 
 
+def psnr_table(rows: list[dict], models: list[str]) -> str:
+    """The demo's Markdown table (``psnr.md``): a row per noise, the mean PSNR of the noisy inputs and
+    of each model's results over the photos, the default model's column marked.
+
+    Args:
+        rows: ``psnr.json``'s rows: ``{image, noise, model, psnr_noisy, psnr_denoised}`` (PSNR in dB).
+        models: The models' labels, in column order.
+
+    Returns:
+        The table (2 decimals), noises in their first-seen order.
+    """
+    head = [f"`{m}`" + (" (default)" if m == zoo.DEFAULT_MODEL else "") for m in models]
+    table = ["| noise | noisy PSNR (dB) | " + " | ".join(head) + " |", "|---" * (len(models) + 2) + "|"]
+    for spec in dict.fromkeys(r["noise"] for r in rows):
+        sel = [r for r in rows if r["noise"] == spec]
+        noisy = {r["image"]: r["psnr_noisy"] for r in sel}
+        cells = [f"{np.mean([r['psnr_denoised'] for r in sel if r['model'] == m]):.2f}" for m in models]
+        table.append(f"| {spec} | {np.mean(list(noisy.values())):.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(table)
+
+
 def _label_of(source: ModelSource, i: int) -> str:
     """A model's name on the figure: its zoo name, its file's stem, or ``model<i>`` for an object."""
     if isinstance(source, MaskedSwinIR):
@@ -223,13 +244,7 @@ def run_demo(
     figure = _comparison(list(arrays), list(noises), labels, {k: _crop_u8(v) for k, v in arrays.items()}, tiles)
     with atomic_write(out / "comparison.png") as tmp:
         figure.save(tmp, format="PNG")
-    table = ["| noise | noisy PSNR (dB) | " + " | ".join(f"`{lb}`" for lb in labels) + " |",
-             "|---" * (len(labels) + 2) + "|"]
-    for spec in noises:
-        sel = [r for r in rows if r["noise"] == spec]
-        cells = [f"{np.mean([r['psnr_denoised'] for r in sel if r['model'] == lb]):.2f}" for lb in labels]
-        table.append(f"| {spec} | {np.mean([noisy_psnr[(p, spec)] for p in arrays]):.2f} | " + " | ".join(cells) + " |")
-    table_md = "\n".join(table)
+    table_md = psnr_table(rows, labels)
     with atomic_write(out / "psnr.md") as tmp:
         tmp.write_text(f"Mean PSNR over {len(samples)} sample photos, seed {seed}, {passes} pass(es).\n\n{table_md}\n")
     with atomic_write(out / "psnr.json") as tmp:
