@@ -40,7 +40,7 @@ from pathlib import Path
 
 from maskdn.demo import psnr_table
 from maskdn.errors import MaskdnError
-from maskdn.generalization import load_results
+from maskdn.generalization import read_records
 from maskdn.io import atomic_write
 from maskdn.report import dataset_tables, generalization_ranking, ranking_markdown
 from maskdn.weights import describe_zoo
@@ -48,13 +48,6 @@ from maskdn.weights import describe_zoo
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
 DATASETS = {"kodak24": "Kodak24", "cbsd68": "CBSD68", "polyu": "PolyU"}
-
-
-def _records(source: Path) -> list[dict]:
-    path = source / "results.json" if source.is_dir() else source
-    if not path.is_file():
-        raise MaskdnError(f"{source}: no benchmark records there (a results.json, .json.gz, or its folder)")
-    return load_results(path)
 
 
 def _reported():
@@ -151,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         text = a.readme.read_text(encoding="utf-8")
-        new, changed = render(text, *blocks(_records(a.grid), _records(a.polyu)))
+        new, changed = render(text, *blocks(read_records(a.grid), read_records(a.polyu)))
         if a.check:
             for name in changed:
                 print(f"readme.py: {a.readme}: block {name!r} differs from the records; "

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from maskdn.errors import MaskdnError
-from maskdn.generalization import load_results
+from maskdn.generalization import read_records
 from maskdn.report import summarize
 
 # condition → PSNR (dB) as reported
@@ -72,19 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="+", default=["Kodak24", "CBSD68"], help="datasets of the run to show")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     a = p.parse_args(argv)
-    path = Path(a.results) / "results.json" if Path(a.results).is_dir() else Path(a.results)
-    if not path.is_file():
-        print(f"reported.py: {a.results}: no results.json there", file=sys.stderr)
-        return 1
     try:
-        records = load_results(path)
+        records = read_records(a.results)
     except MaskdnError as e:
         print(f"reported.py: {e}", file=sys.stderr)
         return 1
     text, numbers = table(records, a.datasets)
     print(text)
     if a.json:
-        Path(a.json).write_text(json.dumps({"results": str(path), "numbers": numbers}, indent=1) + "\n")
+        Path(a.json).write_text(json.dumps({"results": str(a.results), "numbers": numbers}, indent=1) + "\n")
     return 0
 
 

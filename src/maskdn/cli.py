@@ -409,15 +409,9 @@ def cmd_analyze(a: argparse.Namespace) -> int:
 
 def _load_results_args(given: list[str]) -> list[dict]:
     """The records of ``maskdn bench`` results named on the command line (files or their folders)."""
-    from .generalization import load_results
+    from .generalization import read_records
 
-    records: list[dict] = []
-    for item in given:
-        path = Path(item) / "results.json" if Path(item).is_dir() else Path(item)
-        if not path.is_file():
-            raise MaskdnError(f"{item}: no benchmark results there (a results.json or the folder holding one)")
-        records += load_results(path)
-    return records
+    return [r for item in given for r in read_records(item)]
 
 
 def _condition_name(spec: str) -> str:

@@ -72,6 +72,7 @@ __all__ = [
     "PAPER_GRID",
     "Method",
     "load_results",
+    "read_records",
     "method_name",
     "model_method",
     "noisy_pair",
@@ -329,6 +330,25 @@ def load_results(path: str | Path) -> list[dict]:
     if not isinstance(records, list) or not all(isinstance(r, dict) and all(k in r for k in _KEY_FIELDS) for r in records):
         raise MaskdnError(f"{path}: not a benchmark results file")
     return records
+
+
+def read_records(source: str | Path) -> list[dict]:
+    """The records of a finished or partial ``maskdn bench`` run named by a user.
+
+    Args:
+        source: Its ``results.json`` (or a gzipped ``.json.gz`` copy), or the folder holding ``results.json``.
+
+    Returns:
+        The records, as :func:`load_results` reads them.
+
+    Raises:
+        MaskdnError: ``"<source>: no benchmark results there (...)"`` when there is no such file, or
+            from :func:`load_results`.
+    """
+    path = Path(source) / _RESULTS if Path(source).is_dir() else Path(source)
+    if not path.is_file():
+        raise MaskdnError(f"{source}: no benchmark results there (a results.json, a .json.gz copy, or its folder)")
+    return load_results(path)
 
 
 def _write_results(path: Path, records: list[dict]) -> None:
