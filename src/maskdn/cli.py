@@ -421,12 +421,13 @@ def _condition_name(spec: str) -> str:
         MaskdnError: ``"--exclude SPEC: ..."`` for an unknown noise or a level out of its range.
     """
     from .noise import parse_noise
+    from .report import condition_of
 
     try:
         noise = parse_noise(spec)
     except MaskdnError as e:
         raise MaskdnError(f"--exclude {e}") from None
-    return f"{noise.name}:{noise.level:g}"
+    return condition_of({"noise": noise.name, "level": noise.level})
 
 
 def cmd_rank(a: argparse.Namespace) -> int:

@@ -342,7 +342,7 @@ def summary_markdown(records: Iterable[Mapping[str, Any]], notes: Sequence[str] 
         KeyError: A record lacks a required key (:func:`summarize`).
     """
     records = list(records)
-    has_lpips = any(r["lpips"] is not None for r in summarize(records))
+    has_lpips = any(r.get("lpips") is not None for r in records)  # as dataset_tables decides, from its summary
     what = "PSNR (dB) / SSIM / LPIPS (lower is better)" if has_lpips else "PSNR (dB) / SSIM"
     parts = ["# Benchmark summary", "", f"Mean {what} over images; best PSNR per column in **bold**.", ""]
     if notes:
