@@ -14,6 +14,7 @@ bundled weights' metadata. NAME is one of
   under a heading with its image count (``maskdn bench`` writes the same tables to ``summary.md``);
 - ``ranking``: the default-model rule over both runs (:func:`maskdn.report.generalization_ranking`,
   what ``maskdn rank`` prints);
+- ``wins``: where each method wins, per noise family and dataset (:func:`maskdn.report.family_winners`);
 - ``reported``: the papers' reported numbers beside ours on the grid (``benchmarks/reported.py``);
 - ``demo``: the table ``maskdn demo`` printed, from its ``psnr.json`` kept as ``docs/demo-psnr.json``;
 - ``scores``: the bundled models' scores on the full test sets, as recorded in their weights files
@@ -42,7 +43,7 @@ from maskdn.demo import psnr_table
 from maskdn.errors import MaskdnError
 from maskdn.generalization import read_records
 from maskdn.io import atomic_write
-from maskdn.report import dataset_tables, generalization_ranking, ranking_markdown
+from maskdn.report import dataset_tables, family_winners, generalization_ranking, ranking_markdown, winners_markdown
 from maskdn.weights import describe_zoo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,8 +63,8 @@ def blocks(grid: list[dict], polyu: list[dict]) -> tuple[dict[str, str], dict[st
     """Every block the two runs' records give: ``({name: Markdown}, {name: why it is not given})``.
 
     A dataset's table is given only when it is complete: every method has every condition on as many
-    images as any other (:func:`maskdn.report.generalization_ranking`'s test); the ranking only when
-    both datasets' tables of the grid and PolyU's are.
+    images as any other (:func:`maskdn.report.generalization_ranking`'s test); the ranking, the wins
+    and the reported numbers only when both datasets' tables of the grid and PolyU's are.
     """
     out, why = {}, {}
     for name, dataset in DATASETS.items():
@@ -77,9 +78,10 @@ def blocks(grid: list[dict], polyu: list[dict]) -> tuple[dict[str, str], dict[st
         out[name] = f"#### {dataset} ({n} image{'s' if n != 1 else ''})\n\n{table}\n"
     if why:
         why["ranking"] = "needs every table: " + "; ".join(why.values())
-        why["reported"] = why["ranking"]
+        why["reported"] = why["wins"] = why["ranking"]
     else:
         out["ranking"] = ranking_markdown(generalization_ranking(grid + polyu)) + "\n"
+        out["wins"] = winners_markdown(family_winners(grid + polyu)) + "\n"
         out["reported"] = _reported().table(grid, ["Kodak24", "CBSD68"])[0] + "\n"
     out["scores"] = scores_block(describe_zoo())
     demo = json.loads((ROOT / "docs" / "demo-psnr.json").read_text(encoding="utf-8"))
@@ -121,7 +123,7 @@ def render(text: str, generated: dict[str, str], why: dict[str, str]) -> tuple[s
     def fill(m: re.Match) -> str:
         name = m["name"]
         if name not in generated:
-            reason = why.get(name, f"no such block (known: {', '.join([*DATASETS, 'ranking', 'reported', 'scores', 'demo'])})")
+            reason = why.get(name, f"no such block (known: {', '.join([*DATASETS, 'ranking', 'wins', 'reported', 'scores', 'demo'])})")
             raise MaskdnError(f"README block {name!r}: {reason}")
         if m["body"] != generated[name]:
             changed.append(name)

@@ -496,6 +496,30 @@ def test_generalization_ranking_weighs_datasets_equally_and_leaves_out_the_train
     assert "C is not ranked: grid: 2 of 2 conditions incomplete" in table
 
 
+def test_family_winners_compare_only_complete_families_and_count_conditions_won():
+    from maskdn.report import family_winners, winners_markdown
+
+    recs = []
+    for img in ("a", "b"):
+        recs += [_rec("K", img, "A", "gaussian:15", 40), _rec("K", img, "B", "gaussian:15", 30),  # left out
+                 _rec("K", img, "A", "poisson:2", 30), _rec("K", img, "B", "poisson:2", 29),
+                 _rec("K", img, "A", "poisson:3", 24), _rec("K", img, "B", "poisson:3", 27),
+                 _rec("K", img, "C", "poisson:2", 35)]  # C lacks poisson:3: not compared on poisson
+    recs += [_rec("P", "x", m, "real", v) for m, v in (("A", 36.0), ("B", 36.5))]
+    w = family_winners(recs)
+    assert [(r["dataset"], r["noise"]) for r in w] == [("K", "poisson"), ("P", "real")]
+    k, p = w
+    assert k["levels"] == ["poisson:2", "poisson:3"] and set(k["means"]) == {"A", "B"}
+    assert k["best"] == "B" and k["lead"] == pytest.approx(1.0) and k["won"] == {"B": 1, "A": 1}
+    assert p["best"] == "B" and p["lead"] == pytest.approx(0.5)
+    # with the training noise counted, gaussian is a family of K and A wins it by 10 dB
+    g = [r for r in family_winners(recs, exclude=()) if r["noise"] == "gaussian"][0]
+    assert g["best"] == "A" and g["lead"] == pytest.approx(10.0)
+    table = winners_markdown(w)
+    assert "| poisson (2) | B (28.00; +1.00) | – |" in table and "| real (1) | – | B (36.50; +0.50) |" in table
+    assert "- K, conditions won (of 2): B 1, A 1." in table  # ties: in order of the family mean
+
+
 def test_rank_command_names_the_rules_choice_among_bundled_models(tmp_path, capsys):
     from maskdn.cli import main
     from maskdn.zoo import DEFAULT_MODEL

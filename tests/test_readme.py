@@ -55,7 +55,8 @@ def test_blocks_are_rewritten_then_check_passes(tmp_path, capsys):
     # ranking: a wins both grids by 1 dB out of distribution (σ=25 only), b wins PolyU by 1 dB: equal weights
     assert "| 1 | a | 24.00 | 24.00 | 30.00 | 26.00 |\n| 2 | b | 23.00 | 23.00 | 31.00 | 25.67 |" in text
     generated, why = mod.blocks(grid, json.loads((tmp_path / "polyu" / "results.json").read_text()))
-    assert set(generated) == {"kodak24", "cbsd68", "polyu", "ranking", "reported", "scores", "demo"} and not why
+    assert set(generated) == {"kodak24", "cbsd68", "polyu", "ranking", "wins", "reported", "scores", "demo"} and not why
+    assert "| gaussian (1) | a (24.00; +1.00) | a (24.00; +1.00) | – |" in generated["wins"]
     assert generated["reported"].startswith("| condition | IDF, reported |")
     assert mod.main([*args, "--check"]) == 0
 

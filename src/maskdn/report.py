@@ -23,6 +23,7 @@ __all__ = [
     "IN_DISTRIBUTION",
     "condition_of",
     "dataset_tables",
+    "family_winners",
     "generalization_ranking",
     "ranking_markdown",
     "rule_choice",
@@ -34,6 +35,7 @@ __all__ = [
     "save_figure",
     "summarize",
     "summary_markdown",
+    "winners_markdown",
     "write_reports",
     "write_summary_csv",
     "write_summary_md",
@@ -215,6 +217,85 @@ def ranking_markdown(ranking: Sequence[Mapping[str, Any]]) -> str:
                      + f" | {fmt(r['score'])} |")
     unranked = [f"{r['method']} is not ranked: {'; '.join(r['missing'])}." for r in ranking if r["missing"]]
     lines += [""] + unranked if unranked else []
+    return "\n".join(lines)
+
+
+def family_winners(records: Iterable[Mapping[str, Any]], exclude: Sequence[str] = IN_DISTRIBUTION) -> list[dict]:
+    """Where each method wins: per dataset and noise family, the best mean PSNR and its lead.
+
+    A noise family is a record's ``noise`` (``gaussian``, ``poisson``, ``real``, ...); its score per
+    method is the mean over the family's levels (except ``exclude``) of each condition's mean PSNR over
+    images (:func:`summarize`, one-pass records only). Only methods with every level of the family are
+    compared, so a partial run never wins by missing its hard levels.
+
+    Args:
+        records: Benchmark records (:mod:`maskdn.generalization`).
+        exclude: Conditions (``noise:level``) left out: by default the training noise, as in
+            :func:`generalization_ranking`.
+
+    Returns:
+        One dict per (dataset, noise family) in first-seen order: ``{dataset, noise, levels: [condition],
+        means: {method: mean PSNR in dB}, best: method, lead: dB ahead of the next method (None when
+        only one is compared), won: {method: how many of the family's conditions it is best on}}``.
+
+    Raises:
+        KeyError: A record lacks a required key (:func:`summarize`).
+    """
+    left_out = set(exclude)
+    rows = [r for r in summarize(records) if r["passes"] == 1 and r["condition"] not in left_out]
+    groups: dict[tuple[str, str], dict[str, dict[str, float]]] = {}  # (dataset, noise) → method → condition → psnr
+    for r in rows:
+        if not math.isnan(r["psnr"]):
+            groups.setdefault((r["dataset"], r["noise"]), {}).setdefault(r["method"], {})[r["condition"]] = r["psnr"]
+    out = []
+    for (dataset, noise), by_method in groups.items():
+        levels = list(dict.fromkeys(c for conds in by_method.values() for c in conds))
+        full = {m: conds for m, conds in by_method.items() if len(conds) == len(levels)}
+        means = {m: _mean([conds[c] for c in levels]) for m, conds in full.items()}
+        order = sorted(means, key=lambda m: -means[m])
+        won = {m: 0 for m in order}
+        for c in levels:
+            won[max(order, key=lambda m: full[m][c])] += 1
+        out.append({"dataset": dataset, "noise": noise, "levels": levels, "means": means, "best": order[0],
+                    "lead": means[order[0]] - means[order[1]] if len(order) > 1 else None, "won": won})
+    return out
+
+
+def _winner_cell(w: Mapping[str, Any] | None) -> str:
+    if w is None:
+        return "–"
+    lead = "" if w["lead"] is None else f"; +{w['lead']:.2f}"
+    return f"{w['best']} ({w['means'][w['best']]:.2f}{lead})"
+
+
+def winners_markdown(winners: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of :func:`family_winners`: a row per noise family, a column per dataset.
+
+    Args:
+        winners: Its rows.
+
+    Returns:
+        The table; each cell ``best method (mean PSNR; +lead over the next)``, ``–`` where the dataset
+        has no such noise; under it, per dataset, how many conditions each method is best on.
+    """
+    datasets = list(dict.fromkeys(w["dataset"] for w in winners))
+    noises = list(dict.fromkeys(w["noise"] for w in winners))
+    cell = {(w["dataset"], w["noise"]): w for w in winners}
+    lines = ["| noise (levels) | " + " | ".join(datasets) + " |", "|---" * (len(datasets) + 1) + "|"]
+    for noise in noises:
+        levels = max((len(cell[(d, noise)]["levels"]) for d in datasets if (d, noise) in cell), default=0)
+        cells = [_winner_cell(cell.get((d, noise))) for d in datasets]
+        lines.append(f"| {noise} ({levels}) | " + " | ".join(cells) + " |")
+    lines.append("")
+    for d in datasets:
+        counts: dict[str, int] = {}
+        for w in winners:
+            if w["dataset"] == d:
+                for m, n in w["won"].items():
+                    counts[m] = counts.get(m, 0) + n
+        total = sum(counts.values())
+        ranked = ", ".join(f"{m} {n}" for m, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n)
+        lines.append(f"- {d}, conditions won (of {total}): {ranked}.")
     return "\n".join(lines)
 
 
