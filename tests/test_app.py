@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskdn import denoise
+from maskdn import denoise, zoo
 from maskdn.app import NO_NOISE, process
 from maskdn.demo import sample_paths
 from maskdn.errors import MaskdnError
@@ -139,7 +139,7 @@ def test_the_page_in_a_browser(browser, photo, tmp_path):
             time.sleep(0.2)
         assert target.exists()
         assert np.array_equal(read_image(target), read_image(tmp_path / "results" / "crop_denoised.png"))
-        assert np.array_equal(read_image(target), denoise(read_image(photo), "baseline-small", seed=0))
+        assert np.array_equal(read_image(target), denoise(read_image(photo), zoo.DEFAULT_MODEL, seed=0))  # the page's model
         # a bad upload: the command line's one-line message on the page, naming the file
         bad = tmp_path / "notes.png"
         bad.write_text("not an image")
