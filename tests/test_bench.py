@@ -143,6 +143,16 @@ def test_resume_recomputes_only_missing(data, first_run, tmp_path, monkeypatch):
     assert json.loads((out / "results.json").read_text()) == first
     with Image.open(out / "gallery.png") as im:
         im.verify()
+    # records carried to another machine without the gallery's crop cache: the gallery's model units
+    # (first image, each condition) run again for their crops and give the same records
+    (out / "gallery_crops.npz").unlink()
+    calls.update(noisy=0, model=0)
+    assert run_bench(data["dirs"], methods, NOISES, out, passes=2, progress=False) == first
+    assert calls == {"noisy": 0, "model": len(NOISES) * 2}  # 2 passes per unit
+    with np.load(out / "gallery_crops.npz") as z:
+        panels = [(cond, label) for cond, label, _ in json.loads(str(z["meta"]))]
+    model_panels = sorted(c for c, label in panels if label != "noisy input")
+    assert model_panels == sorted(NOISES * 2)  # per condition the model's 1-pass and 2-pass crops
 
 
 def test_limit_and_builtin_nlm(data, tmp_path):

@@ -721,9 +721,14 @@ def run_bench(
                         plan.append(_Unit(key, rec, s, cond, m, k, box if show and m.name != "noisy" else None))
     planned = [u.key for u in plan]
     order = {k: i for i, k in enumerate(planned)}
-    # resumed records are never recomputed (their gallery crops come from the cache) unless LPIPS is
-    # scored now and they lack it
-    todo = [u for u in plan if u.key not in done or (scorer is not None and "lpips" not in done[u.key])]
+    # resumed records are not recomputed: their gallery crops come from the cache. Rerun are only those
+    # without LPIPS when it is scored now, and the gallery's units whose crop the cache lacks (a run
+    # resumed from records alone, on another machine): deterministic, so they give the same record.
+    def crop_missing(u: _Unit) -> bool:
+        return u.box is not None and method_label(u.method.name, u.passes) not in gallery.panels.get(u.cond, {})
+
+    todo = [u for u in plan
+            if u.key not in done or (scorer is not None and "lpips" not in done[u.key]) or crop_missing(u)]
     new: dict[tuple, dict] = {}
 
     def merged() -> list[dict]:
