@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import MaskdnError, first_line
 
-DEFAULT_MODEL = "baseline-small"
+DEFAULT_MODEL = "idf-g15"
 """The model used when none is named: see ``maskdn models`` and the README for what it is."""
 
 
