@@ -207,6 +207,7 @@ def test_threads_option_sets_torch_threads(tmp_path, photos, capsys, monkeypatch
     seen: list[int] = []
     assert main(["denoise", str(photos / "gray.jpg"), "-o", str(tmp_path / "o.png"), "--threads", "1"]) == 0
     assert seen == [1]
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {tmp_path / 'o.png'} (model {DEFAULT_MODEL})"
     assert main(["denoise", str(photos / "gray.jpg"), "-o", str(tmp_path / "p.png"), "--threads", "0"]) == 1
     assert "--threads 0: expected a positive number of threads" in capsys.readouterr().err
     assert not (tmp_path / "p.png").exists()

@@ -78,8 +78,10 @@ def _add_model(p: argparse.ArgumentParser, several: bool, extra: str = "") -> No
         p.add_argument("--model", action="extend", nargs="+", default=None, metavar="MODEL",
                        help="zoo names or weights files: a list after one --model, or --model repeated (adds)" + extra)
     else:
+        from .zoo import DEFAULT_MODEL
+
         p.add_argument("--model", action=_Once, default=None,
-                       help="zoo name or weights file, one (default: the default zoo model)" + extra)
+                       help=f"zoo name or weights file, one (default: {DEFAULT_MODEL}, the default zoo model)" + extra)
 
 
 def _add_run_options(p: argparse.ArgumentParser, *, passes: bool = True, tile: bool = True, bf16: bool = True) -> None:
@@ -178,15 +180,21 @@ def cmd_denoise(a: argparse.Namespace) -> int:
         from .weights import load_model
 
         model = load_model(model, device=a.device, attn_mask_ratio=a.attn_mask_ratio)
-    return _report_failures(denoise_files(a.inputs, a.out, model, max_pixels=a.max_pixels, **_denoise_options(a)))
+    from .zoo import DEFAULT_MODEL
+
+    failures = denoise_files(a.inputs, a.out, model, max_pixels=a.max_pixels, **_denoise_options(a))
+    return _report_failures(failures, wrote=f"{a.out} (model {a.model or DEFAULT_MODEL})")
 
 
-def _report_failures(failures: list[tuple[str, str]]) -> int:
-    """Print each failed file's line and their count; the exit status (1 if any failed)."""
+def _report_failures(failures: list[tuple[str, str]], wrote: str) -> int:
+    """Print each failed file's line and their count, or ``wrote WROTE`` when none failed; the exit
+    status (1 if any failed)."""
     for _, message in failures:
         print(f"maskdn: failed: {message}", file=sys.stderr)
     if failures:
         print(f"maskdn: {len(failures)} file(s) failed", file=sys.stderr)
+    else:
+        print(f"wrote {wrote}")
     return 1 if failures else 0
 
 
@@ -208,8 +216,9 @@ def cmd_noise(a: argparse.Namespace) -> int:
     for spec in a.noise:
         parse_noise(spec)  # a bad spec is one line before the folder is created
     _warn_skipped(a.inputs)
-    return _report_failures(write_noisy_copies(a.inputs, str(_out_folder(a.out)), a.noise, seed=a.seed,
-                                               quantize=not a.float))
+    out = _out_folder(a.out)
+    failures = write_noisy_copies(a.inputs, str(out), a.noise, seed=a.seed, quantize=not a.float)
+    return _report_failures(failures, wrote=f"{out}/ (a folder per noise)")
 
 
 def cmd_models(a: argparse.Namespace) -> int:
