@@ -122,7 +122,12 @@ def test_zoo_listing_gives_provenance_noise_and_licence(capsys):
         assert (zoo_dir() / f).stat().st_size > 0
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "idf-g15: IDF (Kim et al., ICCV 2025), 49,021 parameters" in out and "licence Apache-2.0" in out
+    from maskdn.zoo import DEFAULT_MODEL
+
+    for name in ZOO:  # the default is marked so (idf-g15, by the default-model rule)
+        label = name + (" (default)" if name == DEFAULT_MODEL else "")
+        assert f"{label}: IDF (Kim et al., ICCV 2025), 49,021 parameters" in out
+    assert "licence Apache-2.0" in out
 
 
 _CALLED: list[str] = []
