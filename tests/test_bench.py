@@ -515,6 +515,7 @@ def test_family_winners_compare_only_complete_families_and_count_conditions_won(
                  _rec("K", img, "A", "poisson:2", 30), _rec("K", img, "B", "poisson:2", 29),
                  _rec("K", img, "A", "poisson:3", 24), _rec("K", img, "B", "poisson:3", 27),
                  _rec("K", img, "C", "poisson:2", 35)]  # C lacks poisson:3: not compared on poisson
+    recs += [_rec("K", "a", "D", c, 50) for c in ("poisson:2", "poisson:3")]  # D: one image of two, not compared
     recs += [_rec("P", "x", m, "real", v) for m, v in (("A", 36.0), ("B", 36.5))]
     w = family_winners(recs)
     assert [(r["dataset"], r["noise"]) for r in w] == [("K", "poisson"), ("P", "real")]

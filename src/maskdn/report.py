@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -225,8 +226,9 @@ def family_winners(records: Iterable[Mapping[str, Any]], exclude: Sequence[str] 
 
     A noise family is a record's ``noise`` (``gaussian``, ``poisson``, ``real``, ...); its score per
     method is the mean over the family's levels (except ``exclude``) of each condition's mean PSNR over
-    images (:func:`summarize`, one-pass records only). Only methods with every level of the family are
-    compared, so a partial run never wins by missing its hard levels.
+    images (:func:`summarize`, one-pass records only). Only methods with every level of the family, each
+    on as many images as any method has there (:func:`generalization_ranking`'s test), are compared, so
+    a partial run never wins by missing its hard levels or images.
 
     Args:
         records: Benchmark records (:mod:`maskdn.generalization`).
@@ -243,9 +245,12 @@ def family_winners(records: Iterable[Mapping[str, Any]], exclude: Sequence[str] 
     """
     left_out = set(exclude)
     rows = [r for r in summarize(records) if r["passes"] == 1 and r["condition"] not in left_out]
+    most: dict[tuple[str, str], int] = {}  # (dataset, condition) → most images any method has
+    for r in rows:
+        most[(r["dataset"], r["condition"])] = max(most.get((r["dataset"], r["condition"]), 0), r["images"])
     groups: dict[tuple[str, str], dict[str, dict[str, float]]] = {}  # (dataset, noise) → method → condition → psnr
     for r in rows:
-        if not math.isnan(r["psnr"]):
+        if not math.isnan(r["psnr"]) and r["images"] == most[(r["dataset"], r["condition"])]:
             groups.setdefault((r["dataset"], r["noise"]), {}).setdefault(r["method"], {})[r["condition"]] = r["psnr"]
     out = []
     for (dataset, noise), by_method in groups.items():
@@ -288,13 +293,9 @@ def winners_markdown(winners: Sequence[Mapping[str, Any]]) -> str:
         lines.append(f"| {noise} ({levels}) | " + " | ".join(cells) + " |")
     lines.append("")
     for d in datasets:
-        counts: dict[str, int] = {}
-        for w in winners:
-            if w["dataset"] == d:
-                for m, n in w["won"].items():
-                    counts[m] = counts.get(m, 0) + n
-        total = sum(counts.values())
-        ranked = ", ".join(f"{m} {n}" for m, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n)
+        counts = sum((Counter(w["won"]) for w in winners if w["dataset"] == d), Counter())
+        total = sum(len(w["levels"]) for w in winners if w["dataset"] == d)  # each level has one winner
+        ranked = ", ".join(f"{m} {n}" for m, n in counts.most_common())
         lines.append(f"- {d}, conditions won (of {total}): {ranked}.")
     return "\n".join(lines)
 
