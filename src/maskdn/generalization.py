@@ -596,7 +596,8 @@ def run_bench(
         limit: Caps the images per dataset, the first ones in name order (None: all).
         progress: A tqdm bar (with ETA) on stderr; a string is its label.
         device: Where models given by name run (and LPIPS); estimates are scored on the CPU.
-        reports: Write the summaries and plots (:func:`maskdn.report.write_reports`) into ``out_dir``.
+        reports: Write the summaries and plots (:func:`maskdn.report.write_reports`) into ``out_dir``;
+            False also leaves resumed records whose gallery crops are not cached alone.
         jobs: Worker processes for the built-in methods and CPU models (the records are the same for
             any ``jobs``).
         lpips: True/None (automatic) scores LPIPS when :func:`~maskdn.perceptual.lpips_status` finds
@@ -722,10 +723,12 @@ def run_bench(
     planned = [u.key for u in plan]
     order = {k: i for i, k in enumerate(planned)}
     # resumed records are not recomputed: their gallery crops come from the cache. Rerun are only those
-    # without LPIPS when it is scored now, and the gallery's units whose crop the cache lacks (a run
-    # resumed from records alone, on another machine): deterministic, so they give the same record.
+    # without LPIPS when it is scored now, and, when the reports (which draw the gallery) are written,
+    # the gallery's units whose crop the cache lacks (a run resumed from records alone, on another
+    # machine): deterministic, so they give the same record.
     def crop_missing(u: _Unit) -> bool:
-        return u.box is not None and method_label(u.method.name, u.passes) not in gallery.panels.get(u.cond, {})
+        return (reports and u.box is not None
+                and method_label(u.method.name, u.passes) not in gallery.panels.get(u.cond, {}))
 
     todo = [u for u in plan
             if u.key not in done or (scorer is not None and "lpips" not in done[u.key]) or crop_missing(u)]
