@@ -5,12 +5,22 @@ Each folder ``campaign/NAME/`` holds one run's ``config.toml`` (a maskdn ``Train
 history: everything a resumed run needs, a few MB). The run itself trains in the git-ignored folder
 named by the config's ``out`` (``runs/campaign/NAME``), one thread each, in the background.
 
-    python campaign/campaign.py start      # resume every run from the newer of its committed and local state
+    python campaign/campaign.py start      # resume every run (``run NAME`` in the background) from its newest state
     python campaign/campaign.py status     # iteration, patches, speed and latest validation of each run
     python campaign/campaign.py save       # copy each run's newest state into campaign/, redraw README + figure
     python campaign/campaign.py stop       # SIGTERM (each run saves at its next step), then save
     python campaign/campaign.py cooldown NAME [--iterations N]   # cool-down branch + export of NAME now
     python campaign/campaign.py extend NAME --iterations N        # raise a run's target length
+    python campaign/campaign.py run NAME   # what ``start`` runs: train to each milestone, cool down, benchmark, go on
+
+Milestones: the run's patches double from one to the next, ending at its configured length (for
+62,500 iterations of 16 patches: iterations 7,813, 15,625, 31,250 and 62,500, i.e. 125k, 250k, 500k
+and 1M patches). ``run`` trains exactly to the next one (a wsd run's length may change on resume
+without changing what it computes), branches a cool-down there (5% more iterations, lr decayed to 0),
+benchmarks its export on the README's grid and PolyU (``maskdn bench``, one thread; its records are
+kept in ``campaign/bench/`` and resume on any machine) and trains on. Where both ``masked`` and
+``baseline`` have a benchmarked cool-down at the same patches, ``docs/training.md`` gets the issue's
+success targets measured on them (``campaign/targets.py``).
 
 ``campaign/resume.sh`` and ``campaign/stop.sh`` are the first and the fourth. Relative paths in the
 configs are relative to the repository root, where every command runs.
@@ -19,6 +29,7 @@ configs are relative to the repository root, where every command runs.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import shutil
@@ -31,6 +42,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MAX_STATE_BYTES = 6 * 2**20  # what a committed state may weigh
 README_BEGIN, README_END = "<!-- campaign table: begin -->", "<!-- campaign table: end -->"
+TARGETS_BEGIN, TARGETS_END = "<!-- campaign targets: begin -->", "<!-- campaign targets: end -->"
+PAIR = ("masked", "baseline")
+"""The runs the success targets compare (``campaign/targets.py``): the masked model and its baseline."""
+DOUBLINGS = 4
+"""How many milestones a run has: its length and the halvings before it (see the module docstring)."""
+BENCH_PLAN = (("grid", ("Kodak24", "CBSD68"), 16), ("polyu", ("PolyU",), None))
+"""Each cool-down's benchmark, the README's: (part, dataset folders beside the run's training data,
+images per dataset or None for all); the paper grid of noises, one pass, with ``noisy`` beside it."""
 
 
 # ---- where things are ------------------------------------------------------------------------------
@@ -99,7 +118,9 @@ def running_pid(root: Path, name: str) -> int | None:
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":
         return None
     # empty while the process is between fork and exec; otherwise a reused pid shows another command
-    return pid if not cmdline or ("maskdn" in cmdline and "train" in cmdline) else None
+    # (``maskdn train``: what ``start`` ran before runs had milestones; such a process is stopped alike)
+    ours = ("campaign.py" in cmdline and " run " in cmdline) or ("maskdn" in cmdline and " train " in cmdline)
+    return pid if not cmdline or ours else None
 
 
 def _copy_atomic(src: Path, dest: Path) -> None:
@@ -108,29 +129,45 @@ def _copy_atomic(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def _write_atomic(dest: Path, text: str) -> None:
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, dest)
+
+
+def _local_state(root: Path, name: str) -> int:
+    """Make the run folder hold the newer of the committed and the local state; its iteration (-1: none)."""
+    out, committed = run_dir(root, name), committed_state(root, name)
+    out.mkdir(parents=True, exist_ok=True)
+    local = out / "state.pt"
+    if iteration_of(committed) > iteration_of(local):
+        _copy_atomic(committed, local)
+    return iteration_of(local)
+
+
+def phase_file(root: Path, name: str) -> Path:
+    return run_dir(root, name).with_suffix(".phase")
+
+
 # ---- commands --------------------------------------------------------------------------------------
 
 
-def start(root: Path = ROOT, names: list[str] | None = None) -> list[str]:
-    """Start each run in the background from the newer of its committed and its local state."""
+def start(root: Path = ROOT, names: list[str] | None = None, doublings: int = DOUBLINGS) -> list[str]:
+    """Start each run's :func:`run` in the background from the newer of its committed and its local state."""
     lines = []
     for name in names or run_names(root):
         pid = running_pid(root, name)
         if pid:
             lines.append(f"{name}: already running (pid {pid})")
             continue
-        out, committed = run_dir(root, name), committed_state(root, name)
-        out.mkdir(parents=True, exist_ok=True)
-        local = out / "state.pt"
-        if iteration_of(committed) > iteration_of(local):
-            _copy_atomic(committed, local)
-        cmd = [sys.executable, "-m", "maskdn", "train", str(config_path(root, name)), "--out", str(out)]
+        it = _local_state(root, name)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "run", name, "--root", str(root), "--doublings", str(doublings)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         with open(log_file(root, name), "ab") as log:
             proc = subprocess.Popen(cmd, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=env, start_new_session=True)
         pid_file(root, name).write_text(f"{proc.pid}\n")
-        lines.append(f"{name}: started at iteration {max(0, iteration_of(local))} (pid {proc.pid}, log {log_file(root, name)})")
+        lines.append(f"{name}: started at iteration {max(0, it)} (pid {proc.pid}, log {log_file(root, name)})")
     return lines
 
 
@@ -163,6 +200,11 @@ def save(root: Path = ROOT, names: list[str] | None = None) -> list[str]:
                              "a committed state may weigh")
         _copy_atomic(local, committed)
         lines.append(f"{name}: saved iteration {it_local} ({size / 2**20:.1f} MiB)")
+    for results in sorted((root / "runs" / "campaign" / "bench").glob("*/results.json")):
+        keep = campaign_dir(root) / "bench" / f"{results.parent.name}.json.gz"
+        before = len(_load_results(keep))
+        if _keep_records(results, keep) > before:
+            lines.append(f"{results.parent.name}: kept {len(_load_results(keep))} benchmark records")
     write_readme(root)
     plot(root)
     return lines
@@ -205,10 +247,150 @@ def cooldown(root: Path, name: str, iterations: int | None = None, fraction: flo
               "val_psnr": final["val_history"][-1]["psnr"] if final["val_history"] else {},
               "weights": str(keep.relative_to(root))}
     records = [r for r in read_cooldowns(root) if (r["run"], r["iteration"]) != (name, it)] + [record]
-    (campaign_dir(root) / "cooldowns.json").write_text(json.dumps(records, indent=1) + "\n")
+    _write_cooldowns(root, records)
     write_readme(root)
     plot(root)
     return f"{name}: cool-down of {n} iterations from iteration {it} → {keep.relative_to(root)}"
+
+
+# ---- the background process: milestones, cool-downs, benchmarks -------------------------------------
+
+
+def milestones(iterations: int, doublings: int = DOUBLINGS) -> list[int]:
+    """The iterations where a run of ``iterations`` has doubled its patches: ⌈iterations / 2^k⌉, k < ``doublings``."""
+    return sorted({-(-iterations // 2**k) for k in range(doublings)} - {0})
+
+
+def _write_cooldowns(root: Path, records: list[dict]) -> None:
+    _write_atomic(campaign_dir(root) / "cooldowns.json", json.dumps(records, indent=1) + "\n")
+
+
+def bench_keep(root: Path, method: str, part: str) -> Path:
+    """Where the records of a cool-down's benchmark part are committed (gzipped ``results.json``)."""
+    return campaign_dir(root) / "bench" / f"{method}-{part}.json.gz"
+
+
+def bench_dir(root: Path, method: str, part: str) -> Path:
+    """The git-ignored ``maskdn bench`` output folder of a cool-down's benchmark part."""
+    return root / "runs" / "campaign" / "bench" / f"{method}-{part}"
+
+
+def _load_results(path: Path) -> list[dict]:
+    from maskdn.generalization import load_results
+
+    return load_results(path)
+
+
+def _keep_records(src: Path, keep: Path) -> int:
+    """Copy the records of ``src`` (a results.json) gzipped to ``keep`` when it has more; the count kept."""
+    records, kept = _load_results(src), _load_results(keep)
+    if len(records) > len(kept):
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        tmp = keep.with_name(f".{keep.name}.tmp")
+        with gzip.open(tmp, "wt", encoding="utf-8") as f:
+            json.dump(records, f, indent=0)
+        os.replace(tmp, keep)
+        return len(records)
+    return len(kept)
+
+
+def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = None) -> list[str]:
+    """Benchmark the cool-down export of ``record`` (an entry of ``cooldowns.json``) part by part.
+
+    Each part (:data:`BENCH_PLAN`) runs ``maskdn bench``'s evaluator on the export and ``noisy`` (one
+    pass, one thread, no LPIPS), resuming from the local output folder or, on another machine, from
+    the records committed in ``campaign/bench/``; finished, its records are kept there and the part is
+    marked done in ``cooldowns.json``. Datasets are the folders beside the run's training data.
+    """
+    import torch
+    from maskdn.generalization import PAPER_GRID, method_name, run_bench
+
+    torch.set_num_threads(1)
+    weights = root / record["weights"]
+    method = method_name(weights)
+    data_root = Path(load(root, record["run"]).data).parent
+    lines = []
+    for part, datasets, limit in plan:
+        if record.get("bench", {}).get(part):
+            continue
+        missing = [str(data_root / d) for d in datasets if not (data_root / d).is_dir()]
+        if missing:
+            lines.append(f"{record['run']}: {method}'s {part} benchmark waits for a machine with {', '.join(missing)}")
+            continue
+        out, keep = bench_dir(root, method, part), bench_keep(root, method, part)
+        out.mkdir(parents=True, exist_ok=True)
+        if len(_load_results(keep)) > len(_load_results(out / "results.json")):
+            _write_atomic(out / "results.json", json.dumps(_load_results(keep), indent=1) + "\n")
+        _set_phase(root, record["run"], f"benchmark of {method}: {part}")
+        run_bench([data_root / d for d in datasets], [str(weights), "noisy"], noises or PAPER_GRID, out, passes=1,
+                  limit=limit, progress=f"{method} {part}", jobs=1, reports=False, lpips=False)
+        n = _keep_records(out / "results.json", keep)
+        records = read_cooldowns(root)
+        for r in records:
+            if (r["run"], r["iteration"]) == (record["run"], record["iteration"]):
+                r.setdefault("bench", {})[part] = str(keep.relative_to(root))
+                record.update(r)
+        _write_cooldowns(root, records)
+        lines.append(f"{record['run']}: {method} benchmarked on {part} ({n} records → {keep.relative_to(root)})")
+    write_readme(root)
+    return lines
+
+
+def _set_phase(root: Path, name: str, text: str) -> None:
+    _write_atomic(phase_file(root, name), text + "\n")
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def run(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN, noises: list[str] | None = None,
+        cooldown_iterations: int | None = None) -> str:
+    """The background process of a campaign run: train to each milestone, cool down, benchmark, go on.
+
+    Every step resumes: a stopped run (SIGTERM or SIGINT; training saves its state first) picks up
+    where it was, on this machine or, from ``campaign/``, on another.
+
+    Args:
+        root: The repository.
+        name: The run (``campaign/NAME/config.toml``).
+        doublings: Milestones per run (:func:`milestones`); 0: none, the run just trains to its length.
+        plan: The benchmark of each cool-down (:data:`BENCH_PLAN`).
+        noises: The benchmark's noises (None: ``maskdn bench``'s paper grid).
+        cooldown_iterations: Cool-down length (None: 5% of the run so far, at least 100 iterations).
+
+    Returns:
+        ``"NAME: finished at iteration N"`` once the run has reached its configured length and every
+        cool-down whose datasets this machine has is benchmarked; ``"NAME: stopped"`` on a signal.
+    """
+    from maskdn.train import TrainingStopped, load_config, train
+
+    def interrupt(signum, frame):
+        raise _Interrupted(signal.Signals(signum).name)
+
+    cfg = load(root, name)
+    marks = milestones(cfg.iterations, doublings)
+    previous = signal.signal(signal.SIGTERM, interrupt)  # training installs its own while it trains
+    try:
+        while True:
+            it = _local_state(root, name)
+            if it in marks and not any((r["run"], r["iteration"]) == (name, it) for r in read_cooldowns(root)):
+                _set_phase(root, name, f"cool-down at iteration {it}")
+                print(cooldown(root, name, cooldown_iterations), flush=True)
+            for record in read_cooldowns(root):
+                if record["run"] == name and not all(record.get("bench", {}).get(p) for p, _, _ in plan):
+                    print("\n".join(bench(root, record, plan, noises)), flush=True)
+            ahead = sorted(m for m in {*marks, cfg.iterations} if m > it)
+            if not ahead:
+                _set_phase(root, name, f"finished at iteration {it}")
+                return f"{name}: finished at iteration {it}"
+            _set_phase(root, name, f"training to iteration {ahead[0]}")
+            train(load_config(config_path(root, name), {"out": str(run_dir(root, name)), "iterations": ahead[0]}))
+    except (TrainingStopped, _Interrupted, KeyboardInterrupt):
+        _set_phase(root, name, "stopped")
+        return f"{name}: stopped"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def read_cooldowns(root: Path) -> list[dict]:
@@ -234,7 +416,8 @@ def status(root: Path = ROOT) -> list[str]:
     for name in run_names(root):
         summary, hist = history(root, name)
         pid = running_pid(root, name)
-        state = "running" if pid else "stopped"
+        phase = phase_file(root, name)
+        state = (f"running ({phase.read_text().strip()})" if phase.is_file() else "running") if pid else "stopped"
         if not summary:
             lines.append(f"{name}: {state}, no state yet")
             continue
@@ -268,16 +451,58 @@ def table(root: Path) -> str:
     return "\n".join(rows)
 
 
-def write_readme(root: Path) -> None:
-    path = campaign_dir(root) / "README.md"
+def _targets_module():
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import targets
+    finally:
+        sys.path.pop(0)
+    return targets
+
+
+def targets_text(root: Path) -> str:
+    """The success targets (``campaign/targets.py``) at every patch count where both runs of :data:`PAIR`
+    have a fully benchmarked cool-down, after the shipped pair's (``docs/bench/`` records) for reference."""
+    from maskdn.generalization import method_name
+
+    t = _targets_module()
+    parts = []
+    shipped = [root / "docs" / "bench" / f for f in ("results-grid.json.gz", "results-polyu.json.gz")]
+    if all(f.is_file() for f in shipped):
+        records = [r for f in shipped for r in _load_results(f)]
+        parts.append("The shipped pair (`masked-small` against `baseline-small`, 128,000 patches of 48², the "
+                     "README's benchmark), for reference:\n\n" + t.markdown(t.targets(records, "masked-small", "baseline-small")))
+    done = {}
+    for r in read_cooldowns(root):
+        if r.get("bench") and all(r["bench"].get(p) for p, _, _ in BENCH_PLAN):
+            done.setdefault(r["patches"], {})[r["run"]] = r
+    for patches, runs in sorted(done.items()):
+        if not all(n in runs for n in PAIR):
+            continue
+        records = [rec for n in PAIR for f in runs[n]["bench"].values() for rec in _load_results(root / f)]
+        m, b = (method_name(root / runs[n]["weights"]) for n in PAIR)
+        parts.append(f"The campaign at {patches:,} patches (`{m}` against `{b}`, cool-downs of "
+                     f"{runs[PAIR[0]]['cooldown']:,} iterations):\n\n" + t.markdown(t.targets(records, m, b)))
+    return "\n\n".join(parts) or "No benchmarked cool-down pair yet."
+
+
+def _write_block(path: Path, begin: str, end: str, body: str) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` of ``path`` (if it has both) with ``body``."""
     if not path.is_file():
         return
     text = path.read_text()
-    if README_BEGIN not in text or README_END not in text:
+    if begin not in text or end not in text:
         return
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    path.write_text(f"{head}{README_BEGIN}\n{table(root)}\n{README_END}{tail}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    _write_atomic(path, f"{head}{begin}\n{body}\n{end}{tail}")
+
+
+def write_readme(root: Path) -> None:
+    """Redraw ``campaign/README.md``'s table of the runs and ``docs/training.md``'s targets."""
+    _write_block(campaign_dir(root) / "README.md", README_BEGIN, README_END, table(root))
+    if (root / "docs" / "training.md").is_file():
+        _write_block(root / "docs" / "training.md", TARGETS_BEGIN, TARGETS_END, targets_text(root))
 
 
 def plot(root: Path, dest: Path | None = None) -> Path | None:
@@ -331,12 +556,18 @@ def main(argv: list[str] | None = None) -> int:
     x = sub.add_parser("extend")
     x.add_argument("name")
     x.add_argument("--iterations", type=int, required=True)
+    r = sub.add_parser("run", help="the background process of one run (what start starts)")
+    r.add_argument("name")
+    r.add_argument("--root", type=Path, default=ROOT, help="the repository (default: this script's)")
+    r.add_argument("--doublings", type=int, default=DOUBLINGS, help=f"milestones per run (default {DOUBLINGS}; 0: none)")
     a = p.parse_args(argv)
-    os.chdir(ROOT)  # relative paths in the configs are relative to the repository root
+    os.chdir(a.root if a.cmd == "run" else ROOT)  # relative paths in the configs are relative to the repository root
     from maskdn.errors import MaskdnError
 
     try:
-        if a.cmd == "cooldown":
+        if a.cmd == "run":
+            lines = [run(a.root.resolve(), a.name, a.doublings)]
+        elif a.cmd == "cooldown":
             lines = [cooldown(ROOT, a.name, a.iterations)]
         elif a.cmd == "extend":
             lines = [extend(ROOT, a.name, a.iterations)]

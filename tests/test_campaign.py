@@ -4,7 +4,9 @@ machine" (no local run folders) to exactly the weights of one uninterrupted run.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
+import json
 import shutil
 import time
 
@@ -51,8 +53,8 @@ def _log_rows(root) -> int:
 
 
 def test_runs_survive_a_stop_and_a_new_machine(root):
-    assert "started at iteration 0" in campaign.start(root)[0]
-    assert "already running" in campaign.start(root)[0]
+    assert "started at iteration 0" in campaign.start(root, doublings=0)[0]
+    assert "already running" in campaign.start(root, doublings=0)[0]
     _wait_until(lambda: _log_rows(root) > 25)  # past the first validation at iteration 20
     lines = campaign.stop(root)
     assert lines[0] == "tiny: stopped" and "saved iteration" in lines[1]
@@ -65,7 +67,7 @@ def test_runs_survive_a_stop_and_a_new_machine(root):
     assert (root / "docs" / "campaign.png").stat().st_size > 0
 
     shutil.rmtree(root / "runs")  # a new machine: only what was committed is there
-    assert f"started at iteration {first}" in campaign.start(root)[0]
+    assert f"started at iteration {first}" in campaign.start(root, doublings=0)[0]
     _wait_until(lambda: campaign.running_pid(root, "tiny") is None)
     assert "saved iteration 80" in campaign.save(root)[0]
     assert "campaign state is current (iteration 80)" in campaign.save(root)[0]
@@ -91,3 +93,109 @@ def test_runs_survive_a_stop_and_a_new_machine(root):
     # a longer target resumes the finished run (wsd)
     assert "iterations = 90" in campaign.extend(root, "tiny", 90)
     assert load_config(root / "campaign" / "tiny" / "config.toml").iterations == 90
+
+
+def test_milestones_double_the_patches_up_to_the_runs_length():
+    assert campaign.milestones(62500) == [7813, 15625, 31250, 62500]  # 125,008, 250k, 500k, 1M patches of 16
+    assert campaign.milestones(80, 2) == [40, 80] and campaign.milestones(80, 0) == []
+
+
+def test_run_cools_down_and_benchmarks_at_each_milestone_without_changing_the_run(root, tmp_path):
+    bench_set = make_images(tmp_path / "bench-set", sizes=((24, 24), (20, 28)))
+    plan = (("grid", ("bench-set",), 2), ("later", ("no-such-set",), None))
+    line = campaign.run(root, "tiny", doublings=2, plan=plan, noises=["gaussian:15", "poisson:3"], cooldown_iterations=3)
+    assert line == "tiny: finished at iteration 80"
+    records = campaign.read_cooldowns(root)
+    assert [(r["iteration"], r["patches"], r["cooldown"]) for r in records] == [(40, 80, 3), (80, 160, 3)]
+    for r in records:  # the part whose dataset this machine lacks waits; the other is kept
+        assert set(r["bench"]) == {"grid"}
+        kept = campaign._load_results(root / r["bench"]["grid"])
+        assert sorted({x["method"] for x in kept}) == sorted({"noisy", f"tiny-{r['patches']}"})
+        assert len(kept) == 2 * 2 * 2  # images × noises × methods
+    assert "waits for a machine with" in "\n".join(campaign.bench(root, records[0], plan, ["gaussian:15"]))
+
+    # stopping at the milestone and branching there changed nothing: one straight run of 80 is the same
+    cfg = load_config(root / "campaign" / "tiny" / "config.toml", {"out": str(root / "straight")})
+    train(cfg, progress=False)
+    a, b = load_state(root / "straight" / "state.pt"), load_state(root / "runs" / "campaign" / "tiny" / "state.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [e["psnr"] for e in b["val_history"]] == [e["psnr"] for e in a["val_history"]]
+
+    # a benchmark part-way on another machine resumes from the records committed in campaign/bench/
+    keep = root / records[1]["bench"]["grid"]
+    partial = campaign._load_results(keep)[:3]
+    partial[0]["psnr"] = 99.0  # a record computed "elsewhere": kept, not recomputed
+    with gzip.open(keep, "wt") as f:
+        json.dump(partial, f)
+    for r in records:
+        r["bench"] = {}
+    campaign._write_cooldowns(root, records)
+    shutil.rmtree(root / "runs" / "campaign" / "bench")
+    assert campaign.run(root, "tiny", doublings=2, plan=plan[:1], noises=["gaussian:15", "poisson:3"]) == "tiny: finished at iteration 80"
+    again = campaign._load_results(keep)
+    assert len(again) == 8 and again[0]["psnr"] == 99.0
+    assert all(r["bench"] == {"grid": str(keep.relative_to(root))} or r["iteration"] == 40 for r in campaign.read_cooldowns(root))
+
+
+def _records(method, psnr_of):
+    """Grid and PolyU records of one method: psnr_of(dataset, condition) for 2 images each."""
+    out = []
+    for ds, conds in (("Kodak24", ["gaussian:15", "poisson:3", "speckle:0.04"]), ("CBSD68", ["gaussian:15", "poisson:3"]),
+                      ("PolyU", ["real"])):
+        for c in conds:
+            noise, _, level = c.partition(":")
+            for image in ("a", "b"):
+                out.append({"dataset": ds, "image": image, "method": method, "passes": 1, "noise": noise,
+                            "level": float(level) if level else None, "psnr": psnr_of(ds, c), "ssim": 0.5, "seed": 0})
+    return out
+
+
+def test_targets_measure_the_issues_four_conditions():
+    t = campaign._targets_module()  # campaign/targets.py
+
+    def masked(ds, c):
+        return {"gaussian:15": 31.0, "poisson:3": 27.5, "speckle:0.04": 29.0, "real": 37.0}[c]
+
+    def baseline(ds, c):
+        return {"gaussian:15": 33.0, "poisson:3": 26.0, "speckle:0.04": 28.5, "real": 37.5}[c]
+
+    records = _records("m", masked) + _records("b", baseline) + _records("noisy", lambda ds, c: 36.0)
+    rows = t.targets(records + records[:3], "m", "b", paper={"poisson:3": 26.95, "speckle:0.04": 29.05})
+    assert [r["dataset"] for r in rows] == ["Kodak24", "CBSD68", "Kodak24", "CBSD68", "Kodak24", "PolyU"]
+    assert rows[0]["measured"] == pytest.approx(1.0) and rows[0]["met"]  # (1.5 + 0.5) / 2 out of distribution
+    assert rows[1]["measured"] == pytest.approx(1.5) and rows[1]["met"]
+    assert rows[2]["measured"] == pytest.approx(-2.0) and rows[2]["met"] is False  # more than 1.5 dB lost on σ=15
+    assert rows[4]["measured"] == pytest.approx(-0.05) and rows[4]["met"] is False and "worst speckle:0.04" in rows[4]["detail"]
+    assert "1 of 2 conditions" in rows[4]["detail"]
+    assert rows[5]["measured"] == pytest.approx(1.0) and rows[5]["met"]
+    assert "| masked − noisy input | PolyU | +1.00 | ≥ +0.00 | yes |" in t.markdown(rows)
+    # a model with fewer images of a condition is not compared there
+    fewer = [r for r in records if not (r["method"] == "m" and r["dataset"] == "CBSD68" and r["image"] == "b")]
+    rows = t.targets(fewer, "m", "b", paper={})
+    assert rows[1]["measured"] is None and rows[1]["met"] is None and rows[4]["measured"] is None
+
+
+def test_the_targets_block_compares_the_pair_at_equal_patches(root):
+    from maskdn.generalization import _write_results  # noqa: PLC2701 (a results.json as maskdn bench writes it)
+
+    bench = root / "campaign" / "bench"
+    bench.mkdir(parents=True)
+    cds = []
+    for name, fn in (("masked", lambda ds, c: 30.0), ("baseline", lambda ds, c: 29.0)):
+        recs = _records(f"{name}-800", fn) + _records("noisy", lambda ds, c: 25.0)
+        for part in ("grid", "polyu"):
+            local = root / f"{name}-{part}.json"
+            _write_results(local, [r for r in recs if (r["dataset"] == "PolyU") == (part == "polyu")])
+            campaign._keep_records(local, bench / f"{name}-800-{part}.json.gz")
+        cds.append({"run": name, "iteration": 50, "patches": 800, "cooldown": 100, "weights": f"campaign/cooldowns/{name}-800.safetensors",
+                    "bench": {p: f"campaign/bench/{name}-800-{p}.json.gz" for p in ("grid", "polyu")}})
+    campaign._write_cooldowns(root, cds[:1])
+    assert "at 800 patches" not in campaign.targets_text(root)  # one of the pair only
+    campaign._write_cooldowns(root, cds)
+    text = campaign.targets_text(root)
+    assert "The campaign at 800 patches (`masked-800` against `baseline-800`" in text
+    assert "| masked − baseline, mean out of distribution | Kodak24 | +1.00 | ≥ +1.00 | yes |" in text
+    (root / "docs").mkdir()
+    (root / "docs" / "training.md").write_text(f"x\n{campaign.TARGETS_BEGIN}\nold\n{campaign.TARGETS_END}\ny\n")
+    campaign.write_readme(root)
+    assert (root / "docs" / "training.md").read_text() == f"x\n{campaign.TARGETS_BEGIN}\n{text}\n{campaign.TARGETS_END}\ny\n"

@@ -1,0 +1,147 @@
+"""The campaign's success targets, measured on ``maskdn bench`` records of a masked/baseline pair.
+
+Issue 17 defines success for a masked model and its unmasked baseline trained alike on Gaussian σ=15,
+on the README's benchmark (the 16-image Kodak24 and CBSD68 grids of ``maskdn bench``'s paper grid, one
+pass, and PolyU's 100 real-noise pairs):
+
+1. out of distribution: the masked model's mean PSNR over the grid's conditions other than Gaussian
+   σ=15 at least 1 dB above the baseline's, on Kodak24 and on CBSD68 (each);
+2. in distribution: at most 1.5 dB below the baseline on Gaussian σ=15 (each dataset);
+3. against the paper: at or above the masked-training paper's masked model on its 14 Kodak24
+   conditions (Poisson α 2–3.5, speckle 0.018–0.04, correlated σ 40–60; ``benchmarks/reported.py``);
+4. real noise: PolyU mean PSNR not below the noisy input's.
+
+    python campaign/targets.py RECORDS... --masked masked-small --baseline baseline-small [--json F]
+
+``RECORDS``: ``results.json`` files (or ``.json.gz`` copies, or their folders) holding the grid and
+PolyU records of both models and of ``noisy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+OOD_MARGIN_DB = 1.0  # target 1: masked − baseline, mean out-of-distribution PSNR, per grid
+ID_COST_DB = 1.5  # target 2: the most the masked model may lose on the training noise
+GRIDS = ("Kodak24", "CBSD68")
+REAL = "PolyU"
+TRAINING_NOISE = "gaussian:15"
+
+
+def _paper_masked() -> dict[str, float]:
+    """The paper's masked-model Kodak24 values (``benchmarks/reported.py``, loaded from the repository)."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "reported.py"
+    spec = importlib.util.spec_from_file_location("reported", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.MASKED_REPORTED_KODAK24)
+
+
+def _means(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], tuple[float, int]]:
+    """(dataset, method, condition) → (mean PSNR over images, image count), one-pass records only."""
+    from maskdn.generalization import record_key
+    from maskdn.report import summarize
+
+    unique = {record_key(r): r for r in records}  # the same record from two runs counts once
+    return {(r["dataset"], r["method"], r["condition"]): (r["psnr"], r["images"])
+            for r in summarize(unique.values()) if r["passes"] == 1}
+
+
+def targets(records: Iterable[Mapping[str, Any]], masked: str, baseline: str, noisy: str = "noisy",
+            paper: Mapping[str, float] | None = None) -> list[dict]:
+    """Each success target's measurement for the pair ``masked`` / ``baseline``.
+
+    Only conditions both models have on as many images are compared; a target with no such
+    condition is reported as not measured.
+
+    Args:
+        records: ``maskdn bench`` records (PSNR in dB); duplicates (the same record key) count once.
+        masked, baseline: The two models' method names in the records (weights file stems).
+        noisy: The method name of the unprocessed noisy input (``maskdn bench --method noisy``).
+        paper: Condition → the paper's masked-model Kodak24 PSNR (default: ``benchmarks/reported.py``).
+
+    Returns:
+        One dict per target and dataset, in the module docstring's order: ``{target, dataset,
+        measured, threshold, met, detail}``: ``measured`` in dB (None when not measured), ``met``
+        True/False/None, ``detail`` a short text (conditions compared, worst condition).
+    """
+    means = _means(records)
+    paper = _paper_masked() if paper is None else dict(paper)
+
+    def pair(dataset: str, condition: str) -> tuple[float, float] | None:
+        a, b = means.get((dataset, masked, condition)), means.get((dataset, baseline, condition))
+        return (a[0], b[0]) if a and b and a[1] == b[1] else None
+
+    def row(target: str, dataset: str, measured: float | None, threshold: float, detail: str) -> dict:
+        met = None if measured is None else measured >= threshold - 1e-9
+        return {"target": target, "dataset": dataset, "measured": measured, "threshold": threshold,
+                "met": met, "detail": detail}
+
+    rows = []
+    for ds in GRIDS:
+        conds = [c for (d, m, c) in means if d == ds and m == masked and c != TRAINING_NOISE and pair(ds, c)]
+        diffs = [a - b for a, b in (pair(ds, c) for c in conds)]
+        rows.append(row("masked − baseline, mean out of distribution", ds, sum(diffs) / len(diffs) if diffs else None,
+                        OOD_MARGIN_DB, f"{len(conds)} conditions, masked ahead on {sum(d > 0 for d in diffs)}"))
+    for ds in GRIDS:
+        p = pair(ds, TRAINING_NOISE)
+        rows.append(row("masked − baseline, Gaussian σ=15", ds, None if p is None else p[0] - p[1], -ID_COST_DB,
+                        "" if p is None else f"{p[0]:.2f} vs {p[1]:.2f}"))
+    have = {c: means[("Kodak24", masked, c)][0] for c in paper if ("Kodak24", masked, c) in means}
+    if have:
+        gaps = {c: have[c] - paper[c] for c in have}
+        worst = min(gaps, key=gaps.get)
+        detail = (f"{sum(g >= -1e-9 for g in gaps.values())} of {len(gaps)} conditions at or above; "
+                  f"mean {sum(gaps.values()) / len(gaps):+.2f}")
+        rows.append(row("masked − paper's masked model (worst condition)", "Kodak24", gaps[worst], 0.0,
+                        detail + f"; worst {worst}"))
+    else:
+        rows.append(row("masked − paper's masked model (worst condition)", "Kodak24", None, 0.0, "no paper conditions"))
+    m, n = means.get((REAL, masked, "real")), means.get((REAL, noisy, "real"))
+    ok = m and n and m[1] == n[1]
+    rows.append(row("masked − noisy input", REAL, m[0] - n[0] if ok else None, 0.0,
+                    f"{m[0]:.2f} vs {n[0]:.2f} on {m[1]} pairs" if ok else ""))
+    return rows
+
+
+def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``rows`` of :func:`targets` as a Markdown table (dB)."""
+    lines = ["| target | dataset | measured (dB) | needed (dB) | met | detail |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        measured = "–" if r["measured"] is None else f"{r['measured']:+.2f}"
+        met = {True: "yes", False: "**no**", None: "–"}[r["met"]]
+        lines.append(f"| {r['target']} | {r['dataset']} | {measured} | ≥ {r['threshold']:+.2f} | {met} | {r['detail']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("records", nargs="+", help="maskdn bench results.json files (.json.gz copies, or their folders)")
+    p.add_argument("--masked", required=True, help="the masked model's method name in the records")
+    p.add_argument("--baseline", required=True, help="the baseline's method name in the records")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    a = p.parse_args(argv)
+    from maskdn.errors import MaskdnError
+    from maskdn.generalization import read_records
+
+    try:
+        records = [r for src in a.records for r in read_records(src)]
+    except MaskdnError as e:
+        print(f"targets.py: {e}", file=sys.stderr)
+        return 1
+    rows = targets(records, a.masked, a.baseline)
+    print(markdown(rows))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1, default=lambda v: None if math.isnan(v) else v) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
