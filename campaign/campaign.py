@@ -411,6 +411,24 @@ def history(root: Path, name: str) -> tuple[dict, list[dict]]:
     return summary, state.get("val_history", [])
 
 
+def recent_rate(root: Path, name: str, window_s: float = 1800.0) -> float | None:
+    """Patches per second of training over the last ``window_s`` seconds the run's ``log.csv`` covers."""
+    import csv
+
+    log = run_dir(root, name) / "log.csv"
+    if not log.is_file():
+        return None
+    with open(log, newline="") as f:
+        rows = [(float(r["elapsed_s"]), int(r["patches"])) for r in csv.DictReader(f) if r.get("elapsed_s")]
+    if len(rows) < 2:
+        return None
+    last = rows[-1]
+    first = next(r for r in rows if r[0] >= last[0] - window_s)
+    if first == last:
+        first = rows[-2]
+    return (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else None
+
+
 def status(root: Path = ROOT) -> list[str]:
     lines = []
     for name in run_names(root):
@@ -424,8 +442,12 @@ def status(root: Path = ROOT) -> list[str]:
         it, bs, el = summary["iteration"], summary["batch_size"], summary["elapsed"]
         rate = it * bs / el if el else 0.0
         val = ", ".join(f"{k} {v:.2f}" for k, v in hist[-1]["psnr"].items()) if hist else "no validation yet"
+        ahead = [m for m in milestones(load(root, name).iterations) if m > it]
+        recent = recent_rate(root, name)
+        eta = (f"; next milestone {ahead[0]:,} in {(ahead[0] - it) * bs / recent / 3600:.1f} h at the last half "
+               f"hour's {recent:.1f} patches/s" if ahead and recent else "")
         lines.append(f"{name}: {state}, iteration {it}, {it * bs:,} patches, {el / 3600:.1f} h of training "
-                     f"({rate:.1f} patches/s), validation: {val}")
+                     f"({rate:.1f} patches/s{eta}), validation: {val}")
     return lines
 
 
@@ -498,9 +520,25 @@ def _write_block(path: Path, begin: str, end: str, body: str) -> None:
     _write_atomic(path, f"{head}{begin}\n{body}\n{end}{tail}")
 
 
+def pair_table(root: Path) -> str:
+    """Validation PSNR of ``masked`` minus ``baseline`` (:data:`PAIR`) wherever both have a point at the same
+    patches: a Markdown table (dB), or "" when there is none."""
+    (_, a), (_, b) = (history(root, n) for n in PAIR)
+    at = {e["patches"]: e["psnr"] for e in b}
+    rows = [(e["patches"], e["psnr"], at[e["patches"]]) for e in a if e["patches"] in at]
+    if not rows:
+        return ""
+    noises = [n for n in rows[0][1] if n in rows[0][2]]
+    lines = [f"`{PAIR[0]}` − `{PAIR[1]}`, validation PSNR at the same patches (dB; positive: masking ahead):", "",
+             "| patches | " + " | ".join(noises) + " |", "|---" * (len(noises) + 1) + "|"]
+    lines += [f"| {p:,} | " + " | ".join(f"{m[n] - s[n]:+.2f}" for n in noises) + " |" for p, m, s in rows]
+    return "\n".join(lines)
+
+
 def write_readme(root: Path) -> None:
-    """Redraw ``campaign/README.md``'s table of the runs and ``docs/training.md``'s targets."""
-    _write_block(campaign_dir(root) / "README.md", README_BEGIN, README_END, table(root))
+    """Redraw ``campaign/README.md``'s tables of the runs and ``docs/training.md``'s targets."""
+    pair = pair_table(root) if all(n in run_names(root) for n in PAIR) else ""
+    _write_block(campaign_dir(root) / "README.md", README_BEGIN, README_END, table(root) + (f"\n\n{pair}" if pair else ""))
     if (root / "docs" / "training.md").is_file():
         _write_block(root / "docs" / "training.md", TARGETS_BEGIN, TARGETS_END, targets_text(root))
 

@@ -199,3 +199,23 @@ def test_the_targets_block_compares_the_pair_at_equal_patches(root):
     (root / "docs" / "training.md").write_text(f"x\n{campaign.TARGETS_BEGIN}\nold\n{campaign.TARGETS_END}\ny\n")
     campaign.write_readme(root)
     assert (root / "docs" / "training.md").read_text() == f"x\n{campaign.TARGETS_BEGIN}\n{text}\n{campaign.TARGETS_END}\ny\n"
+
+
+def test_pair_table_compares_validation_at_equal_patches(root, monkeypatch):
+    hist = {"masked": [{"patches": 100, "psnr": {"g": 30.0, "p": 25.0}}, {"patches": 200, "psnr": {"g": 31.0, "p": 26.0}},
+                       {"patches": 300, "psnr": {"g": 31.5, "p": 26.5}}],
+            "baseline": [{"patches": 100, "psnr": {"g": 31.0, "p": 24.5}}, {"patches": 200, "psnr": {"g": 31.5, "p": 25.0}}]}
+    monkeypatch.setattr(campaign, "history", lambda root, name: ({}, hist[name]))
+    text = campaign.pair_table(root)
+    assert text.splitlines()[2:] == ["| patches | g | p |", "|---|---|---|", "| 100 | -1.00 | +0.50 |", "| 200 | -0.50 | +1.00 |"]
+    hist["baseline"] = []
+    assert campaign.pair_table(root) == ""
+
+
+def test_recent_rate_reads_the_runs_log(root):
+    log = root / "runs" / "campaign" / "tiny" / "log.csv"
+    log.parent.mkdir(parents=True)
+    rows = [(i * 50, i * 800, i * 100.0) for i in range(1, 41)]  # 8 patches/s, 100 s per row
+    log.write_text("iteration,lr,loss,patches,elapsed_s\n" + "".join(f"{i},0,0,{p},{e}\n" for i, p, e in rows))
+    assert campaign.recent_rate(root, "tiny") == pytest.approx(8.0)
+    assert campaign.recent_rate(root, "tiny", window_s=0) == pytest.approx(8.0)  # the last two rows at least
