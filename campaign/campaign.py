@@ -22,13 +22,16 @@ kept in ``campaign/bench/`` and resume on any machine) and trains on. Where both
 ``baseline`` have a benchmarked cool-down at the same patches, ``docs/training.md`` gets the issue's
 success targets measured on them (``campaign/targets.py``).
 
-``campaign/resume.sh`` and ``campaign/stop.sh`` are the first and the fourth. Relative paths in the
-configs are relative to the repository root, where every command runs.
+``campaign/resume.sh`` runs ``start``, ``campaign/stop.sh`` runs ``stop``. Relative paths in the configs
+are relative to the repository root, where every command runs. While the runs' processes work they
+rewrite tracked files (``campaign/README.md``, ``cooldowns.json``, ``cooldowns/``, ``bench/``,
+``docs/campaign.png``, ``docs/training.md``'s targets) under a lock: commit them with the states.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -124,15 +127,32 @@ def running_pid(root: Path, name: str) -> int | None:
 
 
 def _copy_atomic(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+    from maskdn.io import atomic_write
+
+    with atomic_write(dest) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _write_atomic(dest: Path, text: str) -> None:
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, dest)
+    from maskdn.io import atomic_write
+
+    with atomic_write(dest) as tmp:
+        tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def _locked(root: Path):
+    """Hold the campaign's lock: the runs' processes share ``cooldowns.json`` and the generated files."""
+    import fcntl
+
+    path = root / "runs" / "campaign" / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _local_state(root: Path, name: str) -> int:
@@ -146,7 +166,13 @@ def _local_state(root: Path, name: str) -> int:
 
 
 def phase_file(root: Path, name: str) -> Path:
+    """What the run's process is doing (its last line), beside its log."""
     return run_dir(root, name).with_suffix(".phase")
+
+
+def stop_file(root: Path, name: str) -> Path:
+    """Present while a stop of the run is asked for: :func:`stop` creates it, :func:`start` removes it."""
+    return run_dir(root, name).with_suffix(".stop")
 
 
 # ---- commands --------------------------------------------------------------------------------------
@@ -161,6 +187,7 @@ def start(root: Path = ROOT, names: list[str] | None = None, doublings: int = DO
             lines.append(f"{name}: already running (pid {pid})")
             continue
         it = _local_state(root, name)
+        stop_file(root, name).unlink(missing_ok=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "run", name, "--root", str(root), "--doublings", str(doublings)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         with open(log_file(root, name), "ab") as log:
@@ -175,7 +202,8 @@ def stop(root: Path = ROOT, names: list[str] | None = None, timeout: float = 900
     """SIGTERM each running run (it saves its state at the next iteration boundary), wait, then :func:`save`."""
     names = names or run_names(root)
     pids = {n: p for n in names if (p := running_pid(root, n))}
-    for pid in pids.values():
+    for n, pid in pids.items():
+        stop_file(root, n).touch()  # seen between phases, also if a phase ends as the signal comes
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while any(running_pid(root, n) for n in pids) and time.monotonic() < deadline:
@@ -200,18 +228,41 @@ def save(root: Path = ROOT, names: list[str] | None = None) -> list[str]:
                              "a committed state may weigh")
         _copy_atomic(local, committed)
         lines.append(f"{name}: saved iteration {it_local} ({size / 2**20:.1f} MiB)")
-    for results in sorted((root / "runs" / "campaign" / "bench").glob("*/results.json")):
-        keep = campaign_dir(root) / "bench" / f"{results.parent.name}.json.gz"
-        before = len(_load_results(keep))
-        if _keep_records(results, keep) > before:
-            lines.append(f"{results.parent.name}: kept {len(_load_results(keep))} benchmark records")
-    write_readme(root)
-    plot(root)
+    with _locked(root):
+        for results in sorted((root / "runs" / "campaign" / "bench").glob("*/results.json")):
+            keep = campaign_dir(root) / "bench" / f"{results.parent.name}.json.gz"
+            before = len(_load_results(keep))
+            if _keep_records(results, keep) > before:
+                lines.append(f"{results.parent.name}: kept {len(_load_results(keep))} benchmark records")
+        write_readme(root)
+        plot(root)
     return lines
 
 
+def check_run(root: Path, name: str) -> None:
+    """Raise ``MaskdnError("no campaign run NAME (runs: ...)")`` unless ``campaign/NAME/config.toml`` exists."""
+    from maskdn.errors import MaskdnError
+
+    if not config_path(root, name).is_file():
+        raise MaskdnError(f"no campaign run {name!r} (runs: {', '.join(run_names(root)) or 'none'})")
+
+
 def extend(root: Path, name: str, iterations: int) -> str:
-    """Set the run's target length (wsd runs may grow on resume; takes effect at its next start)."""
+    """Set the run's target length (wsd runs may change it on resume; takes effect at its next start).
+
+    The milestones follow the new length (halvings of it): extend ``masked`` and ``baseline`` alike, or
+    their cool-downs stop falling at the same patches.
+
+    Raises:
+        MaskdnError: no such run, or ``iterations`` not above the run's newest state's iteration.
+    """
+    from maskdn.errors import MaskdnError
+
+    check_run(root, name)
+    local, committed = run_dir(root, name) / "state.pt", committed_state(root, name)
+    now = max(iteration_of(local), iteration_of(committed), 0)
+    if not isinstance(iterations, int) or iterations <= now:
+        raise MaskdnError(f"{config_path(root, name)}: iterations must be above the run's {now:,} done, not {iterations}")
     path = config_path(root, name)
     lines = path.read_text().splitlines()
     lines = [f"iterations = {iterations}" if line.startswith("iterations =") else line for line in lines]
@@ -246,10 +297,11 @@ def cooldown(root: Path, name: str, iterations: int | None = None, fraction: flo
               "patches_with_cooldown": final["iteration"] * final["config"]["batch_size"],
               "val_psnr": final["val_history"][-1]["psnr"] if final["val_history"] else {},
               "weights": str(keep.relative_to(root))}
-    records = [r for r in read_cooldowns(root) if (r["run"], r["iteration"]) != (name, it)] + [record]
-    _write_cooldowns(root, records)
-    write_readme(root)
-    plot(root)
+    with _locked(root):
+        records = [r for r in read_cooldowns(root) if (r["run"], r["iteration"]) != (name, it)] + [record]
+        _write_cooldowns(root, records)
+        write_readme(root)
+        plot(root)
     return f"{name}: cool-down of {n} iterations from iteration {it} → {keep.relative_to(root)}"
 
 
@@ -286,15 +338,15 @@ def _keep_records(src: Path, keep: Path) -> int:
     records, kept = _load_results(src), _load_results(keep)
     if len(records) > len(kept):
         keep.parent.mkdir(parents=True, exist_ok=True)
-        tmp = keep.with_name(f".{keep.name}.tmp")
-        with gzip.open(tmp, "wt", encoding="utf-8") as f:
+        from maskdn.io import atomic_write
+
+        with atomic_write(keep) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
             json.dump(records, f, indent=0)
-        os.replace(tmp, keep)
         return len(records)
     return len(kept)
 
 
-def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = None) -> list[str]:
+def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = None, check_stop=lambda: None) -> list[str]:
     """Benchmark the cool-down export of ``record`` (an entry of ``cooldowns.json``) part by part.
 
     Each part (:data:`BENCH_PLAN`) runs ``maskdn bench``'s evaluator on the export and ``noisy`` (one
@@ -317,6 +369,7 @@ def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = 
         if missing:
             lines.append(f"{record['run']}: {method}'s {part} benchmark waits for a machine with {', '.join(missing)}")
             continue
+        check_stop()
         out, keep = bench_dir(root, method, part), bench_keep(root, method, part)
         out.mkdir(parents=True, exist_ok=True)
         if len(_load_results(keep)) > len(_load_results(out / "results.json")):
@@ -324,15 +377,17 @@ def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = 
         _set_phase(root, record["run"], f"benchmark of {method}: {part}")
         run_bench([data_root / d for d in datasets], [str(weights), "noisy"], noises or PAPER_GRID, out, passes=1,
                   limit=limit, progress=f"{method} {part}", jobs=1, reports=False, lpips=False)
-        n = _keep_records(out / "results.json", keep)
-        records = read_cooldowns(root)
-        for r in records:
-            if (r["run"], r["iteration"]) == (record["run"], record["iteration"]):
-                r.setdefault("bench", {})[part] = str(keep.relative_to(root))
-                record.update(r)
-        _write_cooldowns(root, records)
+        with _locked(root):
+            n = _keep_records(out / "results.json", keep)
+            records = read_cooldowns(root)
+            for r in records:
+                if (r["run"], r["iteration"]) == (record["run"], record["iteration"]):
+                    r.setdefault("bench", {})[part] = str(keep.relative_to(root))
+                    record.update(r)
+            _write_cooldowns(root, records)
         lines.append(f"{record['run']}: {method} benchmarked on {part} ({n} records → {keep.relative_to(root)})")
-    write_readme(root)
+    with _locked(root):
+        write_readme(root)
     return lines
 
 
@@ -340,8 +395,8 @@ def _set_phase(root: Path, name: str, text: str) -> None:
     _write_atomic(phase_file(root, name), text + "\n")
 
 
-class _Interrupted(Exception):
-    pass
+class _Interrupted(BaseException):
+    """SIGTERM outside training (a BaseException, so that no ``except Exception`` on the way swallows it)."""
 
 
 def run(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN, noises: list[str] | None = None,
@@ -368,22 +423,34 @@ def run(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN, nois
     def interrupt(signum, frame):
         raise _Interrupted(signal.Signals(signum).name)
 
+    def check_stop() -> None:  # a stop asked for while a phase was ending (training then returns normally)
+        if stop_file(root, name).exists():
+            raise _Interrupted("stop asked for")
+
     cfg = load(root, name)
     marks = milestones(cfg.iterations, doublings)
     previous = signal.signal(signal.SIGTERM, interrupt)  # training installs its own while it trains
     try:
         while True:
+            check_stop()
             it = _local_state(root, name)
-            if it in marks and not any((r["run"], r["iteration"]) == (name, it) for r in read_cooldowns(root)):
+            done = {r["iteration"] for r in read_cooldowns(root) if r["run"] == name}
+            missed = [m for m in marks if m < it and m not in done]
+            if missed:
+                print(f"{name}: warning: no cool-down at milestone(s) {', '.join(map(str, missed))}: the run was past "
+                      "them when this process started (a cool-down branches only at a milestone's exact state)", flush=True)
+            if it in marks and it not in done:
                 _set_phase(root, name, f"cool-down at iteration {it}")
                 print(cooldown(root, name, cooldown_iterations), flush=True)
+                check_stop()
             for record in read_cooldowns(root):
                 if record["run"] == name and not all(record.get("bench", {}).get(p) for p, _, _ in plan):
-                    print("\n".join(bench(root, record, plan, noises)), flush=True)
+                    print("\n".join(bench(root, record, plan, noises, check_stop)), flush=True)
             ahead = sorted(m for m in {*marks, cfg.iterations} if m > it)
             if not ahead:
                 _set_phase(root, name, f"finished at iteration {it}")
                 return f"{name}: finished at iteration {it}"
+            check_stop()
             _set_phase(root, name, f"training to iteration {ahead[0]}")
             train(load_config(config_path(root, name), {"out": str(run_dir(root, name)), "iterations": ahead[0]}))
     except (TrainingStopped, _Interrupted, KeyboardInterrupt):
@@ -434,8 +501,13 @@ def status(root: Path = ROOT) -> list[str]:
     for name in run_names(root):
         summary, hist = history(root, name)
         pid = running_pid(root, name)
-        phase = phase_file(root, name)
-        state = (f"running ({phase.read_text().strip()})" if phase.is_file() else "running") if pid else "stopped"
+        phase = phase_file(root, name).read_text().strip() if phase_file(root, name).is_file() else ""
+        if pid:
+            state = f"running ({phase})" if phase else "running"
+        elif phase and not phase.startswith(("stopped", "finished")):
+            state = f"not running, but its last phase was '{phase}': it died; see {log_file(root, name)}"
+        else:
+            state = "stopped"
         if not summary:
             lines.append(f"{name}: {state}, no state yet")
             continue
@@ -574,24 +646,31 @@ def plot(root: Path, dest: Path | None = None) -> Path | None:
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    from maskdn.io import atomic_write
+
+    with atomic_write(dest) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, dest)
     return dest
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="campaign.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for cmd in ("start", "stop", "save", "status"):
-        s = sub.add_parser(cmd)
+    helps = {"start": "start each run's process in the background from its newest state (resume.sh)",
+             "stop": "stop each run (it saves first), then save (stop.sh)",
+             "save": "copy the newest states and benchmark records into campaign/; redraw the tables and figure",
+             "status": "what each run is doing, its patches, speed, next milestone and latest validation"}
+    for cmd, text in helps.items():
+        s = sub.add_parser(cmd, help=text, description=text)
         if cmd != "status":
             s.add_argument("names", nargs="*", help="runs (default: all)")
-    c = sub.add_parser("cooldown")
+    text = "a cool-down branch of the run's newest state now, by hand (its process then benchmarks it too)"
+    c = sub.add_parser("cooldown", help=text, description=text)
     c.add_argument("name")
     c.add_argument("--iterations", type=int, default=None, help="default: 5%% of the run's iterations so far")
-    x = sub.add_parser("extend")
+    text = "set a run's length (its milestones follow; extend masked and baseline alike); takes effect at its next start"
+    x = sub.add_parser("extend", help=text, description=text)
     x.add_argument("name")
     x.add_argument("--iterations", type=int, required=True)
     r = sub.add_parser("run", help="the background process of one run (what start starts)")
@@ -603,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     from maskdn.errors import MaskdnError
 
     try:
+        if a.cmd in ("run", "cooldown", "extend"):
+            check_run(a.root.resolve() if a.cmd == "run" else ROOT, a.name)
         if a.cmd == "run":
             lines = [run(a.root.resolve(), a.name, a.doublings)]
         elif a.cmd == "cooldown":

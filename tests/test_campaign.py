@@ -219,3 +219,33 @@ def test_recent_rate_reads_the_runs_log(root):
     log.write_text("iteration,lr,loss,patches,elapsed_s\n" + "".join(f"{i},0,0,{p},{e}\n" for i, p, e in rows))
     assert campaign.recent_rate(root, "tiny") == pytest.approx(8.0)
     assert campaign.recent_rate(root, "tiny", window_s=0) == pytest.approx(8.0)  # the last two rows at least
+
+
+def test_a_stop_asked_for_between_phases_is_honoured_and_a_dead_run_is_reported(root):
+    campaign.stop_file(root, "tiny").parent.mkdir(parents=True)
+    campaign.stop_file(root, "tiny").touch()  # as stop() leaves it when the signal came as a phase ended
+    assert campaign.run(root, "tiny", doublings=2) == "tiny: stopped"
+    assert campaign.phase_file(root, "tiny").read_text() == "stopped\n"
+    assert not (root / "runs" / "campaign" / "tiny" / "state.pt").exists()  # nothing was trained
+    assert "tiny: stopped," in campaign.status(root)[0]
+    campaign.phase_file(root, "tiny").write_text("training to iteration 40\n")  # a process that died mid-phase
+    assert "it died; see" in campaign.status(root)[0]
+
+
+def test_extend_checks_before_it_writes(root):
+    from maskdn.errors import MaskdnError
+
+    config = (root / "campaign" / "tiny" / "config.toml").read_text()
+    with pytest.raises(MaskdnError, match="iterations must be above the run's 0 done, not -3"):
+        campaign.extend(root, "tiny", -3)
+    with pytest.raises(MaskdnError, match=r"no campaign run 'nosuch' \(runs: tiny\)"):
+        campaign.extend(root, "nosuch", 100)
+    assert (root / "campaign" / "tiny" / "config.toml").read_text() == config
+
+
+def test_targets_name_the_methods_there_when_one_is_missing():
+    from maskdn.errors import MaskdnError
+
+    records = _records("m", lambda ds, c: 30.0) + _records("noisy", lambda ds, c: 25.0)
+    with pytest.raises(MaskdnError, match=r"no one-pass records of 'b' \(methods there: m, noisy\)"):
+        campaign._targets_module().targets(records, "m", "b")
