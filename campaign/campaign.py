@@ -679,8 +679,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--doublings", type=int, default=DOUBLINGS, help=f"milestones per run (default {DOUBLINGS}; 0: none)")
     a = p.parse_args(argv)
     os.chdir(a.root if a.cmd == "run" else ROOT)  # relative paths in the configs are relative to the repository root
-    from maskdn.errors import MaskdnError
-
+    try:
+        from maskdn.errors import MaskdnError
+    except ImportError:
+        print("campaign: error: maskdn is not importable by this Python; activate the environment it is installed in "
+              "(the README's install), or use campaign/resume.sh and campaign/stop.sh, which take .venv", file=sys.stderr)
+        return 1
     try:
         if a.cmd in ("run", "cooldown", "extend"):
             check_run(a.root.resolve() if a.cmd == "run" else ROOT, a.name)
