@@ -213,6 +213,15 @@ def test_threads_option_sets_torch_threads(tmp_path, photos, capsys, monkeypatch
     assert not (tmp_path / "p.png").exists()
 
 
+def test_denoise_says_when_the_output_is_a_folder(tmp_path, photos, capsys):
+    """An output whose suffix is not an image format is a folder (a name like "run.v2"); the last line
+    says so, since "-o out.xyz" may have been meant as a file."""
+    assert main(["denoise", str(photos / "gray.jpg"), "-o", str(tmp_path / "out.xyz"), "--threads", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"wrote {tmp_path / 'out.xyz'}/ (a folder, results named as their inputs; model {DEFAULT_MODEL})")
+    assert (tmp_path / "out.xyz" / "gray.jpg").is_file()
+
+
 def test_noise_command_writes_seeded_copies(tmp_path, photos, capsys):
     out = tmp_path / "noisy"
     args = ["noise", str(photos / "rgb.png"), str(photos / "gray.jpg"), "-o", str(out), "--noise", "poisson:2", "gaussian:25"]

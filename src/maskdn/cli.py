@@ -172,7 +172,7 @@ def cmd_denoise(a: argparse.Namespace) -> int:
         MaskdnError: an unusable model or options (:func:`maskdn.inference.denoise_files`); :func:`main`
             prints it as one line.
     """
-    from .inference import denoise_files
+    from .inference import denoise_files, output_is_file
 
     _warn_skipped(a.inputs)
     model = a.model
@@ -182,8 +182,11 @@ def cmd_denoise(a: argparse.Namespace) -> int:
         model = load_model(model, device=a.device, attn_mask_ratio=a.attn_mask_ratio)
     from .zoo import DEFAULT_MODEL
 
+    is_file = output_is_file(a.out)  # before the run creates a folder there
     failures = denoise_files(a.inputs, a.out, model, max_pixels=a.max_pixels, **_denoise_options(a))
-    return _report_failures(failures, wrote=f"{a.out} (model {a.model or DEFAULT_MODEL})")
+    name = a.model or DEFAULT_MODEL
+    wrote = f"{a.out} (model {name})" if is_file else f"{Path(a.out)}/ (a folder, results named as their inputs; model {name})"
+    return _report_failures(failures, wrote=wrote)
 
 
 def _report_failures(failures: list[tuple[str, str]], wrote: str) -> int:

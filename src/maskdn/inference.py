@@ -42,7 +42,7 @@ from .memory import is_out_of_memory, plan_tile
 from .denoiser import Denoiser
 from .model import MaskedSwinIR
 
-__all__ = ["denoise", "denoise_tensor", "denoise_files", "check_output", "check_passes", "check_tile_options",
+__all__ = ["denoise", "denoise_tensor", "denoise_files", "check_output", "output_is_file", "check_passes", "check_tile_options",
            "model_pass"]
 
 ModelLike = Denoiser | str | os.PathLike | None
@@ -513,12 +513,21 @@ def denoise(
 # --------------------------------------------------------------------------------------------------
 
 
-def _means_a_file(output: Path) -> bool:
-    """Whether ``output`` names an image file (its suffix is an image format), not a folder to create."""
+def output_is_file(output: str | os.PathLike) -> bool:
+    """Whether ``output`` names an image file, not a folder: its suffix is an image format Pillow knows
+    (``PIL.Image.registered_extensions``) and it is not an existing folder (the rule of :func:`check_output`).
+
+    Args:
+        output: An output path of :func:`denoise_files`.
+
+    Returns:
+        True for an image file, False for a folder (existing or to create).
+    """
     from PIL import Image
 
     from .io import IMAGE_SUFFIXES
 
+    output = Path(output)
     if output.is_dir():
         return False
     suffix = output.suffix.lower()
@@ -549,7 +558,7 @@ def check_output(output: str | os.PathLike, n_inputs: int = 1) -> Path:
     output = Path(output)
     if output.is_symlink() and not output.exists():
         raise MaskdnError(f"{output}: a broken symlink or a symlink loop; remove it or choose another output")
-    if _means_a_file(output):
+    if output_is_file(output):
         if output.suffix.lower() not in {s.lower() for s in IMAGE_SUFFIXES}:
             raise MaskdnError(f"{output}: cannot write {output.suffix} images (maskdn writes {' '.join(IMAGE_SUFFIXES)})")
         if n_inputs != 1:
@@ -562,7 +571,7 @@ def check_output(output: str | os.PathLike, n_inputs: int = 1) -> Path:
 def _output_paths(paths: list[Path], output: Path) -> Iterator[tuple[Path, Path]]:
     """Pairs (input, output path): one file → a named output file, else a folder of same-named files."""
     check_output(output, len(paths))
-    if _means_a_file(output):
+    if output_is_file(output):
         make_output_dir(output.parent)
         yield paths[0], output
         return
