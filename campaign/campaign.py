@@ -231,9 +231,9 @@ def save(root: Path = ROOT, names: list[str] | None = None) -> list[str]:
     with _locked(root):
         for results in sorted((root / "runs" / "campaign" / "bench").glob("*/results.json")):
             keep = campaign_dir(root) / "bench" / f"{results.parent.name}.json.gz"
-            before = len(_load_results(keep))
-            if _keep_records(results, keep) > before:
-                lines.append(f"{results.parent.name}: kept {len(_load_results(keep))} benchmark records")
+            n, grew = _keep_records(results, keep)
+            if grew:
+                lines.append(f"{results.parent.name}: kept {n} benchmark records")
         write_readme(root)
         plot(root)
     return lines
@@ -333,17 +333,18 @@ def _load_results(path: Path) -> list[dict]:
     return load_results(path)
 
 
-def _keep_records(src: Path, keep: Path) -> int:
-    """Copy the records of ``src`` (a results.json) gzipped to ``keep`` when it has more; the count kept."""
+def _keep_records(src: Path, keep: Path) -> tuple[int, bool]:
+    """Copy the records of ``src`` (a results.json) gzipped to ``keep`` when it has more: (the count
+    ``keep`` now holds, whether it grew)."""
     records, kept = _load_results(src), _load_results(keep)
-    if len(records) > len(kept):
-        keep.parent.mkdir(parents=True, exist_ok=True)
-        from maskdn.io import atomic_write
+    if len(records) <= len(kept):
+        return len(kept), False
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    from maskdn.io import atomic_write
 
-        with atomic_write(keep) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
-            json.dump(records, f, indent=0)
-        return len(records)
-    return len(kept)
+    with atomic_write(keep) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
+        json.dump(records, f, indent=0)
+    return len(records), True
 
 
 def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = None, check_stop=lambda: None) -> list[str]:
@@ -372,13 +373,13 @@ def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = 
         check_stop()
         out, keep = bench_dir(root, method, part), bench_keep(root, method, part)
         out.mkdir(parents=True, exist_ok=True)
-        if len(_load_results(keep)) > len(_load_results(out / "results.json")):
-            _write_atomic(out / "results.json", json.dumps(_load_results(keep), indent=1) + "\n")
         _set_phase(root, record["run"], f"benchmark of {method}: {part}")
+        # the records committed so far (another machine's, maybe) are taken, not recomputed
         run_bench([data_root / d for d in datasets], [str(weights), "noisy"], noises or PAPER_GRID, out, passes=1,
-                  limit=limit, progress=f"{method} {part}", jobs=1, reports=False, lpips=False)
+                  limit=limit, progress=f"{method} {part}", jobs=1, reports=False, lpips=False,
+                  reuse=_load_results(keep))
         with _locked(root):
-            n = _keep_records(out / "results.json", keep)
+            n, _ = _keep_records(out / "results.json", keep)
             records = read_cooldowns(root)
             for r in records:
                 if (r["run"], r["iteration"]) == (record["run"], record["iteration"]):
