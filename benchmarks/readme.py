@@ -16,6 +16,8 @@ bundled weights' metadata. NAME is one of
   what ``maskdn rank`` prints);
 - ``wins``: where each method wins, per noise family and dataset (:func:`maskdn.report.family_winners`);
 - ``reported``: the papers' reported numbers beside ours on the grid (``benchmarks/reported.py``);
+- ``commands``: the two ``maskdn bench`` commands that make those records (their models, methods and
+  image limit read off the records);
 - ``demo``: the table ``maskdn demo`` printed, from its ``psnr.json`` kept as ``docs/demo-psnr.json``;
 - ``scores``: the bundled models' scores on the full test sets, as recorded in their weights files
   by ``maskdn evaluate --record`` (what ``maskdn models`` shows).
@@ -83,10 +85,35 @@ def blocks(grid: list[dict], polyu: list[dict]) -> tuple[dict[str, str], dict[st
         out["ranking"] = ranking_markdown(generalization_ranking(grid + polyu)) + "\n"
         out["wins"] = winners_markdown(family_winners(grid + polyu)) + "\n"
         out["reported"] = _reported().table(grid, ["Kodak24", "CBSD68"])[0] + "\n"
+    if grid and polyu:
+        out["commands"] = commands_block(grid, polyu)
+    else:
+        why["commands"] = "needs both runs' records"
     out["scores"] = scores_block(describe_zoo())
     demo = json.loads((ROOT / "docs" / "demo-psnr.json").read_text(encoding="utf-8"))
     out["demo"] = psnr_table(demo["rows"], demo["models"]) + "\n"
     return out, why
+
+
+def commands_block(grid: list[dict], polyu: list[dict]) -> str:
+    """The ``maskdn bench`` commands of the grid and PolyU runs whose records these are, as a bash block:
+    the bundled models among their methods (sorted), the other methods in the order they appear, and
+    the grid's image count per dataset as ``--limit``."""
+    from maskdn.zoo import names
+
+    def methods(records: list[dict]) -> str:
+        seen = list(dict.fromkeys(r["method"] for r in records))
+        models = sorted(m for m in seen if m in names())
+        others = [m for m in seen if m not in models]
+        return " ".join(f"{flag} {' '.join(ms)}" for flag, ms in (("--model", models), ("--method", others)) if ms)
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in grid))
+    limit = max(len({r["image"] for r in grid if r["dataset"] == d}) for d in datasets)
+    polyu_sets = list(dict.fromkeys(r["dataset"] for r in polyu))
+    lines = [f"maskdn bench --data {' '.join(d + '/' for d in datasets)} {methods(grid)} --passes 1 --limit {limit} "
+             "--jobs 2 --out bench-grid/",
+             f"maskdn bench --data {' '.join(d + '/' for d in polyu_sets)} {methods(polyu)} --passes 1 --jobs 2 --out bench-polyu/"]
+    return "```bash\n" + "\n".join(lines) + "\n```\n"
 
 
 def scores_block(zoo_rows: list[dict]) -> str:
@@ -123,7 +150,7 @@ def render(text: str, generated: dict[str, str], why: dict[str, str]) -> tuple[s
     def fill(m: re.Match) -> str:
         name = m["name"]
         if name not in generated:
-            reason = why.get(name, f"no such block (known: {', '.join([*DATASETS, 'ranking', 'wins', 'reported', 'scores', 'demo'])})")
+            reason = why.get(name, f"no such block (known: {', '.join([*DATASETS, 'ranking', 'wins', 'reported', 'commands', 'scores', 'demo'])})")
             raise MaskdnError(f"README block {name!r}: {reason}")
         if m["body"] != generated[name]:
             changed.append(name)

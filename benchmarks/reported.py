@@ -41,27 +41,38 @@ BASELINE_REPORTED_KODAK24 = {
     "poisson:2": 27.6, "poisson:2.5": 23.8, "poisson:3": 21.2, "poisson:3.5": 19.35,
 }
 
-COLUMNS = [  # (header, source): source is a dict of reported numbers or a method name measured here
-    ("IDF, reported", IDF_REPORTED),
-    ("`idf-g15`, ours", "idf-g15"),
-    ("masked SwinIR, reported (Kodak24)", MASKED_REPORTED_KODAK24),
-    ("`masked-small`, ours", "masked-small"),
-    ("SwinIR baseline, reported (Kodak24)", BASELINE_REPORTED_KODAK24),
-    ("`baseline-small`, ours", "baseline-small"),
-]
+
+def columns(pair: tuple[str, str]) -> list[tuple[str, dict | str]]:
+    """The table's columns: (header, source), a source being a dict of reported numbers or a method name
+    measured here; ``pair`` is our (masked, baseline) models shown beside the paper's."""
+    masked, baseline = pair
+    return [
+        ("IDF, reported", IDF_REPORTED),
+        ("`idf-g15`, ours", "idf-g15"),
+        ("masked SwinIR, reported (Kodak24)", MASKED_REPORTED_KODAK24),
+        (f"`{masked}`, ours", masked),
+        ("SwinIR baseline, reported (Kodak24)", BASELINE_REPORTED_KODAK24),
+        (f"`{baseline}`, ours", baseline),
+    ]
 
 
-def table(records: list[dict], datasets: list[str]) -> tuple[str, dict]:
-    """The Markdown table and its numbers: a row per condition of :data:`IDF_REPORTED`."""
+def table(records: list[dict], datasets: list[str], pair: tuple[str, str] | None = None) -> tuple[str, dict]:
+    """The Markdown table and its numbers: a row per condition of :data:`IDF_REPORTED`; ``pair``: our
+    (masked, baseline) models (None: :func:`maskdn.weights.featured_pair`, the newest bundled pair)."""
+    if pair is None:
+        from maskdn.weights import featured_pair
+
+        pair = featured_pair() or ("masked-small", "baseline-small")
     rows = summarize(records)
     means = {(r["dataset"], r["method"], r["condition"]): r["psnr"] for r in rows if r["passes"] == 1}
     images = {r["dataset"]: r["images"] for r in rows}
-    head = ["condition"] + [h for h, _ in COLUMNS]
+    cols = columns(pair)
+    head = ["condition"] + [h for h, _ in cols]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     numbers: dict = {}
     for cond in IDF_REPORTED:
         cells = [cond]
-        for header, source in COLUMNS:
+        for header, source in cols:
             if isinstance(source, dict):
                 v = source.get(cond)
                 cells.append("–" if v is None else f"{v:.2f}")

@@ -24,6 +24,17 @@ def test_the_readme_tables_are_those_of_the_committed_records(capsys):
     assert _script().main(["--check"]) == 0, capsys.readouterr().err
 
 
+def test_the_default_model_is_the_one_the_rule_picks_on_the_committed_records():
+    from maskdn import zoo
+    from maskdn.generalization import read_records
+    from maskdn.report import generalization_ranking, rule_choice
+
+    records = [r for f in ("results-grid.json.gz", "results-polyu.json.gz") for r in read_records(REPO / "docs" / "bench" / f)]
+    chosen, why = rule_choice(generalization_ranking(records), zoo.names())
+    assert chosen == zoo.DEFAULT_MODEL, why
+    assert not set(zoo.names()) - {r["method"] for r in records}, "a bundled model is missing from the benchmark records"
+
+
 def _record(dataset, image, method, noise, level, psnr):
     return {"dataset": dataset, "image": image, "method": method, "passes": 1, "noise": noise, "level": level,
             "psnr": psnr, "ssim": 0.5, "seed": 0}
@@ -55,7 +66,11 @@ def test_blocks_are_rewritten_then_check_passes(tmp_path, capsys):
     # ranking: a wins both grids by 1 dB out of distribution (σ=25 only), b wins PolyU by 1 dB: equal weights
     assert "| 1 | a | 24.00 | 24.00 | 30.00 | 26.00 |\n| 2 | b | 23.00 | 23.00 | 31.00 | 25.67 |" in text
     generated, why = mod.blocks(grid, json.loads((tmp_path / "polyu" / "results.json").read_text()))
-    assert set(generated) == {"kodak24", "cbsd68", "polyu", "ranking", "wins", "reported", "scores", "demo"} and not why
+    assert set(generated) == {"kodak24", "cbsd68", "polyu", "ranking", "wins", "reported", "commands", "scores",
+                              "demo"} and not why
+    assert generated["commands"] == (  # a and b are not bundled models: both are --method; 2 images: --limit 2
+        "```bash\nmaskdn bench --data Kodak24/ CBSD68/ --method a b --passes 1 --limit 2 --jobs 2 --out bench-grid/\n"
+        "maskdn bench --data PolyU/ --method a b --passes 1 --jobs 2 --out bench-polyu/\n```\n")
     assert "| gaussian (1) | a (24.00; +1.00) | a (24.00; +1.00) | – |" in generated["wins"]
     assert generated["reported"].startswith("| condition | IDF, reported |")
     assert mod.main([*args, "--check"]) == 0

@@ -260,3 +260,18 @@ def test_cli_warns_in_one_line_and_takes_the_ratio(tmp_path, capsys):
     ref.load_state_dict(torch.load(path, weights_only=True))
     assert np.array_equal(read_image(tmp_path / "b.png"), denoise(img, ref))  # the unmasked model ran
     assert not np.array_equal(read_image(tmp_path / "a.png"), read_image(tmp_path / "b.png"))  # the guess differs
+
+
+def test_featured_pair_is_the_most_trained_masked_and_unmasked_swinir():
+    from maskdn.weights import featured_pair
+
+    def row(name, arch="masked-swinir", ratio=0.0, **training):
+        return {"name": name, "architecture": arch, "attn_mask_ratio": ratio, "training": training}
+
+    rows = [row("baseline-small", patches_seen=128000), row("masked-small", ratio=0.75, patches_seen=128000),
+            row("idf-g15", arch="idf"), row("baseline-1m", patches_seen=1_050_000),
+            row("masked-1m", ratio=0.75, patches_seen=1_050_000, input_mask=[0.0, 0.9]),
+            row("inputmask-only", patches_seen=9_000_000, input_mask=[0.0, 0.9])]  # neither: not a baseline
+    assert featured_pair(rows) == ("masked-1m", "baseline-1m")
+    assert featured_pair(rows[:3]) == ("masked-small", "baseline-small")
+    assert featured_pair([r for r in rows if r["attn_mask_ratio"] == 0]) is None

@@ -161,6 +161,31 @@ def describe_zoo() -> list[dict]:
     return rows
 
 
+def featured_pair(zoo_rows: list[dict] | None = None) -> tuple[str, str] | None:
+    """The bundled masked-training model and its unmasked baseline that the README compares.
+
+    Of the zoo's SwinIR models (``architecture`` ``masked-swinir``), the masked one (attention mask on)
+    and the unmasked one (no attention mask, no input mask) trained on the most patches
+    (``training.patches_seen``, cool-down included; ties: the later name). So when a longer-trained
+    pair is bundled beside an older one, the README's comparisons move to it.
+
+    Args:
+        zoo_rows: :func:`describe_zoo`'s rows (None: read them).
+
+    Returns:
+        ``(masked, baseline)`` zoo names, or None when the zoo lacks one of the two.
+    """
+    rows = describe_zoo() if zoo_rows is None else zoo_rows
+    swin = [r for r in rows if r["architecture"] == "masked-swinir"]
+
+    def newest(kind: list[dict]) -> str | None:
+        return max(kind, key=lambda r: (r["training"].get("patches_seen", 0), r["name"]))["name"] if kind else None
+
+    masked = newest([r for r in swin if r["attn_mask_ratio"] > 0])
+    baseline = newest([r for r in swin if r["attn_mask_ratio"] == 0 and not r["training"].get("input_mask")])
+    return (masked, baseline) if masked and baseline else None
+
+
 def update_training_record(path: str | Path, *, dest: str | Path | None = None, **fields) -> dict:
     """Merge ``fields`` into the training record of one of our files (rewritten atomically), or of a copy.
 
@@ -447,6 +472,7 @@ def _fill(path: Path, model: Denoiser, state: dict[str, Tensor]) -> Denoiser:
 __all__ = [
     "AUTHORS_RELEASES",
     "describe_zoo",
+    "featured_pair",
     "guess_attn_mask_ratio",
     "load_model",
     "read_metadata",
