@@ -22,6 +22,7 @@ kept in ``campaign/bench/`` and resume on any machine) and trains on. Where both
 ``baseline`` have a benchmarked cool-down at the same patches, ``docs/training.md`` gets the issue's
 success targets measured on them (``campaign/targets.py``).
 
+``campaign/ship.py PATCHES`` ships a benchmarked pair into the model zoo and the README.
 ``campaign/resume.sh`` runs ``start``, ``campaign/stop.sh`` runs ``stop``. Relative paths in the configs
 are relative to the repository root, where every command runs. While the runs' processes work they
 rewrite tracked files (``campaign/README.md``, ``cooldowns.json``, ``cooldowns/``, ``bench/``,
@@ -559,14 +560,20 @@ def targets_text(root: Path) -> str:
     """The success targets (``campaign/targets.py``) at every patch count where both runs of :data:`PAIR`
     have a fully benchmarked cool-down, after the shipped pair's (``docs/bench/`` records) for reference."""
     from maskdn.generalization import method_name
+    from maskdn.weights import describe_zoo, featured_pair
 
     t = _targets_module()
     parts = []
     shipped = [root / "docs" / "bench" / f for f in ("results-grid.json.gz", "results-polyu.json.gz")]
-    if all(f.is_file() for f in shipped):
+    zoo = {r["name"]: r for r in describe_zoo()}
+    pair = featured_pair(list(zoo.values()))
+    if pair and all(f.is_file() for f in shipped):
         records = [r for f in shipped for r in _load_results(f)]
-        parts.append("The shipped pair (`masked-small` against `baseline-small`, 128,000 patches of 48², the "
-                     "README's benchmark), for reference:\n\n" + t.markdown(t.targets(records, "masked-small", "baseline-small")))
+        m, b = pair
+        how = zoo[m]["training"]
+        parts.append(f"The shipped pair (`{m}` against `{b}`, {how.get('patches_seen', 0):,} patches of "
+                     f"{how.get('patch_size', '?')}², the README's benchmark), for reference:\n\n"
+                     + t.markdown(t.targets(records, m, b)))
     done = {}
     for r in read_cooldowns(root):
         if r.get("bench") and all(r["bench"].get(p) for p, _, _ in BENCH_PLAN):
@@ -680,31 +687,39 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--doublings", type=int, default=DOUBLINGS, help=f"milestones per run (default {DOUBLINGS}; 0: none)")
     a = p.parse_args(argv)
     os.chdir(a.root if a.cmd == "run" else ROOT)  # relative paths in the configs are relative to the repository root
-    try:
-        from maskdn.errors import MaskdnError
-    except ImportError:
-        print("campaign: error: maskdn is not importable by this Python; activate the environment it is installed in "
-              "(the README's install), or use campaign/resume.sh and campaign/stop.sh, which take .venv", file=sys.stderr)
-        return 1
-    try:
+
+    def work() -> list[str]:
         if a.cmd in ("run", "cooldown", "extend"):
             check_run(a.root.resolve() if a.cmd == "run" else ROOT, a.name)
         if a.cmd == "run":
-            lines = [run(a.root.resolve(), a.name, a.doublings)]
-        elif a.cmd == "cooldown":
-            lines = [cooldown(ROOT, a.name, a.iterations)]
-        elif a.cmd == "extend":
-            lines = [extend(ROOT, a.name, a.iterations)]
-        elif a.cmd == "status":
-            lines = status(ROOT)
-        else:
-            lines = {"start": start, "stop": stop, "save": save}[a.cmd](ROOT, a.names or None)
+            return [run(a.root.resolve(), a.name, a.doublings)]
+        if a.cmd == "cooldown":
+            return [cooldown(ROOT, a.name, a.iterations)]
+        if a.cmd == "extend":
+            return [extend(ROOT, a.name, a.iterations)]
+        if a.cmd == "status":
+            return status(ROOT)
+        return {"start": start, "stop": stop, "save": save}[a.cmd](ROOT, a.names or None)
+
+    return report("campaign", work)
+
+
+def report(prog: str, work) -> int:
+    """Run ``work()`` (it returns lines to print) as a command: a ``MaskdnError``, or maskdn missing, is one
+    line on stderr and exit status 1."""
+    try:
+        from maskdn.errors import MaskdnError
+    except ImportError:
+        print(f"{prog}: error: maskdn is not importable by this Python; activate the environment it is installed in "
+              "(the README's install), or use campaign/resume.sh and campaign/stop.sh, which take .venv", file=sys.stderr)
+        return 1
+    try:
+        lines = work()
     except MaskdnError as e:
-        print(f"campaign: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     print("\n".join(lines))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

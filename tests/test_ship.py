@@ -1,0 +1,136 @@
+"""Shipping a campaign pair (campaign/ship.py): the cool-downs of masked and baseline at one milestone
+go into the zoo with their full-set scores, their benchmark records join the README's under the zoo
+names (replacing the pair shipped before), and the figures, ranking and README blocks are remade."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from test_train import make_images
+
+from maskdn.errors import MaskdnError
+from maskdn.generalization import read_records, run_bench
+from maskdn.io import write_image
+from maskdn.model import MaskedSwinIR, preset
+from maskdn.weights import read_metadata, save_model
+
+spec = importlib.util.spec_from_file_location("ship", REPO / "campaign" / "ship.py")
+ship = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ship)
+campaign = ship.campaign
+
+PLAN = (("grid", ("Kodak24", "CBSD68"), 2), ("polyu", ("PolyU",), None))
+NOISES = ["gaussian:15", "poisson:3"]
+
+
+def _model(path, masked: bool, seed: int, patches: int):
+    torch.manual_seed(seed)
+    model = MaskedSwinIR(preset("tiny", attn_mask_ratio=0.75 if masked else 0.0))
+    save_model(model, path, training={"preset": "tiny", "patches_seen": patches, "patch_size": 16,
+                                      **({"input_mask": [0.0, 0.9]} if masked else {})})
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A repository whose campaign has benchmarked cool-down pairs at 80 and 160 patches, and whose
+    README benchmark holds ``noisy`` and one bundled model, ``old``."""
+    data = tmp_path / "data"
+    make_images(data / "CBSD432", sizes=((24, 24),))
+    make_images(data / "Kodak24", sizes=((24, 24), (20, 28), (16, 24)), seed=1)  # 3 images; the grid takes 2
+    make_images(data / "CBSD68", sizes=((24, 24), (20, 28)), seed=2)
+    rng = np.random.default_rng(3)
+    (data / "PolyU").mkdir()
+    for i in range(2):
+        mean = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+        write_image(data / "PolyU" / f"cam_{i}_mean.png", mean)
+        write_image(data / "PolyU" / f"cam_{i}_real.png", np.clip(mean + rng.normal(0, 8, mean.shape), 0, 255).astype(np.uint8))
+    root = tmp_path / "repo"
+    monkeypatch.chdir(tmp_path)
+    records = []
+    for run in campaign.PAIR:
+        (root / "campaign" / run).mkdir(parents=True)
+        (root / "campaign" / run / "config.toml").write_text(f'data = "{data / "CBSD432"}"\nout = "runs/campaign/{run}"\n'
+                                                             'preset = "tiny"\nschedule = "wsd"\n')
+        for it, seed in ((40, 1), (80, 2)):
+            weights = root / "campaign" / "cooldowns" / f"{run}-{it * 2}.safetensors"
+            weights.parent.mkdir(exist_ok=True)
+            _model(weights, run == "masked", seed, it * 2 + 8)
+            records.append({"run": run, "iteration": it, "patches": it * 2, "cooldown": 4, "val_psnr": {},
+                            "weights": str(weights.relative_to(root))})
+    campaign._write_cooldowns(root, records)
+    for record in records:
+        campaign.bench(root, record, PLAN, NOISES)
+    zoo, docs = ship.zoo_dir(root), ship.docs_bench(root)
+    zoo.mkdir(parents=True)
+    docs.mkdir(parents=True)
+    _model(zoo / "old.safetensors", False, 0, 100)
+    for part, datasets, limit in PLAN:  # the README's benchmark before the ship
+        got = run_bench([data / d for d in datasets], ["noisy", str(zoo / "old.safetensors")], NOISES, None,
+                        passes=1, limit=limit, progress=False, reports=False, lpips=False)
+        ship._write_gz(docs / f"results-{part}.json.gz", got)
+    (root / "README.md").write_text("# t\n<!-- generated: kodak24 -->\n<!-- end: kodak24 -->\n"
+                                    "<!-- generated: commands -->\n<!-- end: commands -->\n")
+    return root
+
+
+def _methods(root, part):
+    return sorted({r["method"] for r in read_records(ship.docs_bench(root) / f"results-{part}.json.gz")})
+
+
+def test_a_pair_is_shipped_then_replaced_by_the_next(repo):
+    lines = ship.ship(repo, 80, plan=PLAN, noises=NOISES, evaluate_noises=["gaussian:15"])
+    zoo = ship.zoo_dir(repo)
+    assert sorted(p.stem for p in zoo.glob("*.safetensors")) == ["baseline-80", "masked-80", "old"]
+    scores = read_metadata(zoo / "masked-80.safetensors")["training"]["scores"]
+    assert set(scores) == {"Kodak24", "CBSD68", "PolyU"} and set(scores["Kodak24"]) == {"gaussian:15"}
+    assert set(scores["PolyU"]) == {"real"}
+    assert _methods(repo, "grid") == _methods(repo, "polyu") == ["baseline-80", "masked-80", "noisy", "old"]
+    grid = read_records(ship.docs_bench(repo) / "results-grid.json.gz")
+    assert len([r for r in grid if r["method"] == "masked-80"]) == 2 * 2 * len(NOISES)  # datasets × images × noises
+    kept = campaign._load_results(repo / "campaign" / "bench" / "masked-80-grid.json.gz")
+    assert sorted(r["psnr"] for r in grid if r["method"] == "masked-80") == sorted(
+        r["psnr"] for r in kept if r["method"] == "masked-80")  # the campaign's records, renamed, not recomputed
+    readme = (repo / "README.md").read_text()
+    assert "| masked-80 |" in readme and "masked-80" in readme.split("<!-- generated: commands -->")[1]
+    for name in ("curves.png", "gallery.jpg", "summary-kodak24-cbsd68.md", "summary-polyu.md", "ranking.json"):
+        assert (ship.docs_bench(repo) / name).stat().st_size > 0
+    ranking = json.loads((ship.docs_bench(repo) / "ranking.json").read_text())
+    assert ranking["results"] == ["docs/bench/results-grid.json.gz", "docs/bench/results-polyu.json.gz"]
+    assert {r["method"] for r in ranking["ranking"]} == {"baseline-80", "masked-80", "noisy", "old"}
+    assert any(line.startswith("default model: ") for line in lines)
+    assert {(r["run"], r.get("zoo")) for r in campaign.read_cooldowns(repo) if r["patches"] == 80} == {
+        ("masked", "masked-80"), ("baseline", "baseline-80")}
+
+    lines = ship.ship(repo, 160, plan=PLAN, noises=NOISES, evaluate_noises=["gaussian:15"])
+    assert sorted(p.stem for p in zoo.glob("*.safetensors")) == ["baseline-160", "masked-160", "old"]
+    assert "removed masked-80, the campaign pair shipped before, from the zoo and the records" in lines
+    assert _methods(repo, "grid") == ["baseline-160", "masked-160", "noisy", "old"]
+    assert [r.get("zoo") for r in campaign.read_cooldowns(repo) if r.get("zoo")] == ["masked-160", "baseline-160"]
+    assert "| masked-80 |" not in (repo / "README.md").read_text()
+
+    # again: the scored zoo files are kept, not evaluated again
+    assert any("already scored" in line for line in ship.ship(repo, 160, plan=PLAN, noises=NOISES))
+
+
+def test_a_pair_that_is_not_there_or_not_comparable_is_refused(repo):
+    with pytest.raises(MaskdnError, match=r"masked has no cool-down at 999 patches \(its cool-downs: 80, 160\)"):
+        ship.ship(repo, 999, plan=PLAN, noises=NOISES)
+    records = campaign.read_cooldowns(repo)
+    records[0]["bench"].pop("polyu")
+    campaign._write_cooldowns(repo, records)
+    with pytest.raises(MaskdnError, match=r"masked's cool-down at 80 patches is not benchmarked yet \(polyu to run"):
+        ship.ship(repo, 80, plan=PLAN, noises=NOISES)
+    # the README's noisy inputs made another way: the records cannot share a table
+    path = ship.docs_bench(repo) / "results-grid.json.gz"
+    grid = read_records(path)
+    grid[0]["psnr"] += 1.0
+    ship._write_gz(path, grid)
+    with pytest.raises(MaskdnError, match="not the README's protocol"):
+        ship.ship(repo, 160, plan=PLAN, noises=NOISES, evaluate_noises=["gaussian:15"])
+    assert sorted(p.stem for p in ship.zoo_dir(repo).glob("*.safetensors")) == ["old"]  # refused before any change
+    assert _methods(repo, "grid") == ["noisy", "old"] and read_records(path) == grid
