@@ -1,6 +1,6 @@
 """Speed of the literal reference attention path against maskdn's fast path: prints a table, writes JSON.
 
-Workloads (masks on, as in masked training and testing):
+Workloads (masks on, as in masked training and testing, unless the preset is named NAME-unmasked):
   (a) forward pass on one 768×512 RGB image (inference mode);
   (b) one training step on 16 patches of 64×64: forward, L1 loss, backward, Adam;
   (c) tiled denoise of a 6000×4000 image (tile 256, overlap 32): time and peak resident memory, on the
@@ -19,6 +19,7 @@ the same run with the same threads.
     python benchmarks/speed.py                       # both presets and IDF, all rows, tiled run on the small preset
     python benchmarks/speed.py --presets small idf --quick   # IDF's forward beside the small preset
     python benchmarks/speed.py --presets small --quick
+    python benchmarks/speed.py --presets small small-unmasked --quick   # the masked model beside its unmasked baseline
     python benchmarks/speed.py --device cuda         # on a GPU machine: its own rows, batch 64 (docs/gpu.md)
     python benchmarks/speed.py --tiled-only --tiled-presets paper --out benchmarks/results/speed-paper-tiled.json
 """
@@ -77,6 +78,11 @@ def _timed(fn, device: str, repeats: int, name: str = "", warmup: int = 1) -> fl
     return best
 
 
+UNMASKED = "-unmasked"
+"""A preset name with this suffix (``small-unmasked``) times the preset with its attention mask off: the
+unmasked baseline, whose attention runs over all 64 keys of each window."""
+
+
 def _model(preset_name: str, impl: str, device: str):
     if preset_name == IDF:  # the rival network (maskdn.idf): one path, no attention to switch
         from maskdn.idf import IDFNet
@@ -86,7 +92,8 @@ def _model(preset_name: str, impl: str, device: str):
     from maskdn.model import MaskedSwinIR, preset
 
     torch.manual_seed(0)
-    model = MaskedSwinIR(preset(preset_name)).to(device)
+    base = preset_name.removesuffix(UNMASKED)  # "small-unmasked": the preset with its masks off (the baseline)
+    model = MaskedSwinIR(preset(base, **({"attn_mask_ratio": 0.0} if base != preset_name else {}))).to(device)
     model.set_attention(impl.removesuffix("-torch-core").removesuffix("-compiled"))
     return model.compile_blocks() if impl.endswith("-compiled") else model
 
@@ -273,7 +280,7 @@ def _fmt(v, spec: str = ".2f") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--presets", nargs="+", default=["paper", "small", IDF], help=f"SwinIR presets and/or {IDF!r}")
+    p.add_argument("--presets", nargs="+", default=["paper", "small", IDF], help=f"SwinIR presets (NAME{UNMASKED}: masks off) and/or {IDF!r}")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=None, help="patches per training step (default: 16 on CPU, 64 on CUDA)")

@@ -139,6 +139,24 @@ def test_fast_path_gradients_match_reference(sharp_masked_model, attention_core)
         assert torch.allclose(grads["fast"][k], g, atol=1e-5, rtol=1e-4), k
 
 
+@pytest.mark.parametrize("size", [(32, 32), (40, 48)], ids=str)
+def test_unmasked_training_matches_reference(sharp_masked_model, attention_core, size):
+    """The unmasked baseline trains through the kernel with every token kept (the PyTorch path without
+    it): output and every gradient agree with the reference, shifted windows' borders included."""
+    model = MaskedSwinIR(dataclasses.replace(sharp_masked_model.config, attn_mask_ratio=0.0))
+    model.load_state_dict(sharp_masked_model.state_dict())
+    x = torch.rand(2, 3, *size)
+    results = {}
+    for name in ("reference", "fast"):
+        model.set_attention(name).train().zero_grad()
+        out = model(x)
+        out.square().mean().backward()
+        results[name] = out.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+    assert (results["reference"][0] - results["fast"][0]).abs().max().item() <= 1e-4
+    for k, g in results["reference"][1].items():
+        assert torch.allclose(results["fast"][1][k], g, atol=1e-5, rtol=1e-4), k
+
+
 @pytest.mark.parametrize("ratio", [0.05, 0.5, 0.97])
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
 def test_kept_keys_match_reference_at_any_mask_ratio(sharp_masked_model, ratio, grad, attention_core):

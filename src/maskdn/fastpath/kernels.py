@@ -42,7 +42,7 @@ __all__ = ["disabled", "kept_attention", "kernel_available", "kernel_status"]
 
 log = logging.getLogger(__name__)
 
-_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-std=gnu11", "-fPIC", "-shared"]
+_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math", "-std=gnu11", "-fPIC", "-shared"]
 _lib: ctypes.CDLL | None = None
 _status: str | None = None
 _pool: ThreadPoolExecutor | None = None
