@@ -85,10 +85,10 @@ def blocks(grid: list[dict], polyu: list[dict]) -> tuple[dict[str, str], dict[st
         out["ranking"] = ranking_markdown(generalization_ranking(grid + polyu)) + "\n"
         out["wins"] = winners_markdown(family_winners(grid + polyu)) + "\n"
         out["reported"] = _reported().table(grid, ["Kodak24", "CBSD68"])[0] + "\n"
-    if grid and polyu:
+    try:
         out["commands"] = commands_block(grid, polyu)
-    else:
-        why["commands"] = "needs both runs' records"
+    except MaskdnError as e:
+        why["commands"] = str(e)
     out["scores"] = scores_block(describe_zoo())
     demo = json.loads((ROOT / "docs" / "demo-psnr.json").read_text(encoding="utf-8"))
     out["demo"] = psnr_table(demo["rows"], demo["models"]) + "\n"
@@ -97,14 +97,26 @@ def blocks(grid: list[dict], polyu: list[dict]) -> tuple[dict[str, str], dict[st
 
 def commands_block(grid: list[dict], polyu: list[dict]) -> str:
     """The ``maskdn bench`` commands of the grid and PolyU runs whose records these are, as a bash block:
-    the bundled models among their methods (sorted), the other methods in the order they appear, and
-    the grid's image count per dataset as ``--limit``."""
+    the bundled models among their methods (sorted), the built-in methods in the order they appear, and
+    the grid's image count per dataset as ``--limit``.
+
+    Raises:
+        MaskdnError: a run without records, or a method that is neither a bundled model nor a built-in
+            (no command could remake its records).
+    """
+    from maskdn.generalization import BUILTIN_METHODS
     from maskdn.zoo import names
+
+    if not grid or not polyu:
+        raise MaskdnError("needs both runs' records")
 
     def methods(records: list[dict]) -> str:
         seen = list(dict.fromkeys(r["method"] for r in records))
         models = sorted(m for m in seen if m in names())
         others = [m for m in seen if m not in models]
+        unknown = [m for m in others if m not in BUILTIN_METHODS]
+        if unknown:
+            raise MaskdnError(f"{', '.join(unknown)}: neither a bundled model nor a built-in method")
         return " ".join(f"{flag} {' '.join(ms)}" for flag, ms in (("--model", models), ("--method", others)) if ms)
 
     datasets = list(dict.fromkeys(r["dataset"] for r in grid))

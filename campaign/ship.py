@@ -1,25 +1,29 @@
 """Ship a campaign cool-down pair: into the model zoo, the benchmark records and the README.
 
 The pair is the cool-downs of ``masked`` and ``baseline`` (``campaign.PAIR``) at the same patches, each
-benchmarked by its run's process (``campaign/bench/``). Shipping it
+benchmarked by its run's process (``campaign/bench/``). Shipping it takes the zoo names ``RUN-LABEL``
+(``masked-125k``, ``baseline-1m``, ...) and, first, in the work folder ``runs/campaign/ship/``:
 
-1. scores each export on the full test sets with ``maskdn evaluate --record`` (the benchmark's records
-   reused where they cover the same images) into ``src/maskdn/weights/RUN-LABEL.safetensors``, the
-   zoo name (``masked-125k``, ``baseline-1m``, ...);
-2. removes the campaign pair shipped before it (its weights and its records), leaving every other
-   model as it is;
-3. adds the pair's benchmark records to ``docs/bench/results-{grid,polyu}.json.gz`` under the zoo
-   names, after checking that the campaign's noisy inputs score as the README's do (same protocol);
-4. redraws ``docs/bench/``'s curves, gallery and summaries (``maskdn bench`` resumes every run from the
-   records and computes only the gallery's crops) and ``ranking.json`` (``maskdn rank``);
-5. rewrites the README's generated blocks (``benchmarks/readme.py``; its comparisons with the papers
-   move to the newest bundled pair, :func:`maskdn.weights.featured_pair`) and ``docs/training.md``'s
-   success targets;
-6. says which model the default-model rule picks now. When it is not ``maskdn.zoo.DEFAULT_MODEL``,
-   change that constant (``tests/test_readme.py`` fails until it agrees).
+1. checks the pair's benchmark records: they must cover exactly the images and conditions of the
+   README's benchmark (``docs/bench/results-{grid,polyu}.json.gz``), with ``noisy`` inputs that score
+   exactly as the README's (the same protocol);
+2. scores each export on the full test sets with ``maskdn evaluate --record`` (the benchmark's records
+   reused where they cover the same images);
+3. redraws the benchmark's curves, gallery and summaries from the README's records with the pair's
+   added (``maskdn bench`` resumes every run from the records and computes only the gallery's crops).
 
-What the README says in words about the pair is left to a person. Every step can be rerun: a zoo file
-already scored from the same weights is kept.
+Then it publishes: the two models into ``src/maskdn/weights/``; the campaign pair shipped before (the
+one ``cooldowns.json`` marks ``zoo``; ``masked-small`` and the other models stay) out of the zoo and
+the records; the records, figures, summaries and ``ranking.json`` (``maskdn rank``) into
+``docs/bench/``; the README's generated blocks (``benchmarks/readme.py``: its comparisons with the
+papers move to the newest bundled pair, :func:`maskdn.weights.featured_pair`) and ``docs/training.md``'s
+success targets. Last it says which model the default-model rule picks now; when it is not
+``maskdn.zoo.DEFAULT_MODEL``, change that constant (``tests/test_bench.py`` fails until it agrees).
+
+maskdn must be installed from this checkout (``pip install -e .``: the zoo it reads is the one
+shipped into). What the README says in words is left to a person (``campaign/README.md``, "Shipping a
+pair", lists where). A rerun finishes an interrupted ship; a model already scored from the same
+weights is kept.
 
     python campaign/ship.py 1000000            # the pair at 1,000,000 patches
     python campaign/ship.py 125008 --jobs 2    # 2 worker processes for the gallery's crops
@@ -91,9 +95,13 @@ def pair_at(root: Path, patches: int, plan=campaign.BENCH_PLAN) -> dict[str, dic
 
 
 def _same_weights(a: Path, b: Path) -> bool:
+    """Whether two weights files hold equal tensors (False when either cannot be read: score it again)."""
     from safetensors.torch import load_file
 
-    x, y = load_file(a), load_file(b)
+    try:
+        x, y = load_file(a), load_file(b)
+    except Exception:  # a missing, truncated or foreign file is simply not the same weights
+        return False
     return x.keys() == y.keys() and all(x[k].equal(y[k]) for k in x)
 
 
@@ -106,59 +114,100 @@ def _maskdn(args: list[str]) -> None:
         raise MaskdnError(f"maskdn {args[0]} failed (above)")
 
 
-def score(root: Path, record: dict, dest: Path, datasets: list[Path], noises: list[str] | None = None) -> str:
-    """Step 1: ``maskdn evaluate --record`` of one export on the full ``datasets`` into ``dest``."""
+def _scored(path: Path) -> bool:
+    from maskdn.errors import MaskdnError
     from maskdn.weights import read_metadata
 
+    try:
+        return bool((read_metadata(path)["training"] or {}).get("scores"))
+    except MaskdnError:
+        return False
+
+
+def score(root: Path, record: dict, dest: Path, datasets: list[Path], noises: list[str] | None = None,
+          threads: int = 1) -> str:
+    """Step 1: ``maskdn evaluate --record`` of one export on the full ``datasets`` into ``dest`` (a staging
+    file: the zoo gets it only once everything else has worked). A ``dest`` already scored from the same
+    weights is kept."""
     weights = root / record["weights"]
-    if dest.is_file() and read_metadata(dest)["training"].get("scores") and _same_weights(weights, dest):
-        return f"{dest.relative_to(root)}: already scored from {record['weights']}"
-    args = ["evaluate", "--model", str(weights), "--data", *map(str, datasets),
+    if dest.is_file() and _scored(dest) and _same_weights(weights, dest):
+        return f"{dest.name}: already scored from {record['weights']}"
+    args = ["evaluate", "--model", str(weights), "--data", *map(str, datasets), "--threads", str(threads),
             "--reuse", *(str(root / f) for f in record["bench"].values()), "--record", str(dest)]
     _maskdn(args + (["--noise", *noises] if noises else []))
-    return f"{dest.relative_to(root)}: scored on {', '.join(d.name for d in datasets)}"
+    return f"{dest.name}: scored on {', '.join(d.name for d in datasets)}"
 
 
-def _write_gz(path: Path, records: list[dict]) -> None:
+def _write_gz(path: Path, records: list[dict]) -> bool:
+    """``records`` gzipped to ``path``, reproducibly (no name or time in the header); False (nothing
+    written) when ``path`` already holds exactly these bytes."""
     from maskdn.io import atomic_write
 
-    with atomic_write(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
-        json.dump(records, f, indent=0)
+    data = gzip.compress(json.dumps(records, indent=0).encode("utf-8"), mtime=0)
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+    return True
+
+
+def _key(r: dict) -> tuple:
+    return r["dataset"], r["image"], r["noise"], r["level"]
 
 
 def pair_records(root: Path, pair: dict[str, dict], names: dict[str, str], part: str) -> list[dict]:
     """The pair's records of one benchmark part, under their zoo names.
 
     Raises:
-        MaskdnError: the campaign's ``noisy`` records differ from the README's (``docs/bench``) on the
-            same image and condition: the two were not made by the same protocol, so they cannot share
-            a table.
+        MaskdnError: a record file is missing or unreadable; a model's records do not cover exactly the
+            images and conditions of the README's ``noisy`` records; or the campaign's ``noisy`` records
+            differ from the README's (``docs/bench``) on the same image and condition: not the same
+            protocol, so the two cannot share a table.
     """
     from maskdn.errors import MaskdnError
     from maskdn.generalization import method_name, read_records, record_key
 
     path = docs_bench(root) / f"results-{part}.json.gz"
     noisy = {record_key(r): r["psnr"] for r in read_records(path) if r["method"] == "noisy"}
+    wanted = {_key(r) for r in read_records(path) if r["method"] == "noisy"}
     added = []
     for run, cd in pair.items():
         ours = method_name(root / cd["weights"])
-        for r in campaign._load_results(root / cd["bench"][part]):
+        records = read_records(root / cd["bench"][part])
+        for r in records:
             if r["method"] == "noisy":
                 k = record_key(r)
                 if k in noisy and abs(noisy[k] - r["psnr"]) > 1e-6:
                     raise MaskdnError(f"{cd['bench'][part]}: noisy {r['image']} under {r['noise']}:{r['level']} scores "
                                       f"{r['psnr']:.4f} dB against {noisy[k]:.4f} in {path.name}: not the README's protocol")
-            elif r["method"] == ours:
-                added.append({**r, "method": names[run]})
+        mine = [{**r, "method": names[run]} for r in records if r["method"] == ours]
+        have = {_key(r) for r in mine}
+        if have != wanted:
+            raise MaskdnError(f"{cd['bench'][part]}: {ours} has {len(have)} image-condition records where {path.name}'s "
+                              f"noisy input has {len(wanted)} ({len(wanted - have)} missing, {len(have - wanted)} not in "
+                              "the README's benchmark): they cannot share its tables")
+        added += mine
     return added
 
 
-def merge_records(root: Path, part: str, added: list[dict], drop: set[str]) -> None:
-    """Step 3 for one benchmark part: ``added`` replaces the records of the methods ``drop``."""
-    from maskdn.generalization import read_records
+def redraw(root: Path, data_root: Path, records: dict[str, list[dict]], models: dict[str, Path],
+           plan=campaign.BENCH_PLAN, noises: list[str] | None = None, jobs: int = 1) -> dict[str, Path]:
+    """Step 4, into work folders: ``maskdn bench`` of every method of ``records`` (part → records), each
+    from a fresh ``runs/campaign/ship/PART`` so nothing of an earlier ship is drawn, resumed from the
+    records (only the gallery's crops are computed); ``models``: name → weights file of the bundled
+    models among the methods. Returns part → folder of its reports."""
+    from maskdn.generalization import PAPER_GRID, run_bench
 
-    path = docs_bench(root) / f"results-{part}.json.gz"
-    _write_gz(path, [r for r in read_records(path) if r["method"] not in drop] + added)
+    outs = {}
+    for part, datasets, limit in plan:
+        methods = [str(models[m]) if m in models else m for m in dict.fromkeys(r["method"] for r in records[part])]
+        out = root / "runs" / "campaign" / "ship" / part
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        run_bench([data_root / d for d in datasets], methods, noises or PAPER_GRID, out, passes=1, limit=limit,
+                  progress=f"ship {part}", jobs=jobs, reports=True, lpips=False, reuse=records[part])
+        outs[part] = out
+    return outs
 
 
 def _reduced_png(src: Path, dest: Path) -> None:
@@ -180,37 +229,31 @@ def _jpeg(src: Path, dest: Path) -> None:
         Image.open(src).convert("RGB").save(tmp, format="JPEG", quality=90)
 
 
-def redraw(root: Path, data_root: Path, plan=campaign.BENCH_PLAN, noises: list[str] | None = None,
-           jobs: int = 1) -> list[str]:
-    """Step 4: ``maskdn bench`` of every method in ``docs/bench``'s records, resumed from them (only the
-    gallery's crops are computed), its reports copied into ``docs/bench/``."""
-    from maskdn.generalization import PAPER_GRID, read_records, run_bench
-
-    zoo, docs, lines = zoo_dir(root), docs_bench(root), []
-    for i, (part, datasets, limit) in enumerate(plan):
-        records = read_records(docs / f"results-{part}.json.gz")
-        methods = [str(zoo / f"{m}.safetensors") if (zoo / f"{m}.safetensors").is_file() else m
-                   for m in dict.fromkeys(r["method"] for r in records)]
-        out = root / "runs" / "campaign" / "ship" / part
-        out.mkdir(parents=True, exist_ok=True)
-        run_bench([data_root / d for d in datasets], methods, noises or PAPER_GRID, out, passes=1, limit=limit,
-                  progress=f"ship {part}", jobs=jobs, reports=True, lpips=False, reuse=records)
-        stem = "summary-" + "-".join(d.lower() for d in datasets)
+def _publish(root: Path, outs: dict[str, Path], plan) -> list[str]:
+    """Copy the work folders' summaries (and the first part's curves and gallery) into ``docs/bench``."""
+    docs, lines = docs_bench(root), []
+    for i, (part, datasets, _) in enumerate(plan):
+        out, stem = outs[part], "summary-" + "-".join(d.lower() for d in datasets)
         for suffix in (".csv", ".md"):
-            shutil.copyfile(out / f"summary{suffix}", docs / f"{stem}{suffix}")
+            campaign._copy_atomic(out / f"summary{suffix}", docs / f"{stem}{suffix}")
         if i == 0:  # the README shows the first part's curves and gallery
             _reduced_png(out / "curves.png", docs / "curves.png")
             _jpeg(out / "gallery.png", docs / "gallery.jpg")
-        lines.append(f"docs/bench: {stem}.md" + (", curves.png, gallery.jpg" if i == 0 else "") + f" redrawn from {out.relative_to(root)}")
+        lines.append(f"docs/bench: {stem}.md" + (", curves.png, gallery.jpg" if i == 0 else "") + " redrawn")
     return lines
 
 
 def ship(root: Path, patches: int, *, data_root: Path | None = None, plan=campaign.BENCH_PLAN,
-         noises: list[str] | None = None, evaluate_noises: list[str] | None = None, jobs: int = 1) -> list[str]:
+         noises: list[str] | None = None, evaluate_noises: list[str] | None = None, jobs: int = 1,
+         threads: int = 1) -> list[str]:
     """Ship the pair at ``patches`` (the steps of the module docstring); returns what it did, line by line.
 
+    Everything that can fail runs first, into ``runs/campaign/ship/``: the checks, the scoring, the
+    redrawing. Only then do the zoo, ``docs/bench``, ``cooldowns.json``, the README and
+    ``docs/training.md`` change.
+
     Args:
-        root: The repository.
+        root: The repository; maskdn must be installed from it (its zoo is the one read).
         patches: The milestone's patches (``cooldowns.json``'s ``patches``, e.g. 125008 or 1000000).
         data_root: The folder holding the benchmark's datasets (default: beside the runs' training data).
         plan: The benchmark parts (``campaign.BENCH_PLAN``); each part's records are
@@ -218,15 +261,26 @@ def ship(root: Path, patches: int, *, data_root: Path | None = None, plan=campai
         noises: The benchmark's noises (default: the paper grid).
         evaluate_noises: ``maskdn evaluate``'s noises for the full-set scores (default: its own).
         jobs: Worker processes for the gallery's crops.
+        threads: PyTorch threads for the scoring and the redrawing (1: beside the campaign's runs).
 
     Raises:
-        MaskdnError: the pair is not there or not benchmarked, a dataset is missing, a ``maskdn``
-            command fails, or the records disagree (:func:`merge_records`).
+        MaskdnError: maskdn is installed from another checkout; the pair is not there or not
+            benchmarked; a dataset is missing; ``jobs`` or ``threads`` is not a count; a ``maskdn``
+            command fails; the records disagree (:func:`pair_records`); or the README could not be
+            written from the new records.
     """
-    from maskdn.errors import MaskdnError
+    import torch
+
+    from maskdn import zoo
+    from maskdn.errors import MaskdnError, check_int
     from maskdn.generalization import read_records
     from maskdn.report import generalization_ranking, rule_choice
 
+    check_int("--jobs", jobs)
+    check_int("--threads", threads)
+    if zoo.zoo_dir().resolve() != zoo_dir(root).resolve():
+        raise MaskdnError(f"maskdn is installed from {zoo.zoo_dir().parent.parent.parent}, not from {root}: its zoo "
+                          f"would not be the one shipped into (pip install -e {root})")
     pair = pair_at(root, patches, plan)
     names = {run: f"{run}-{label(patches)}" for run in pair}
     data_root = data_root or Path(campaign.load(root, campaign.PAIR[0]).data).parent
@@ -235,24 +289,36 @@ def ship(root: Path, patches: int, *, data_root: Path | None = None, plan=campai
     if missing:
         raise MaskdnError(f"shipping needs the test sets: {', '.join(missing)} missing")
     added = {part: pair_records(root, pair, names, part) for part, _, _ in plan}  # refuses before any change
-    lines = [score(root, pair[run], zoo_dir(root) / f"{names[run]}.safetensors", every, evaluate_noises) for run in pair]
+    old = {r["zoo"] for r in campaign.read_cooldowns(root) if r.get("zoo") and r["zoo"] not in names.values()}
+    drop = old | set(names.values())
+    merged = {part: [r for r in read_records(docs_bench(root) / f"results-{part}.json.gz") if r["method"] not in drop]
+              + added[part] for part, _, _ in plan}
+
+    stage = root / "runs" / "campaign" / "ship"
+    stage.mkdir(parents=True, exist_ok=True)
+    staged = {run: stage / f"{names[run]}.safetensors" for run in pair}
+    lines = [score(root, pair[run], staged[run], every, evaluate_noises, threads) for run in pair]
+    models = {p.stem: p for p in zoo_dir(root).glob("*.safetensors") if p.stem not in drop} | {
+        names[run]: staged[run] for run in pair}
+    torch.set_num_threads(threads)
+    outs = redraw(root, data_root, merged, models, plan, noises, jobs)
 
     with campaign._locked(root):
-        records = campaign.read_cooldowns(root)
-        old = {r["zoo"] for r in records if r.get("zoo") and r["zoo"] not in names.values()}
+        for run in pair:
+            campaign._copy_atomic(staged[run], zoo_dir(root) / staged[run].name)
         for name in sorted(old):
             (zoo_dir(root) / f"{name}.safetensors").unlink(missing_ok=True)
             lines.append(f"removed {name}, the campaign pair shipped before, from the zoo and the records")
         for part, _, _ in plan:
-            merge_records(root, part, added[part], old | set(names.values()))
+            _write_gz(docs_bench(root) / f"results-{part}.json.gz", merged[part])
             lines.append(f"docs/bench/results-{part}.json.gz: {len(added[part])} records of {' and '.join(names.values())}")
+        records = campaign.read_cooldowns(root)
         for r in records:
             r.pop("zoo", None)
             if r["run"] in pair and r["patches"] == patches:
                 r["zoo"] = names[r["run"]]
         campaign._write_cooldowns(root, records)
-
-    lines += redraw(root, data_root, plan, noises, jobs)
+    lines += _publish(root, outs, plan)
     results = [docs_bench(root) / f"results-{part}.json.gz" for part, _, _ in plan]
     with contextlib.chdir(root):  # ranking.json names the results as given: relative to the repository
         _maskdn(["rank", *(str(p.relative_to(root)) for p in results), "-o", "docs/bench/ranking.json"])
@@ -262,15 +328,15 @@ def ship(root: Path, patches: int, *, data_root: Path | None = None, plan=campai
     with campaign._locked(root):
         campaign.write_readme(root)
 
-    from maskdn import zoo
-
-    chosen, why = rule_choice(generalization_ranking([r for p in results for r in read_records(p)]),
-                              sorted(p.stem for p in zoo_dir(root).glob("*.safetensors")))
-    if chosen == zoo.DEFAULT_MODEL:
+    chosen, why = rule_choice(generalization_ranking([r for rs in merged.values() for r in rs]), zoo.names())
+    if chosen is None:
+        lines.append(f"default model: {why}; DEFAULT_MODEL stays {zoo.DEFAULT_MODEL!r} until the rule picks one")
+    elif chosen == zoo.DEFAULT_MODEL:
         lines.append(f"default model: {why} (unchanged)")
     else:
         lines.append(f"default model: {why}; set DEFAULT_MODEL = {chosen!r} in src/maskdn/zoo.py (it is {zoo.DEFAULT_MODEL!r})")
-    lines.append("left to you: the README's words about the pair (\"Masked against unmasked\", the conclusions)")
+    lines.append("left to you: the README's words about the bundled models and the pair (campaign/README.md, "
+                 "\"Shipping a pair\", lists them), then commit what changed")
     return lines
 
 
@@ -280,9 +346,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=None,
                    help="folder of Kodak24/, CBSD68/, PolyU/ (default: beside the runs' training data)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes for the gallery's crops (default 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="PyTorch threads for the scoring and the figures (default 1: the campaign's runs keep theirs)")
     a = p.parse_args(argv)
-    with contextlib.chdir(ROOT):  # the configs' relative paths are relative to the repository root
-        return campaign.report("ship", lambda: ship(ROOT, a.patches, data_root=a.data_root, jobs=a.jobs))
+    data_root = a.data_root.resolve() if a.data_root else None  # relative to where the command was typed
+
+    def work() -> list[str]:
+        try:
+            with contextlib.chdir(ROOT):  # the configs' relative paths are relative to the repository root
+                return ship(ROOT, a.patches, data_root=data_root, jobs=a.jobs, threads=a.threads)
+        except KeyboardInterrupt:
+            from maskdn.errors import MaskdnError
+
+            raise MaskdnError("interrupted: run the same command again to finish (models already scored are kept)") from None
+
+    return campaign.report("ship", work)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,6 +13,7 @@ import torch
 from conftest import REPO
 from test_train import make_images
 
+from maskdn import zoo
 from maskdn.errors import MaskdnError
 from maskdn.generalization import read_records, run_bench
 from maskdn.io import write_image
@@ -26,6 +27,7 @@ campaign = ship.campaign
 
 PLAN = (("grid", ("Kodak24", "CBSD68"), 2), ("polyu", ("PolyU",), None))
 NOISES = ["gaussian:15", "poisson:3"]
+NAMES = {"masked": "masked-160", "baseline": "baseline-160"}
 
 
 def _model(path, masked: bool, seed: int, patches: int):
@@ -65,16 +67,19 @@ def repo(tmp_path, monkeypatch):
     campaign._write_cooldowns(root, records)
     for record in records:
         campaign.bench(root, record, PLAN, NOISES)
-    zoo, docs = ship.zoo_dir(root), ship.docs_bench(root)
-    zoo.mkdir(parents=True)
+    weights, docs = ship.zoo_dir(root), ship.docs_bench(root)
+    weights.mkdir(parents=True)
     docs.mkdir(parents=True)
-    _model(zoo / "old.safetensors", False, 0, 100)
+    _model(weights / "old.safetensors", False, 0, 100)
     for part, datasets, limit in PLAN:  # the README's benchmark before the ship
-        got = run_bench([data / d for d in datasets], ["noisy", str(zoo / "old.safetensors")], NOISES, None,
+        got = run_bench([data / d for d in datasets], ["noisy", str(weights / "old.safetensors")], NOISES, None,
                         passes=1, limit=limit, progress=False, reports=False, lpips=False)
         ship._write_gz(docs / f"results-{part}.json.gz", got)
     (root / "README.md").write_text("# t\n<!-- generated: kodak24 -->\n<!-- end: kodak24 -->\n"
-                                    "<!-- generated: commands -->\n<!-- end: commands -->\n")
+                                    "<!-- generated: commands -->\n<!-- end: commands -->\n"
+                                    "<!-- generated: reported -->\n<!-- end: reported -->\n")
+    (root / "docs" / "training.md").write_text(f"# t\n{campaign.TARGETS_BEGIN}\n{campaign.TARGETS_END}\n")
+    monkeypatch.setattr(zoo, "zoo_dir", lambda: ship.zoo_dir(root))  # maskdn "installed from" this repository
     return root
 
 
@@ -82,11 +87,15 @@ def _methods(root, part):
     return sorted({r["method"] for r in read_records(ship.docs_bench(root) / f"results-{part}.json.gz")})
 
 
+def _text(root, *parts):
+    return root.joinpath(*parts).read_text()
+
+
 def test_a_pair_is_shipped_then_replaced_by_the_next(repo):
     lines = ship.ship(repo, 80, plan=PLAN, noises=NOISES, evaluate_noises=["gaussian:15"])
-    zoo = ship.zoo_dir(repo)
-    assert sorted(p.stem for p in zoo.glob("*.safetensors")) == ["baseline-80", "masked-80", "old"]
-    scores = read_metadata(zoo / "masked-80.safetensors")["training"]["scores"]
+    zoo_dir = ship.zoo_dir(repo)
+    assert sorted(p.stem for p in zoo_dir.glob("*.safetensors")) == ["baseline-80", "masked-80", "old"]
+    scores = read_metadata(zoo_dir / "masked-80.safetensors")["training"]["scores"]
     assert set(scores) == {"Kodak24", "CBSD68", "PolyU"} and set(scores["Kodak24"]) == {"gaussian:15"}
     assert set(scores["PolyU"]) == {"real"}
     assert _methods(repo, "grid") == _methods(repo, "polyu") == ["baseline-80", "masked-80", "noisy", "old"]
@@ -95,29 +104,57 @@ def test_a_pair_is_shipped_then_replaced_by_the_next(repo):
     kept = campaign._load_results(repo / "campaign" / "bench" / "masked-80-grid.json.gz")
     assert sorted(r["psnr"] for r in grid if r["method"] == "masked-80") == sorted(
         r["psnr"] for r in kept if r["method"] == "masked-80")  # the campaign's records, renamed, not recomputed
-    readme = (repo / "README.md").read_text()
-    assert "| masked-80 |" in readme and "masked-80" in readme.split("<!-- generated: commands -->")[1]
-    for name in ("curves.png", "gallery.jpg", "summary-kodak24-cbsd68.md", "summary-polyu.md", "ranking.json"):
+    readme = _text(repo, "README.md")
+    assert "| masked-80 |" in readme
+    assert ("maskdn bench --data Kodak24/ CBSD68/ --model baseline-80 masked-80 old --method noisy --passes 1 --limit 2 "
+            "--jobs 2 --out bench-grid/") in readme
+    assert "| condition | IDF, reported | `idf-g15`, ours | masked SwinIR, reported (Kodak24) | `masked-80`, ours |" in readme
+    assert "The shipped pair (`masked-80` against `baseline-80`, 88 patches of 16²" in _text(repo, "docs", "training.md")
+    assert "masked-80" in _text(repo, "docs", "bench", "summary-kodak24-cbsd68.md")
+    for name in ("curves.png", "gallery.jpg", "summary-polyu.md"):
         assert (ship.docs_bench(repo) / name).stat().st_size > 0
-    ranking = json.loads((ship.docs_bench(repo) / "ranking.json").read_text())
+    ranking = json.loads(_text(repo, "docs", "bench", "ranking.json"))
     assert ranking["results"] == ["docs/bench/results-grid.json.gz", "docs/bench/results-polyu.json.gz"]
+    top = next(r["method"] for r in ranking["ranking"] if r["method"] != "noisy")  # the best bundled model
     assert {r["method"] for r in ranking["ranking"]} == {"baseline-80", "masked-80", "noisy", "old"}
-    assert any(line.startswith("default model: ") for line in lines)
+    assert f"the default model is {top}; set DEFAULT_MODEL = {top!r} in src/maskdn/zoo.py" in "\n".join(lines)
     assert {(r["run"], r.get("zoo")) for r in campaign.read_cooldowns(repo) if r["patches"] == 80} == {
         ("masked", "masked-80"), ("baseline", "baseline-80")}
 
     lines = ship.ship(repo, 160, plan=PLAN, noises=NOISES, evaluate_noises=["gaussian:15"])
-    assert sorted(p.stem for p in zoo.glob("*.safetensors")) == ["baseline-160", "masked-160", "old"]
+    assert sorted(p.stem for p in zoo_dir.glob("*.safetensors")) == ["baseline-160", "masked-160", "old"]
     assert "removed masked-80, the campaign pair shipped before, from the zoo and the records" in lines
     assert _methods(repo, "grid") == ["baseline-160", "masked-160", "noisy", "old"]
     assert [r.get("zoo") for r in campaign.read_cooldowns(repo) if r.get("zoo")] == ["masked-160", "baseline-160"]
-    assert "| masked-80 |" not in (repo / "README.md").read_text()
+    for path in (("README.md",), ("docs", "bench", "summary-kodak24-cbsd68.md"), ("docs", "bench", "summary-polyu.md")):
+        assert "masked-80" not in _text(repo, *path) and "masked-160" in _text(repo, *path), path
+    assert "The shipped pair (`masked-160` against `baseline-160`, 168 patches" in _text(repo, "docs", "training.md")
 
-    # again: the scored zoo files are kept, not evaluated again
-    assert any("already scored" in line for line in ship.ship(repo, 160, plan=PLAN, noises=NOISES))
+    # again: nothing to score, and the records are rewritten byte for byte the same
+    before = (ship.docs_bench(repo) / "results-grid.json.gz").read_bytes()
+    lines = ship.ship(repo, 160, plan=PLAN, noises=NOISES, evaluate_noises=["gaussian:15"])
+    assert [line for line in lines if "already scored" in line] == [
+        "masked-160.safetensors: already scored from campaign/cooldowns/masked-160.safetensors",
+        "baseline-160.safetensors: already scored from campaign/cooldowns/baseline-160.safetensors"]
+    assert (ship.docs_bench(repo) / "results-grid.json.gz").read_bytes() == before
 
 
-def test_a_pair_that_is_not_there_or_not_comparable_is_refused(repo):
+def test_a_ship_that_fails_late_changes_nothing(repo, monkeypatch):
+    docs = {p.name: p.read_bytes() for p in ship.docs_bench(repo).iterdir()}
+    cooldowns, readme = _text(repo, "campaign", "cooldowns.json"), _text(repo, "README.md")
+
+    def fail(*args, **kwargs):
+        raise MaskdnError("the figures could not be drawn")
+
+    monkeypatch.setattr(ship, "redraw", fail)
+    with pytest.raises(MaskdnError, match="the figures could not be drawn"):
+        ship.ship(repo, 80, plan=PLAN, noises=NOISES, evaluate_noises=["gaussian:15"])
+    assert sorted(p.name for p in ship.zoo_dir(repo).iterdir()) == ["old.safetensors"]
+    assert {p.name: p.read_bytes() for p in ship.docs_bench(repo).iterdir()} == docs
+    assert _text(repo, "campaign", "cooldowns.json") == cooldowns and _text(repo, "README.md") == readme
+
+
+def test_a_pair_that_is_not_there_or_not_comparable_is_refused(repo, monkeypatch):
     with pytest.raises(MaskdnError, match=r"masked has no cool-down at 999 patches \(its cool-downs: 80, 160\)"):
         ship.ship(repo, 999, plan=PLAN, noises=NOISES)
     records = campaign.read_cooldowns(repo)
@@ -125,12 +162,29 @@ def test_a_pair_that_is_not_there_or_not_comparable_is_refused(repo):
     campaign._write_cooldowns(repo, records)
     with pytest.raises(MaskdnError, match=r"masked's cool-down at 80 patches is not benchmarked yet \(polyu to run"):
         ship.ship(repo, 80, plan=PLAN, noises=NOISES)
-    # the README's noisy inputs made another way: the records cannot share a table
+    (repo / "campaign" / "bench" / "baseline-160-grid.json.gz").unlink()
+    with pytest.raises(MaskdnError, match="baseline-160-grid.json.gz"):
+        ship.ship(repo, 160, plan=PLAN, noises=NOISES)
+    # the README's benchmark on other images: the pair's records cannot fill its tables
     path = ship.docs_bench(repo) / "results-grid.json.gz"
     grid = read_records(path)
+    ship._write_gz(path, [r for r in grid if r["image"] != "0"])
+    records = campaign.read_cooldowns(repo)
+    with pytest.raises(MaskdnError, match="not in the README's benchmark"):
+        ship.pair_records(repo, {r["run"]: r for r in records if r["patches"] == 160}, NAMES, "grid")
+    # the README's noisy inputs made another way: not the same protocol
     grid[0]["psnr"] += 1.0
     ship._write_gz(path, grid)
     with pytest.raises(MaskdnError, match="not the README's protocol"):
-        ship.ship(repo, 160, plan=PLAN, noises=NOISES, evaluate_noises=["gaussian:15"])
-    assert sorted(p.stem for p in ship.zoo_dir(repo).glob("*.safetensors")) == ["old"]  # refused before any change
-    assert _methods(repo, "grid") == ["noisy", "old"] and read_records(path) == grid
+        ship.pair_records(repo, {r["run"]: r for r in records if r["patches"] == 160}, NAMES, "grid")
+    # maskdn installed from another checkout: its zoo is not the one shipped into
+    monkeypatch.setattr(zoo, "zoo_dir", lambda: REPO / "src" / "maskdn" / "weights")
+    with pytest.raises(MaskdnError, match="maskdn is installed from .*, not from"):
+        ship.ship(repo, 160, plan=PLAN, noises=NOISES)
+    assert sorted(p.stem for p in ship.zoo_dir(repo).glob("*.safetensors")) == ["old"]
+    assert _methods(repo, "grid") == ["noisy", "old"]
+
+
+def test_the_command_refuses_in_one_line(capsys):
+    assert ship.main(["5", "--jobs", "0"]) == 1
+    assert capsys.readouterr().err == "ship: error: --jobs must be an integer >= 1, not 0\n"

@@ -268,10 +268,13 @@ def test_featured_pair_is_the_most_trained_masked_and_unmasked_swinir():
     def row(name, arch="masked-swinir", ratio=0.0, **training):
         return {"name": name, "architecture": arch, "attn_mask_ratio": ratio, "training": training}
 
-    rows = [row("baseline-small", patches_seen=128000), row("masked-small", ratio=0.75, patches_seen=128000),
-            row("idf-g15", arch="idf"), row("baseline-1m", patches_seen=1_050_000),
-            row("masked-1m", ratio=0.75, patches_seen=1_050_000, input_mask=[0.0, 0.9]),
-            row("inputmask-only", patches_seen=9_000_000, input_mask=[0.0, 0.9])]  # neither: not a baseline
+    small = {"preset": "small", "patch_size": 48}
+    long = {"preset": "small", "patch_size": 64, "patches_seen": 1_050_000}
+    rows = [row("baseline-small", patches_seen=128000, **small), row("masked-small", ratio=0.75, patches_seen=128000, **small),
+            row("idf-g15", arch="idf"), row("baseline-1m", **long), row("masked-1m", ratio=0.75, input_mask=[0.0, 0.9], **long),
+            row("inputmask-only", patches_seen=9_000_000, input_mask=[0.0, 0.9]),  # neither masked nor a baseline
+            row("masked-paper", ratio=0.75, preset="paper", patch_size=64, patches_seen=5_000_000)]  # no twin
     assert featured_pair(rows) == ("masked-1m", "baseline-1m")
     assert featured_pair(rows[:3]) == ("masked-small", "baseline-small")
+    assert featured_pair(rows[:4]) == ("masked-small", "baseline-small")  # baseline-1m alone does not pair
     assert featured_pair([r for r in rows if r["attn_mask_ratio"] == 0]) is None

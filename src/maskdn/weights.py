@@ -164,26 +164,27 @@ def describe_zoo() -> list[dict]:
 def featured_pair(zoo_rows: list[dict] | None = None) -> tuple[str, str] | None:
     """The bundled masked-training model and its unmasked baseline that the README compares.
 
-    Of the zoo's SwinIR models (``architecture`` ``masked-swinir``), the masked one (attention mask on)
-    and the unmasked one (no attention mask, no input mask) trained on the most patches
-    (``training.patches_seen``, cool-down included; ties: the later name). So when a longer-trained
-    pair is bundled beside an older one, the README's comparisons move to it.
+    Among the zoo's SwinIR models (``architecture`` ``masked-swinir``): a masked one (attention mask on)
+    and an unmasked one (no attention mask, no input mask) trained alike, i.e. with the same preset,
+    patch size and patches seen (``training.patches_seen``, cool-down included); of such pairs, the one
+    trained on the most patches (ties: the later names). So when a longer-trained pair is bundled beside
+    an older one, the README's comparisons move to it, and a model without its twin never pairs.
 
     Args:
         zoo_rows: :func:`describe_zoo`'s rows (None: read them).
 
     Returns:
-        ``(masked, baseline)`` zoo names, or None when the zoo lacks one of the two.
+        ``(masked, baseline)`` zoo names, or None when no such pair is bundled.
     """
     rows = describe_zoo() if zoo_rows is None else zoo_rows
-    swin = [r for r in rows if r["architecture"] == "masked-swinir"]
-
-    def newest(kind: list[dict]) -> str | None:
-        return max(kind, key=lambda r: (r["training"].get("patches_seen", 0), r["name"]))["name"] if kind else None
-
-    masked = newest([r for r in swin if r["attn_mask_ratio"] > 0])
-    baseline = newest([r for r in swin if r["attn_mask_ratio"] == 0 and not r["training"].get("input_mask")])
-    return (masked, baseline) if masked and baseline else None
+    kinds: dict[tuple, dict[str, str]] = {}
+    for r in sorted((r for r in rows if r["architecture"] == "masked-swinir"), key=lambda r: r["name"]):
+        t = r["training"]
+        kind = "masked" if r["attn_mask_ratio"] > 0 else None if t.get("input_mask") else "baseline"
+        if kind:
+            kinds.setdefault((t.get("patches_seen", 0), t.get("preset"), t.get("patch_size")), {})[kind] = r["name"]
+    pairs = [(key[0], k["masked"], k["baseline"]) for key, k in kinds.items() if len(k) == 2]
+    return max(pairs)[1:] if pairs else None
 
 
 def update_training_record(path: str | Path, *, dest: str | Path | None = None, **fields) -> dict:

@@ -31,10 +31,11 @@ def names() -> list[str]:
     """Names of the bundled models, sorted.
 
     Returns:
-        The stems of ``zoo_dir()/*.safetensors``; empty when the folder is missing.
+        The stems of ``zoo_dir()/*.safetensors``, hidden files (a write's temporary ``.NAME.*.tmp``) left
+        out; empty when the folder is missing.
     """
     d = zoo_dir()
-    return sorted(p.stem for p in d.glob("*.safetensors")) if d.is_dir() else []
+    return sorted(p.stem for p in d.glob("*.safetensors") if not p.name.startswith(".")) if d.is_dir() else []
 
 
 def names_default_first() -> list[str]:
