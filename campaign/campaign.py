@@ -341,11 +341,22 @@ def _keep_records(src: Path, keep: Path) -> tuple[int, bool]:
     if len(records) <= len(kept):
         return len(kept), False
     keep.parent.mkdir(parents=True, exist_ok=True)
+    write_records(keep, records)
+    return len(records), True
+
+
+def write_records(path: Path, records: list[dict]) -> bool:
+    """``records`` gzipped to ``path``, atomically and reproducibly (no name or time in the gzip header,
+    so the same records give the same bytes in git); False (nothing written) when ``path`` already
+    holds exactly these bytes."""
     from maskdn.io import atomic_write
 
-    with atomic_write(keep) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
-        json.dump(records, f, indent=0)
-    return len(records), True
+    data = gzip.compress(json.dumps(records, indent=0).encode("utf-8"), mtime=0)
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+    return True
 
 
 def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = None, check_stop=lambda: None) -> list[str]:
@@ -559,14 +570,13 @@ def _targets_module():
 def targets_text(root: Path) -> str:
     """The success targets (``campaign/targets.py``) at every patch count where both runs of :data:`PAIR`
     have a fully benchmarked cool-down, after the shipped pair's (``docs/bench/`` records) for reference."""
+    from maskdn.errors import MaskdnError
     from maskdn.generalization import method_name
     from maskdn.weights import describe_zoo, featured_pair
 
     t = _targets_module()
     parts = []
     shipped = [root / "docs" / "bench" / f for f in ("results-grid.json.gz", "results-polyu.json.gz")]
-    from maskdn.errors import MaskdnError
-
     try:
         zoo = {r["name"]: r for r in describe_zoo()}
     except MaskdnError:  # a broken bundled file: no reference pair, but the runs' own tables still come

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
 import importlib.util
 import json
 import shutil
@@ -136,19 +135,6 @@ def score(root: Path, record: dict, dest: Path, datasets: list[Path], noises: li
             "--reuse", *(str(root / f) for f in record["bench"].values()), "--record", str(dest)]
     _maskdn(args + (["--noise", *noises] if noises else []))
     return f"{dest.name}: scored on {', '.join(d.name for d in datasets)}"
-
-
-def _write_gz(path: Path, records: list[dict]) -> bool:
-    """``records`` gzipped to ``path``, reproducibly (no name or time in the header); False (nothing
-    written) when ``path`` already holds exactly these bytes."""
-    from maskdn.io import atomic_write
-
-    data = gzip.compress(json.dumps(records, indent=0).encode("utf-8"), mtime=0)
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    with atomic_write(path) as tmp:
-        tmp.write_bytes(data)
-    return True
 
 
 def _key(r: dict) -> tuple:
@@ -310,7 +296,7 @@ def ship(root: Path, patches: int, *, data_root: Path | None = None, plan=campai
             (zoo_dir(root) / f"{name}.safetensors").unlink(missing_ok=True)
             lines.append(f"removed {name}, the campaign pair shipped before, from the zoo and the records")
         for part, _, _ in plan:
-            _write_gz(docs_bench(root) / f"results-{part}.json.gz", merged[part])
+            campaign.write_records(docs_bench(root) / f"results-{part}.json.gz", merged[part])
             lines.append(f"docs/bench/results-{part}.json.gz: {len(added[part])} records of {' and '.join(names.values())}")
         records = campaign.read_cooldowns(root)
         for r in records:

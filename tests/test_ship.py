@@ -74,7 +74,7 @@ def repo(tmp_path, monkeypatch):
     for part, datasets, limit in PLAN:  # the README's benchmark before the ship
         got = run_bench([data / d for d in datasets], ["noisy", str(weights / "old.safetensors")], NOISES, None,
                         passes=1, limit=limit, progress=False, reports=False, lpips=False)
-        ship._write_gz(docs / f"results-{part}.json.gz", got)
+        campaign.write_records(docs / f"results-{part}.json.gz", got)
     (root / "README.md").write_text("# t\n<!-- generated: kodak24 -->\n<!-- end: kodak24 -->\n"
                                     "<!-- generated: commands -->\n<!-- end: commands -->\n"
                                     "<!-- generated: reported -->\n<!-- end: reported -->\n")
@@ -168,13 +168,13 @@ def test_a_pair_that_is_not_there_or_not_comparable_is_refused(repo, monkeypatch
     # the README's benchmark on other images: the pair's records cannot fill its tables
     path = ship.docs_bench(repo) / "results-grid.json.gz"
     grid = read_records(path)
-    ship._write_gz(path, [r for r in grid if r["image"] != "0"])
+    campaign.write_records(path, [r for r in grid if r["image"] != "0"])
     records = campaign.read_cooldowns(repo)
     with pytest.raises(MaskdnError, match="not in the README's benchmark"):
         ship.pair_records(repo, {r["run"]: r for r in records if r["patches"] == 160}, NAMES, "grid")
     # the README's noisy inputs made another way: not the same protocol
     grid[0]["psnr"] += 1.0
-    ship._write_gz(path, grid)
+    campaign.write_records(path, grid)
     with pytest.raises(MaskdnError, match="not the README's protocol"):
         ship.pair_records(repo, {r["run"]: r for r in records if r["patches"] == 160}, NAMES, "grid")
     # maskdn installed from another checkout: its zoo is not the one shipped into
