@@ -110,6 +110,39 @@ def test_compiled_blocks_share_one_graph_per_shift():
     torch._dynamo.reset()
 
 
+def _symbolic_inputs(gm: torch.fx.GraphModule) -> list[str]:
+    """The graph's inputs that are symbolic sizes, or tensors with a symbolic size."""
+    names = []
+    for node in gm.graph.nodes:
+        value = node.meta.get("example_value")
+        if node.op == "placeholder" and (isinstance(value, torch.SymInt) or (
+                isinstance(value, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in value.shape))):
+            names.append(node.name)
+    return names
+
+
+def test_compiled_blocks_stay_static_across_shapes():
+    """A forward at one size, then training at another (as a validation pass between training steps,
+    or the GPU measurement's forward before its training step): every graph is compiled for fixed
+    shapes, none with symbolic sizes (PyTorch's automatic dynamic shapes would make the second shape's
+    graphs symbolic, and training would keep running them)."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(_symbolic_inputs(gm))
+        return gm.forward
+
+    model = MaskedSwinIR(preset("tiny")).set_attention("batched").compile_blocks(backend=backend).eval()
+    with torch.no_grad():
+        model(torch.rand(1, 3, 40, 48))
+    model.train()
+    model(torch.rand(2, 3, 16, 16), generator=torch.Generator().manual_seed(1)).mean().backward()
+    assert len(graphs) == 4  # two shifts × two (shape, mode) variants
+    assert graphs == [[]] * 4
+    torch._dynamo.reset()
+
+
 def test_train_step_can_leave_the_loss_on_the_device():
     """``sync=False``: the same step, the loss returned as an unread 0-dim tensor of the same value."""
     losses, weights = {}, {}

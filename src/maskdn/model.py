@@ -633,7 +633,11 @@ class MaskedSwinIR(nn.Module):
         graphs. Calls ``nn.Module.compile`` on each :class:`SwinTransformerBlock`, as PyTorch's regional
         compilation recipe does; the convolutions between groups run eagerly.
 
-        All blocks' variants (shift, mask, train/eval, dtype, shape) count against one code object's
+        Shapes are static (``dynamic=False`` unless given): each new input shape or shift gets a graph of
+        its own. PyTorch's default would, on the second shape seen, recompile every block with symbolic
+        sizes ("automatic dynamic shapes") and keep using those graphs, so a validation pass or a
+        forward at another size would move training onto generic kernels for good. All blocks'
+        variants (shift, mask, train/eval, dtype, shape) count against one code object's
         recompilation limit, so this raises ``torch._dynamo.config.recompile_limit`` to at least
         :data:`COMPILED_VARIANTS` (past the limit PyTorch silently runs the block eagerly).
 
@@ -648,6 +652,7 @@ class MaskedSwinIR(nn.Module):
         config = torch._dynamo.config
         name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # older PyTorch
         setattr(config, name, max(getattr(config, name), COMPILED_VARIANTS))
+        options.setdefault("dynamic", False)
         for m in self.modules():
             if isinstance(m, SwinTransformerBlock):
                 m.compile(**options)
