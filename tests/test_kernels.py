@@ -36,17 +36,18 @@ def _block_run(block, x, size, keep, grad_out):
 @pytest.mark.parametrize("ws", [8, 4], ids=["window8", "window4"])  # 64 queries: the specialised loop; 16: generic
 @pytest.mark.parametrize("ratio", [0.05, 0.75, 0.97])  # 0.05: windows with no masked key; 0.97: nearly none kept
 @pytest.mark.parametrize("threads", [1, 2])
-def test_kernel_matches_pytorch_path(monkeypatch, ws, ratio, threads):
+@pytest.mark.parametrize("dim", [24, 30], ids=["head8", "head10"])  # head width 8: the vector loops; 10: generic
+def test_kernel_matches_pytorch_path(monkeypatch, ws, ratio, threads, dim):
     """Output and every gradient of a shifted block, kernel against the PyTorch kept-keys path. Weights are
     made large (bias, position table) so that a wrong key row, bias gradient or fold shows."""
     torch.manual_seed(0)
-    block = SwinTransformerBlock(24, 3, ws, ws // 2, 2.0)
+    block = SwinTransformerBlock(dim, 3, ws, ws // 2, 2.0)
     with torch.no_grad():
         block.attn.qkv.weight.mul_(10)
         block.attn.qkv.bias.normal_()
         block.attn.relative_position_bias_table.normal_(std=2)
     size = (24, 40)
-    x = torch.randn(2, size[0] * size[1], 24)
+    x = torch.randn(2, size[0] * size[1], dim)
     n_windows = 2 * size[0] * size[1] // ws**2
     keep = (torch.rand(n_windows, ws * ws, 1) >= ratio).float()
     grad_out = torch.randn_like(x)

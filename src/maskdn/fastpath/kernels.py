@@ -8,10 +8,11 @@ again. ``csrc/kept_attention.c`` does the whole core of a window in one pass ove
 layouts the model already has: scores, softmax, weighted sum, and in the backward every gradient,
 including those of the qkv bias that masked positions take (see ``docs/performance.md``).
 
-It is plain C with no PyTorch headers: compiled in about a second with the system's C compiler
-(``$CC``, else ``cc``) at ``-O3 -march=native``, cached under ``$MASKDN_CACHE_DIR`` (default
-``~/.cache/maskdn``) by a hash of the source, the compiler and the CPU's flags, and called through
-:mod:`ctypes` (which releases the GIL, so windows are split over ``torch.get_num_threads()`` threads).
+It is C with no PyTorch headers (and GCC's vector extension, which Clang has too): compiled in about
+a second with the system's C compiler (``$CC``, else ``cc``) at ``-O3 -march=native``, cached under
+``$MASKDN_CACHE_DIR`` (default ``~/.cache/maskdn``) by a hash of the source, the compiler and the CPU's
+flags, and called through :mod:`ctypes` (which releases the GIL, so windows are split over
+``torch.get_num_threads()`` threads).
 Under bf16 autocast it computes in float32 from the bf16 projection. Without a compiler, off CPU, for
 other dtypes, under ``torch.compile``, with ``MASKDN_CPU_KERNEL=0`` or inside :func:`disabled`,
 :func:`kernel_available` is False and the model keeps its PyTorch path (same results).
