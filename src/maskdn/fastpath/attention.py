@@ -254,17 +254,19 @@ def kept_keys(attn: nn.Module, tokens: Tensor, windows: Tensor, keep: Tensor, ki
     bounds = sorted({0, n, *(round(c * n) for c in cuts)})
     n_kept = keep.sum(1)
     order = torch.argsort(keep.to(torch.uint8), dim=1, descending=True, stable=True)  # kept first
-    groups, rows, valid = [], [], []
+    groups, rows, valid, padded = [], [], [], False
     for a, b in itertools.pairwise(bounds):
         K = int(n_kept[a:b].max())
         groups.append((b - a, K))
         rows.append(windows[a:b].gather(1, order[a:b, :K]).reshape(-1))
         valid.append(torch.arange(K, device=keep.device) < n_kept[a:b, None])
+        padded = padded or int(n_kept[a:b].min()) < K
     kept = _GatherRows.apply(tokens, torch.cat(rows))  # one gather for all groups: one backward copy
     if norm is not None:
         kept = norm(kept)
-    # a group's padding rows are masked tokens: zeroed, they project to the bias like any masked token
-    qkv = linear(kept * torch.cat([v.reshape(-1, 1) for v in valid]).to(kept.dtype), attn.qkv.weight, attn.qkv.bias)
+    if padded:  # a group's padding rows are masked tokens: zeroed, they project to the bias like any masked one
+        kept = kept * torch.cat([v.reshape(-1, 1) for v in valid]).to(kept.dtype)
+    qkv = linear(kept, attn.qkv.weight, attn.qkv.bias)
     out = []
     for (count, K), part, a, v in zip(groups, qkv.split([c * K for c, K in groups]), bounds, valid):
         sl = slice(a, a + count)

@@ -72,17 +72,19 @@ def attention_branch(attn: nn.Module, x: Tensor, size: tuple[int, int], shift: i
     B, L, C = x.shape
     ws = attn.window_size
     layout = window_layout(H, W, ws, shift, x.device)
+    cuts = KEPT_KEY_CUTS
     if token_keep is None and kernel_available(x):
         # every token kept: the fused kernel attends all 64 keys (and an empty folded key) in less time
-        # than the batched matmuls of head dim 8 and their backward (docs/performance.md)
-        token_keep = x.new_ones(B * layout.n_windows, ws * ws, 1)
+        # than the batched matmuls of head dim 8 and their backward (docs/performance.md); every window
+        # has the same count, so one group
+        token_keep, cuts = x.new_ones(B * layout.n_windows, ws * ws, 1), ()
     if token_keep is None:
         windows = norm(x).index_select(1, layout.order).view(-1, ws * ws, C)
         return attend_windows(attn, windows, layout).view(B, L, C).index_select(1, layout.inverse)
     order = windows_by_kept_count(layout, B, token_keep)
     tables = key_tables(attn, layout.kind_mask)
     h = kept_keys(attn, x.reshape(B * L, C), order.rows.view(-1, ws * ws), order.keep, order.kind,
-                  tables, norm, KEPT_KEY_CUTS)
+                  tables, norm, cuts)
     return _PermuteRows.apply(h.view(B * L, C), order.inverse, order.rows).view(B, L, C)
 
 
