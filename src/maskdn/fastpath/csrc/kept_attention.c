@@ -139,6 +139,7 @@ INLINE void key_products8(const float *a, const float *m, int64_t ldm, float *ou
   const int64_t K1 = K + 1;
   for (int64_t k = 0; k < K1; k += 4) {
     const int64_t nk = K1 - k < 4 ? K1 - k : 4;
+    /* past the last key a row repeats a0: read, never written */
     const float *a0 = a + k * N, *a1 = a0 + (nk > 1) * N, *a2 = a0 + (nk > 2) * 2 * N, *a3 = a0 + (nk > 3) * 3 * N;
     v8 s[4] = {{0}, {0}, {0}, {0}};
     for (int64_t n = 0; n < N; ++n) {
@@ -248,9 +249,7 @@ int kept_attention_backward(const float *grad, const float *qkv, const int64_t *
   float *scratch = malloc(sizeof(float) * scratch_floats(K, N, d));
   if (!scratch) return -1;
   for (int64_t w = w0; w < w1; ++w) {
-    if (N == 64 && d == 8)
-      backward_window(grad, qkv, order, bias, table, rows, d_qkv, d_bias, d_table, w, K, 64, R, heads, 8, scale, scratch);
-    else if (N == 64)
+    if (N == 64)
       backward_window(grad, qkv, order, bias, table, rows, d_qkv, d_bias, d_table, w, K, 64, R, heads, d, scale, scratch);
     else
       backward_window(grad, qkv, order, bias, table, rows, d_qkv, d_bias, d_table, w, K, N, R, heads, d, scale, scratch);
