@@ -22,6 +22,8 @@ kept in ``campaign/bench/`` and resume on any machine) and trains on. Where both
 ``baseline`` have a benchmarked cool-down at the same patches, ``docs/training.md`` gets the issue's
 success targets measured on them (``campaign/targets.py``).
 
+``campaign/forecast.py`` extends each run's validation curves to the runs' length (what they predict; its
+table is written under the runs' table in ``campaign/README.md``, its bands into the figure).
 ``campaign/ship.py PATCHES`` ships a benchmarked pair into the model zoo and the README.
 ``campaign/resume.sh`` runs ``start``, ``campaign/stop.sh`` runs ``stop``. Relative paths in the configs
 are relative to the repository root, where every command runs. While the runs' processes work they
@@ -35,6 +37,7 @@ import argparse
 import contextlib
 import gzip
 import json
+import math
 import os
 import shutil
 import signal
@@ -558,13 +561,43 @@ def table(root: Path) -> str:
     return "\n".join(rows)
 
 
-def _targets_module():
+def _sibling(module: str):
+    """``campaign/MODULE.py``, imported (this folder is not a package)."""
+    import importlib
+
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     try:
-        import targets
+        return importlib.import_module(module)
     finally:
         sys.path.pop(0)
-    return targets
+
+
+def _targets_module():
+    return _sibling("targets")
+
+
+def forecast_patches(root: Path) -> int:
+    """Where the forecast predicts: the length (patches) :data:`PAIR`'s first run is configured to reach."""
+    cfg = load(root, PAIR[0])
+    return cfg.iterations * cfg.batch_size
+
+
+def forecast_text(root: Path) -> str:
+    """``campaign/forecast.py``'s table for :data:`PAIR` at :func:`forecast_patches`, or "" while a run has no
+    validation history or once both have reached that length."""
+    f = _sibling("forecast")
+    hist = {n: history(root, n)[1] for n in PAIR}
+    if not all(hist.values()):
+        return ""
+    patches = forecast_patches(root)
+    if all(e["patches"] >= patches for e in (h[-1] for h in hist.values())):
+        return ""  # nothing left to predict
+    rows = f.forecast(hist, *PAIR, patches)
+    low, high = (f"{w:g}" for w in f.WINDOWS)
+    return (f"What the validation curves predict at the runs' length, {patches:,} patches (`python campaign/forecast.py`): "
+            f"each run's trend, a line in log2(patches) fitted over its last doubling and over its last two "
+            f"(windows ×{low}, ×{high}), extended from its newest point; a range is the two fits' answers:\n\n"
+            + f.markdown(rows, *PAIR, patches))
 
 
 def targets_text(root: Path) -> str:
@@ -632,8 +665,9 @@ def pair_table(root: Path) -> str:
 
 def write_readme(root: Path) -> None:
     """Redraw ``campaign/README.md``'s tables of the runs and ``docs/training.md``'s targets."""
-    pair = pair_table(root) if all(n in run_names(root) for n in PAIR) else ""
-    _write_block(campaign_dir(root) / "README.md", README_BEGIN, README_END, table(root) + (f"\n\n{pair}" if pair else ""))
+    both = all(n in run_names(root) for n in PAIR)
+    extra = [t for t in (pair_table(root), forecast_text(root)) if t] if both else []
+    _write_block(campaign_dir(root) / "README.md", README_BEGIN, README_END, "\n\n".join([table(root), *extra]))
     if (root / "docs" / "training.md").is_file():
         _write_block(root / "docs" / "training.md", TARGETS_BEGIN, TARGETS_END, targets_text(root))
 
@@ -652,20 +686,33 @@ def plot(root: Path, dest: Path | None = None) -> Path | None:
     dest = dest or root / "docs" / "campaign.png"
     fig, axes = plt.subplots(1, len(noises), figsize=(4.2 * len(noises), 3.6), squeeze=False)
     cds = read_cooldowns(root)
+    f = _sibling("forecast")
+    target = forecast_patches(root) if PAIR[0] in runs else 0
     for ax, noise in zip(axes[0], noises):
         for i, (name, hist) in enumerate(runs.items()):
             pts = [(e["patches"], e["psnr"][noise]) for e in hist if noise in e["psnr"]]
             if pts:
                 ax.plot(*zip(*pts), color=f"C{i}", marker=".", label=f"{name} (EMA, stable lr)")
+            fits = [f.trend(pts, w) for w in f.WINDOWS]
+            if pts and target > pts[-1][0] and None not in fits:  # the forecast's band: both windows' lines
+                ends = [[at, at + slope * math.log2(target / pts[-1][0])] for slope, at, _ in fits]
+                ax.fill_between([pts[-1][0], target], *ends, color=f"C{i}", alpha=0.18, linewidth=0)
+                ax.plot([pts[-1][0], target], [sum(e) / 2 for e in zip(*ends)], color=f"C{i}", linestyle="--",
+                        linewidth=1, label=f"{name}: trend to {target:,}")
             cd = [(c["patches"], c["val_psnr"][noise]) for c in cds if c["run"] == name and noise in c["val_psnr"]]
             if cd:
                 ax.plot(*zip(*cd), color=f"C{i}", marker="*", markersize=11, linestyle="none",
                         label=f"{name} after cool-down")
         ax.set_title(noise + ("  (training noise)" if noise == "gaussian:15" else "  (never trained on)"), fontsize=9)
-        ax.set_xlabel("training patches seen (64²)")
+        ax.set_xlabel("training patches seen (64², log scale)")
         ax.set_ylabel("PSNR on 16 held-out CBSD432 crops (dB)")
         ax.grid(alpha=0.3)
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(3, 3))
+        ax.set_xscale("log", base=2)
+        if target:  # the milestones: the run's length and its halvings
+            ax.set_xticks([target / 2**k for k in range(DOUBLINGS + 2, -1, -1)])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+            lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:.0f}k"))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -249,3 +249,61 @@ def test_targets_name_the_methods_there_when_one_is_missing():
     records = _records("m", lambda ds, c: 30.0) + _records("noisy", lambda ds, c: 25.0)
     with pytest.raises(MaskdnError, match=r"no one-pass records of 'b' \(methods there: m, noisy\)"):
         campaign._targets_module().targets(records, "m", "b")
+
+
+def _forecast_module():
+    return campaign._sibling("forecast")  # campaign/forecast.py
+
+
+def test_forecast_extends_each_runs_log_trend_over_its_recent_windows():
+    f = _forecast_module()
+
+    def curve(k):  # PSNR after 1k·2^k patches: 0.5 dB per doubling up to 64k patches (k = 6), then 0.2: it flattens
+        return 20 + 0.5 * min(k, 6) + 0.2 * max(k - 6, 0)
+
+    dense = [(round(1000 * 2 ** (k / 2)), curve(k / 2)) for k in range(17)]  # 1k … 256k, every half doubling
+    assert f.trend(dense, 2.0)[2] == 3  # the last doubling: 128k, 181k, 256k
+    slope, at_newest, used = f.trend(dense, 4.0)  # 64k … 256k: the flatter segment, exactly
+    assert (slope, at_newest, used) == (pytest.approx(0.2, abs=1e-4), pytest.approx(23.4), 5)
+    assert f.predict(dense, 1024000, 4.0) == pytest.approx(23.8)  # two doublings on
+    assert f.trend(dense, 64.0)[0] > 0.2  # a wider window reaches into the steeper part
+    assert f.trend(dense[:2], 4.0) is None and f.predict([], 10, 2.0) is None
+
+
+def test_forecast_reports_each_noise_and_the_unseen_mean_as_a_range_over_windows():
+    f = _forecast_module()
+
+
+    def hist(g, p, until):  # a straight line per noise in log2(patches): slopes g and p dB per doubling
+        return [{"patches": round(1000 * 2 ** (k / 2)), "psnr": {"gaussian:15": 30 + g * k / 2, "poisson:3": 25 + p * k / 2}}
+                for k in range(until)]
+
+    rows = f.forecast({"m": hist(0.5, 0.1, 9), "b": hist(0.25, -0.3, 7)}, "m", "b", 64000)
+    assert [r["noise"] for r in rows] == ["gaussian:15", "poisson:3", "unseen mean"]
+    g, p, mean = rows
+    # m is at 16k (k = 8), b at 8k (k = 6); 64k is 2 and 3 doublings on; both windows agree on a line
+    assert g["predicted"]["m"] == (pytest.approx(33.0, abs=1e-3), pytest.approx(33.0, abs=1e-3))
+    assert g["predicted"]["b"] == (pytest.approx(31.5, abs=1e-3), pytest.approx(31.5, abs=1e-3))
+    assert p["slope"]["b"] == (pytest.approx(-0.3, abs=1e-3), pytest.approx(-0.3, abs=1e-3))
+    assert p["gap"] == (pytest.approx(25.6 - 23.2, abs=1e-3), pytest.approx(25.6 - 23.2, abs=1e-3))
+    assert p["gap_now"] == (8000, pytest.approx(0.3 + 0.9, abs=1e-3))  # the newest patches both runs have
+    assert mean["gap"] == p["gap"] and mean["gap_now"] == p["gap_now"]  # poisson is the only unseen noise
+    text = f.markdown(rows, "m", "b", 64000)
+    assert "| poisson:3 | 25.40 (16,000) | +0.10 | 25.60 | 24.10 (8,000) | -0.30 | 23.20 | +1.20 (8,000) | +2.40 |" in text
+    rows = f.forecast({"m": hist(0.5, 0.1, 9), "b": hist(0.25, -0.3, 2)}, "m", "b", 64000)  # too few baseline points
+    assert rows[1]["predicted"]["b"] is None and rows[1]["gap"] is None and "| – |" in f.markdown(rows, "m", "b", 64000)
+
+
+def test_the_campaign_readme_and_figure_carry_the_forecast(root, monkeypatch):
+    hist = [{"patches": 100 * k, "psnr": {"gaussian:15": 30 + k / 10, "poisson:3": 25 - k / 10}} for k in range(1, 9)]
+    monkeypatch.setattr(campaign, "PAIR", ("tiny", "tiny"))
+    monkeypatch.setattr(campaign, "history", lambda root, name: ({"iteration": 400, "elapsed": 1.0, "batch_size": 2}, hist))
+    campaign.write_readme(root)
+    readme = (root / "campaign" / "README.md").read_text()
+    assert "What the validation curves predict at the runs' length, 160 patches" not in readme  # 800 already seen
+    campaign.extend(root, "tiny", 3200)
+    campaign.write_readme(root)
+    readme = (root / "campaign" / "README.md").read_text()
+    assert "What the validation curves predict at the runs' length, 6,400 patches" in readme
+    assert "| unseen mean |" in readme and readme.endswith("end\n")
+    assert campaign.plot(root, root / "c.png").stat().st_size > 0
