@@ -410,6 +410,26 @@ def test_wsd_run_extended_in_two_pieces_equals_one_run(image_folder, tmp_path):
         train(_cfg(image_folder, tmp_path / "cos", iterations=7, save_every=100), progress=False)
 
 
+def test_a_state_saved_on_cuda_resumes_with_this_machines_optimizer(image_folder, tmp_path):
+    """A GPU session's state has Adam's ``fused`` flag set (the trainer fuses on CUDA); resumed on the CPU
+    it runs the CPU's own Adam, so the run continues exactly as a CPU-only run (and the reverse, by
+    the same rule, on CUDA)."""
+    from maskdn.train.checkpoint import save_state
+
+    kw = dict(schedule="wsd", warmup=2, save_every=100)
+    train(_cfg(image_folder, tmp_path / "one", iterations=6, **kw), progress=False)
+    train(_cfg(image_folder, tmp_path / "two", iterations=3, **kw), progress=False)
+    state = load_state(tmp_path / "two" / "state.pt")
+    for group in state["optimizer"]["param_groups"]:
+        assert not group["fused"]
+        group["fused"] = True  # as a GPU session saves it
+    save_state(tmp_path / "two" / "state.pt", state)
+    train(_cfg(image_folder, tmp_path / "two", iterations=6, **kw), progress=False)
+    a, b = _state_tensors(tmp_path / "one" / "state.pt"), _state_tensors(tmp_path / "two" / "state.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(g["fused"] for g in load_state(tmp_path / "two" / "state.pt")["optimizer"]["param_groups"])
+
+
 def test_cooldown_branch_leaves_the_run_untouched_and_exports(image_folder, tmp_path, capsys):
     kw = dict(schedule="wsd", warmup=2, save_every=100, iterations=4)
     run = tmp_path / "run"

@@ -154,6 +154,19 @@ class _StopRequest:
         self._saved = {}
 
 
+def _on_this_device(saved: dict, opt: torch.optim.Optimizer) -> dict:
+    """An optimizer state saved on another kind of device, with this machine's implementation.
+
+    Adam's param groups carry ``fused`` (True where the run last ran on CUDA, None on CPU), and
+    ``load_state_dict`` takes the saved groups' settings and places ``step`` by them. A state moving
+    between CPU and CUDA (the campaign's runs between a CPU machine and a GPU session) gets the flag of
+    the optimizer built here, so each machine runs its own implementation; they differ by rounding only.
+    """
+    fused = opt.param_groups[0].get("fused")
+    groups = [dict(g, fused=fused) if "fused" in g else g for g in saved["param_groups"]]
+    return {**saved, "param_groups": groups}
+
+
 def _check_resumable(cfg: TrainConfig, before: TrainConfig, iteration: int, out: Path) -> None:
     """Refuse to resume the run in ``out`` (at ``iteration``) with ``cfg`` unless it computes the same run."""
     changed = cfg.changed(before)
@@ -441,7 +454,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
         try:
             model.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["optimizer"])
+            opt.load_state_dict(_on_this_device(state["optimizer"], opt))
             set_rng_states(state["rng"])
             it, elapsed, last_val = state["iteration"], state["elapsed"], state["val_psnr"]
             best_val, history = state["best_val_psnr"], state.get("val_history", [])
