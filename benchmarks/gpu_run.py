@@ -1,12 +1,22 @@
-"""The one command of a GPU session: check the machine, measure the paper preset on the device, continue
-the GPU training runs for a wall-clock budget, and leave what must come back in one folder.
+"""The one command of a GPU session: continue the training campaign's runs on the device for a wall-clock
+budget, and leave what must come back in one folder; or, with ``--preset``, measure a preset and continue
+the paper-size GPU runs.
 
+    python benchmarks/gpu_run.py --prepare         # here, first: checks the campaign is stopped; data, wheels, size
     bash benchmarks/gpu_run.sh                     # on the GPU machine (installs the carried wheels, runs this)
-    python benchmarks/gpu_run.py --prepare         # here, once: the data and wheels that travel, and their size
     python benchmarks/gpu_run.py --apply DIR       # here, afterwards: the returned states into campaign/
-    python benchmarks/gpu_run.py --device cpu --preset tiny --minutes 0.2 --out DIR   # the dry run (a test)
+    python benchmarks/gpu_run.py --device cpu --minutes 0.2 --out DIR --runs R   # the dry run (a test)
+    python benchmarks/gpu_run.py --device cpu --preset tiny --minutes 0.2 --out DIR   # the --preset dry run
 
-A session does, in order (docs/gpu.md):
+The campaign (the default; docs/gpu.md, "The campaign on a GPU"): ``campaign/masked`` and
+``campaign/baseline`` (issue 17's runs, normally trained on CPUs by ``campaign/campaign.py``) resume
+from their committed states, each trains on the device towards its next milestone (the run with less
+to go first, each its share of the time by the iterations it lacks; it stops at the milestone, where
+the CPU process then branches the cool-down and benchmarks), and the new states come back. The run's
+config is the committed one: float32, the same data (``gpu-carry/CBSD432``, all of CBSD432, linked
+where the config names it), the same masks and seeds; only the device's arithmetic differs.
+
+With ``--preset PRESET`` a session does, in order:
 
 1. prints the machine: device name, torch and CUDA versions, free device memory, CPUs, and which of
    maskdn's dependencies are missing;
@@ -57,6 +67,9 @@ every second of the other 416 (208), 16.6 MB: all 432 (31.9 MB) would not travel
 committed paper states (docs/gpu.md, "What travels")."""
 HELD_OUT = 16
 KINDS = ("masked", "baseline")
+CAMPAIGN_DATA = CARRY / "CBSD432"
+"""All of CBSD432 for the campaign's runs (31.9 MB): their state fingerprints the training images' names
+and sizes, so a campaign run resumes on exactly the files it trained on."""
 IMAGE = (512, 768)  # the forward's H, W on a GPU: the benchmark image of docs/performance.md
 DRY_IMAGE = (96, 128)  # on CPU (the dry run): the same code on fewer windows
 RETURN_LIMIT = 16 * 2**20  # bytes per file that come back from the GPU machine
@@ -76,6 +89,28 @@ def say(*parts: object) -> None:
 
 def run_name(preset: str, kind: str) -> str:
     return f"gpu-{preset}-{kind}"
+
+
+def campaign_module():
+    """``campaign/campaign.py`` (milestones; where a campaign run keeps its states; whether it runs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("campaign", ROOT / "campaign" / "campaign.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def link_data(data: str | Path, carried: Path = CAMPAIGN_DATA) -> bool:
+    """Where ``data`` (a run's training folder as its config names it, e.g. the campaign's
+    ``../shared/data/CBSD432``, relative to the working directory) is missing and ``carried`` is here,
+    make ``data`` a link to ``carried``, so the run resumes with its own config; True if it linked."""
+    path = Path(data)
+    if os.path.lexists(path) or not carried.is_dir():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(carried.resolve(), target_is_directory=True)
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,8 +279,9 @@ def choose(results: list[dict], bf16: bool | None) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_config(name: str, runs: Path, work: Path, device: torch.device, workers: int):
-    """``(cfg, state or None)``: the committed config with this machine's settings, and the committed state."""
+def run_config(name: str, runs: Path, work: Path, device: torch.device, workers: int, campaign: bool = False):
+    """``(cfg, state or None)``: the committed config with this machine's settings, and the committed state.
+    A campaign run's missing data folder is linked to the carried copy (:func:`link_data`)."""
     from maskdn.errors import MaskdnError
     from maskdn.train import load_config
     from maskdn.train.checkpoint import load_state
@@ -253,16 +289,21 @@ def run_config(name: str, runs: Path, work: Path, device: torch.device, workers:
     folder = runs / name
     cfg = load_config(folder / "config.toml")
     state = load_state(folder / "state.pt") if (folder / "state.pt").is_file() else None
+    if campaign and link_data(cfg.data):
+        say(f"{name}: {cfg.data} → {CAMPAIGN_DATA}")
     if not Path(cfg.data).is_dir():
-        raise MaskdnError(f"{cfg.data}: the training images of {name} are missing; run "
-                          "'python benchmarks/gpu_run.py --prepare' and carry gpu-carry (docs/gpu.md)")
+        carried = CAMPAIGN_DATA if campaign else DATA
+        raise MaskdnError(f"{cfg.data}: the training images of {name} are missing; run 'python benchmarks/gpu_run.py "
+                          f"--prepare{'' if campaign else ' --preset PRESET'}' and carry {carried.relative_to(ROOT)} "
+                          "(docs/gpu.md)")
     cfg = dataclasses.replace(cfg, out=str(work / name), device=device.type, workers=workers, tensorboard=False)
     return cfg, state
 
 
-def continue_run(name: str, cfg, state: dict | None, seconds: float, cooldown_share: float, runs: Path) -> dict:
-    """Train ``name`` (committed in ``runs``) for about ``seconds``: the run, then a cool-down branch sized
-    to what is left."""
+def continue_run(name: str, cfg, state: dict | None, seconds: float, cooldown_share: float, runs: Path,
+                 cool_down: bool = True) -> dict:
+    """Train ``name`` (committed in ``runs``) for about ``seconds`` or to ``cfg.iterations``: the run, then
+    (``cool_down``) a cool-down branch sized to what is left."""
     from maskdn.train import TrainingStopped, cooldown, train
     from maskdn.train.checkpoint import load_state
 
@@ -296,7 +337,7 @@ def continue_run(name: str, cfg, state: dict | None, seconds: float, cooldown_sh
     # the cool-down: 5% of the run (as the campaign's), fewer if the time left allows fewer
     left = t_end - time.monotonic() - overhead
     n = max(1, min(round(0.05 * it), int(rate * left * 0.8)))  # at least one: there is always an export
-    if it > 0:
+    if it > 0 and cool_down:
         branch = out.with_name(f"{name}-cd")
         settings = {"device": cfg.device, "workers": cfg.workers, "compile": cfg.compile}
         say(f"{name}: iteration {it}; cool-down of {n} iterations")
@@ -349,10 +390,16 @@ def session(a: argparse.Namespace) -> int:
 
     work = Path(a.work or tempfile.mkdtemp(prefix="maskdn-gpu-"))
     workers = a.workers if a.workers is not None else (0 if device.type == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 2)))
-    names = [run_name(a.preset, k) for k in KINDS]
+    campaign = a.preset is None
+    names = list(KINDS) if campaign else [run_name(a.preset, k) for k in KINDS]
     if not (a.runs / names[0] / "config.toml").is_file():
-        raise MaskdnError(f"{a.runs / names[0] / 'config.toml'}: no such run (the GPU runs are campaign/gpu-PRESET-KIND)")
-    configs = {n: run_config(n, a.runs, work, device, workers) for n in names if (a.runs / n / "config.toml").is_file()}
+        raise MaskdnError(f"{a.runs / names[0] / 'config.toml'}: no such run (the campaign's are campaign/masked and "
+                          "campaign/baseline, the GPU runs campaign/gpu-PRESET-KIND)")
+    configs = {n: run_config(n, a.runs, work, device, workers, campaign) for n in names
+               if (a.runs / n / "config.toml").is_file()}
+    if campaign:
+        records, failed = campaign_session(a, configs, total_end, work, dest)
+        return finish(a, info, [], None, records, failed, dest, work)
 
     repeats = a.repeats if a.repeats is not None else (3 if device.type == "cuda" else 0)
     masked_cfg = configs[names[0]][0]
@@ -390,8 +437,54 @@ def session(a: argparse.Namespace) -> int:
         deliver(record, work, dest)
         records.append(record)
 
-    summary = {"machine": info, "forward_image": list(size), "measurements": results, "runs": records, "minutes": a.minutes,
-               "wall_s": round(time.monotonic() - START, 1), "date": time.strftime("%Y-%m-%d"),
+    return finish(a, info, results, list(size), records, [], dest, work)
+
+
+def campaign_session(a: argparse.Namespace, configs: dict, total_end: float, work: Path,
+                     dest: Path) -> tuple[list[dict], list[dict]]:
+    """Train each campaign run on the device towards its next milestone; (records, failures).
+
+    The run with fewer iterations to go trains first; each gets the time left times its share of the
+    iterations still to go, so time a run does not need (it reached its milestone) goes to the next.
+    A run that fails is reported and the next one still trains.
+    """
+    from maskdn.errors import first_line
+
+    camp = campaign_module()
+    plan = []
+    for name, (cfg, state) in configs.items():
+        it = state["iteration"] if state else 0
+        ahead = sorted(m for m in {*camp.milestones(cfg.iterations), cfg.iterations} if m > it)
+        if not ahead:
+            say(f"{name}: finished at iteration {it}, nothing to train")
+            continue
+        plan.append((ahead[0] - it, name, dataclasses.replace(cfg, iterations=ahead[0]), state))
+    plan.sort(key=lambda p: p[0])
+    train_end = time.monotonic() + min(a.minutes * 60, total_end - time.monotonic() - a.reserve_seconds)
+    records, failed = [], []
+    for i, (to_go, name, cfg, state) in enumerate(plan):
+        seconds = (train_end - time.monotonic()) * to_go / sum(p[0] for p in plan[i:])
+        if seconds < a.min_run_seconds:
+            say(f"{name}: skipped, {seconds:.0f} s left (under {a.min_run_seconds:.0f} s)")
+            continue
+        say(f"{name}: towards its milestone at iteration {cfg.iterations:,} ({to_go:,} to go)")
+        try:
+            record = continue_run(name, cfg, state, seconds, 0.0, a.runs, cool_down=False)
+        except Exception as e:  # the other run still gets its turn, and the summary is written
+            say(f"{name}: FAILED: {type(e).__name__}: {first_line(e)}")
+            failed.append({"run": name, "error": f"{type(e).__name__}: {first_line(e)}"[:300]})
+            continue
+        record.update(campaign=True, milestone=cfg.iterations)
+        deliver(record, work, dest)
+        records.append(record)
+    return records, failed
+
+
+def finish(a: argparse.Namespace, info: dict, results: list[dict], size: list[int] | None, records: list[dict],
+           failed: list[dict], dest: Path, work: Path) -> int:
+    """Write ``summary.json``, print the summary, remove the work folder; the exit status (1 if a run failed)."""
+    summary = {"machine": info, "forward_image": size, "measurements": results, "runs": records, "failed": failed,
+               "minutes": a.minutes, "wall_s": round(time.monotonic() - START, 1), "date": time.strftime("%Y-%m-%d"),
                "commit": _commit()}
     tmp = dest / ".summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1, default=_plain))
@@ -399,7 +492,7 @@ def session(a: argparse.Namespace) -> int:
     print_summary(summary, dest)
     if not a.keep_work and not a.work:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return 1 if failed else 0
 
 
 def _plain(v):
@@ -431,10 +524,17 @@ def print_summary(s: dict, dest: Path) -> None:
               f"{'bfloat16' if r['bf16'] else 'float32'}{', compiled' if r['compile'] else ''}")
         if "run_val" in r:
             print(f"    validation at iteration {r['run_val']['iteration']}: {_psnrs(r['run_val']['psnr'])}")
-        print(f"    after a cool-down of {r.get('cooldown', 0)} iterations: {_psnrs(r.get('cooldown_val'))}")
+        if r.get("campaign"):
+            reached = r["iteration"] == r["milestone"]
+            print(f"    {'reached' if reached else 'on the way to'} its milestone at iteration {r['milestone']:,}"
+                  + (" (the CPU campaign branches its cool-down there)" if reached else ""))
+        else:
+            print(f"    after a cool-down of {r.get('cooldown', 0)} iterations: {_psnrs(r.get('cooldown_val'))}")
         print("    " + ", ".join(f"{dest / f} ({n / 2**20:.1f} MiB)" for f, n in r["files"].items()))
-    if not s["runs"]:
-        print("  no run trained (no time left after the measurement)")
+    for r in s.get("failed", []):
+        print(f"  {r['run']}: FAILED ({r['error']})")
+    if not s["runs"] and not s.get("failed"):
+        print("  no run trained (no time left)")
     print(f"  {dest / 'summary.json'}")
 
 
@@ -466,37 +566,70 @@ def gpu_images(source: Path) -> list[Path]:
     return paths[: -HELD_OUT][::2] + paths[-HELD_OUT:]
 
 
-def prepare(a: argparse.Namespace) -> int:
-    """Copy the GPU runs' images into gpu-carry/, download the wheels, and print what travels."""
+def check_campaign_stopped(runs: Path) -> None:
+    """Raise unless every campaign run is stopped and its newest state is the committed one: a session
+    continues the committed states, so a run still going here would fork."""
     from maskdn.errors import MaskdnError
 
-    if not DATA.is_dir():
+    camp, root = campaign_module(), runs.parent
+    for name in KINDS:
+        if not camp.config_path(root, name).is_file():
+            continue
+        if camp.running_pid(root, name):
+            raise MaskdnError(f"campaign run {name!r} is running: stop the campaign first (campaign/stop.sh saves "
+                              "each run's newest state into campaign/), commit, then prepare")
+        local, committed = camp.run_dir(root, name) / "state.pt", camp.committed_state(root, name)
+        if camp.iteration_of(local) > camp.iteration_of(committed):
+            raise MaskdnError(f"{local}: iteration {camp.iteration_of(local):,}, newer than {committed} "
+                              f"({camp.iteration_of(committed):,}): run 'python campaign/campaign.py save' and commit")
+
+
+def _copy_folder(paths: list[Path], dest: Path) -> None:
+    """``paths`` into a new folder ``dest`` (names kept), whole or not at all."""
+    tmp = dest.with_name(f".{dest.name}.copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for path in paths:
+        shutil.copyfile(path, tmp / path.name)
+    tmp.rename(dest)
+
+
+def prepare(a: argparse.Namespace) -> int:
+    """Copy the runs' images into gpu-carry/, download the wheels, and print what travels and the carry list."""
+    from maskdn.errors import MaskdnError
+    from maskdn.io import expand_inputs
+
+    campaign = a.preset is None
+    if campaign:
+        check_campaign_stopped(a.runs)
+    data = CAMPAIGN_DATA if campaign else DATA
+    if not data.is_dir():
         if not DATA_SOURCE.is_dir():
-            raise MaskdnError(f"{DATA_SOURCE}: not found; the GPU runs train on part of it (../shared beside the checkout)")
-        tmp = DATA.with_name(f".{DATA.name}.copying")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for path in gpu_images(DATA_SOURCE):
-            shutil.copyfile(path, tmp / path.name)
-        tmp.rename(DATA)
+            raise MaskdnError(f"{DATA_SOURCE}: not found; the runs train on it (../shared beside the checkout)")
+        _copy_folder(expand_inputs([DATA_SOURCE]) if campaign else gpu_images(DATA_SOURCE), data)
     print(" ".join(PIP_DOWNLOAD))
     if subprocess.run(PIP_DOWNLOAD).returncode:
         raise MaskdnError("pip download failed (the wheels travel to the GPU machine, which reaches no index)")
-    tracked, carried = tracked_bytes(), folder_bytes(CARRY)
+    carry = [data, CARRY / "wheels"]
+    tracked, carried = tracked_bytes(), sum(folder_bytes(c) for c in carry)
     from maskdn.model import MaskedSwinIR, preset
 
     # a run without a state gets one from its first session: model, EMA and Adam's two moments in float32
     # and the records around them, 16.7 bytes per parameter (a paper-preset state: 13.1 MiB)
-    params = sum(p.numel() for p in MaskedSwinIR(preset("paper")).parameters())
-    coming = sum(round(16.7 * params) for k in KINDS if not (a.runs / run_name("paper", k) / "state.pt").is_file())
+    coming = 0
+    if not campaign:
+        params = sum(p.numel() for p in MaskedSwinIR(preset(a.preset)).parameters())
+        coming = sum(round(16.7 * params) for k in KINDS if not (a.runs / run_name(a.preset, k) / "state.pt").is_file())
     total = tracked + carried + coming
-    print(f"travels: {tracked / 2**20:.1f} MiB of the checkout + {carried / 2**20:.1f} MiB in {CARRY.name}/"
+    names = " ".join(str(c.relative_to(ROOT)) for c in carry)
+    print(f"travels: {tracked / 2**20:.1f} MiB of the checkout + {carried / 2**20:.1f} MiB carried ({names})"
           + (f" + {coming / 2**20:.1f} MiB of states to come" if coming else "")
           + f" = {total / 2**20:.1f} MiB of {TRAVEL_LIMIT / 2**20:.0f}")
     if total > TRAVEL_LIMIT:
         raise MaskdnError(f"{total / 2**20:.1f} MiB would travel, over {TRAVEL_LIMIT / 2**20:.0f} MiB: "
                           "untrack or shrink the largest files (git ls-files | xargs du -b | sort -n)")
-    print("run on the GPU machine: bash benchmarks/gpu_run.sh   (carry: gpu-carry; timeout 570 s; docs/gpu.md)")
+    args = "" if campaign else f" --preset {a.preset}"
+    print(f"run on the GPU machine: bash benchmarks/gpu_run.sh{args}   (carry: {names}; timeout 570 s; docs/gpu.md)")
     return 0
 
 
@@ -510,9 +643,32 @@ def _replace_between(path: Path, markers: tuple[str, str], rows: list[str]) -> N
     tmp.replace(path)
 
 
+def apply_campaign(record: dict, src: Path, runs: Path) -> tuple[int, int]:
+    """A campaign run's returned state into ``campaign/NAME/state.pt``: (iteration before, after).
+
+    Refused while the run is running here, or when the state is not newer than both the committed and
+    the local one. Its log stays behind (the campaign commits states, not logs), and so does its
+    config: the run continues with the committed ``config.toml``.
+    """
+    from maskdn.errors import MaskdnError
+    from maskdn.train.checkpoint import load_state
+
+    camp, root, name = campaign_module(), runs.parent, record["run"]
+    if camp.running_pid(root, name):
+        raise MaskdnError(f"campaign run {name!r} is running here; stop it (campaign/stop.sh), then --apply again")
+    state_file = src / f"{name}-state.pt"
+    new = load_state(state_file)["iteration"]
+    old = max(camp.iteration_of(camp.committed_state(root, name)), camp.iteration_of(camp.run_dir(root, name) / "state.pt"))
+    if new <= old:
+        raise MaskdnError(f"{state_file}: iteration {new:,}, not newer than campaign run {name!r}'s {old:,}")
+    camp._copy_atomic(state_file, camp.committed_state(root, name))
+    return old, new
+
+
 def apply(a: argparse.Namespace) -> int:
-    """Commit-ready: each returned state (newer than the committed one) and log into campaign/gpu-*/, the
-    cool-down weights into runs/gpu/ (git-ignored: they would not travel), rows into docs/gpu.md."""
+    """Commit-ready: each returned state (newer than the committed one) into campaign/NAME/ (a campaign
+    run) or with its log into campaign/gpu-*/, the cool-down weights into runs/gpu/ (git-ignored: they
+    would not travel), rows into docs/gpu.md."""
     from maskdn.errors import MaskdnError
     from maskdn.train.checkpoint import load_state
 
@@ -525,6 +681,11 @@ def apply(a: argparse.Namespace) -> int:
     for r in s["runs"]:
         name, folder = r["run"], a.runs / r["run"]
         state_file = src / f"{name}-state.pt"
+        if r.get("campaign"):
+            old, now = apply_campaign(r, src, a.runs)
+            rows.append(_run_row(s, r))
+            print(f"{name}: iteration {old:,} → {now:,} into {folder / 'state.pt'}")
+            continue
         new = load_state(state_file)
         old = load_state(folder / "state.pt")["iteration"] if (folder / "state.pt").is_file() else -1
         if new["iteration"] <= old:
@@ -542,10 +703,7 @@ def apply(a: argparse.Namespace) -> int:
             keep = a.runs.parent / "runs" / "gpu" / f"{name}-{r['patches']}.safetensors"
             keep.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(weights, keep)
-        rows.append(f"| {s['date']} | {s['machine']['name']} | {s['commit']} | `{name}` | "
-                    f"{r['start_iteration']:,} → {r['iteration']:,} | {r['patches']:,} | {r['patches_per_s']:.0f} | "
-                    f"{'bf16' if r['bf16'] else 'fp32'}{', compiled' if r['compile'] else ''} | "
-                    f"{_psnrs(r.get('run_val', {}).get('psnr'))} | {r.get('cooldown', 0)}: {_psnrs(r.get('cooldown_val'))} |")
+        rows.append(_run_row(s, r))
         print(f"{name}: iteration {old} → {new['iteration']} into {folder}")
     measured = [f"| {s['date']} | {s['machine']['name']} | {s['machine']['torch']} | {m['dtype']} | "
                 f"{'compiled' if m['compile'] else 'eager'} | "
@@ -559,8 +717,19 @@ def apply(a: argparse.Namespace) -> int:
         _replace_between(doc, GPU_TABLE, rows)
         _replace_between(doc, MEASURE_TABLE, measured)
         print(f"rows added to {doc}")
-    print(f"now: git add {' '.join(str(a.runs / r['run']) for r in s['runs'])} docs/gpu.md")
+    print(f"now: git add {' '.join(str(a.runs / r['run']) for r in s['runs'])} docs/gpu.md"
+          + ("; then campaign/resume.sh" if any(r.get("campaign") for r in s["runs"]) else ""))
     return 0
+
+
+def _run_row(s: dict, r: dict) -> str:
+    """A returned run's row of docs/gpu.md's runs table."""
+    after = (f"to milestone {r['milestone']:,}" if r["iteration"] < r["milestone"] else "milestone reached") \
+        if r.get("campaign") else f"{r.get('cooldown', 0)}: {_psnrs(r.get('cooldown_val'))}"
+    return (f"| {s['date']} | {s['machine']['name']} | {s['commit']} | `{r['run']}` | "
+            f"{r['start_iteration']:,} → {r['iteration']:,} | {r['patches']:,} | {r['patches_per_s']:.0f} | "
+            f"{'bf16' if r['bf16'] else 'fp32'}{', compiled' if r['compile'] else ''} | "
+            f"{_psnrs(r.get('run_val', {}).get('psnr'))} | {after} |")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -569,7 +738,9 @@ def apply(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", help="cuda (the GPU session), or cpu for the dry run")
-    p.add_argument("--preset", default="paper", help="runs campaign/gpu-PRESET-masked and -baseline")
+    p.add_argument("--preset", default=None,
+                   help="continue campaign/gpu-PRESET-masked and -baseline (after a measurement of the preset) "
+                        "instead of the campaign's masked and baseline runs")
     p.add_argument("--minutes", type=float, default=7.0, help="training budget of both runs, cool-downs included")
     p.add_argument("--total-minutes", type=float, default=9.0,
                    help="the whole session's wall clock, from the start: training shrinks to fit (a 570 s command limit)")

@@ -117,3 +117,91 @@ def test_time_limit_stops_and_saves(tmp_path):
         train(cfg, progress=False, time_limit=1e-3)
     assert load_state(tmp_path / "run" / "state.pt")["iteration"] == 1
     torch.set_num_threads(1)  # the trainer set the config's threads; keep the session's setting
+
+
+# ---- the campaign's runs on a GPU session (the default) -------------------------------------------
+
+
+def _campaign_root(tmp_path: Path) -> Path:
+    """A repository with tiny campaign runs ``masked`` (at iteration 25) and ``baseline`` (at 10) committed;
+    length 80, so their milestones are 10, 20, 40 and 80."""
+    from test_train import make_images
+
+    data = make_images(tmp_path / "data", sizes=((40, 48), (33, 29), (30, 40)))
+    root = tmp_path / "repo"
+    for name, masks, done in (("masked", "attn_mask_ratio = 0.75\ninput_mask = true\n", 25),
+                              ("baseline", "attn_mask_ratio = 0.0\ninput_mask = false\n", 10)):
+        folder = root / "campaign" / name
+        folder.mkdir(parents=True)
+        (folder / "config.toml").write_text(
+            f'data = "{data}"\nout = "runs/campaign/{name}"\npreset = "tiny"\npatch_size = 16\nbatch_size = 2\n'
+            f'iterations = 80\nschedule = "wsd"\nwarmup = 5\nholdout = 1\nval_every = 20\nval_crop = 16\n{masks}'
+            'val_noise = ["gaussian:15"]\nsave_every = 1000\nlog_every = 1\nbf16 = false\ntensorboard = false\n'
+            'device = "cpu"\nthreads = 1\n')
+        train(load_config(folder / "config.toml", {"out": str(tmp_path / "cpu" / name), "iterations": done}), progress=False)
+        shutil.copyfile(tmp_path / "cpu" / name / "state.pt", folder / "state.pt")
+    torch.set_num_threads(1)
+    return root
+
+
+def test_campaign_session_trains_each_run_to_its_next_milestone_as_the_cpu_would(tmp_path):
+    root = _campaign_root(tmp_path)
+    committed = {n: _digest(root / "campaign" / n / "state.pt") for n in ("masked", "baseline")}
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "benchmarks/gpu_run.py", "--device", "cpu", "--minutes", "1",
+                           "--out", str(out), "--runs", str(root / "campaign")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["measurements"] == [] and summary["failed"] == []
+    runs = {r["run"]: r for r in summary["runs"]}
+    assert list(runs) == ["baseline", "masked"]  # the one with less to go first
+    assert (runs["baseline"]["start_iteration"], runs["baseline"]["iteration"], runs["baseline"]["milestone"]) == (10, 20, 20)
+    assert (runs["masked"]["start_iteration"], runs["masked"]["iteration"], runs["masked"]["milestone"]) == (25, 40, 40)
+    assert set(runs["masked"]["files"]) == {"masked-state.pt", "masked-log.csv"}  # no cool-down: the CPU's job
+    assert "reached its milestone at iteration 40" in done.stdout
+    assert {n: _digest(root / "campaign" / n / "state.pt") for n in committed} == committed
+    # what the GPU machine would compute differently is the arithmetic only: on the CPU, the same run
+    cfg = load_config(root / "campaign" / "masked" / "config.toml", {"out": str(tmp_path / "straight"), "iterations": 40})
+    train(cfg, progress=False)
+    torch.set_num_threads(1)
+    a, b = load_state(tmp_path / "straight" / "state.pt"), load_state(out / "masked-state.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    scores = [{e["iteration"]: e["psnr"] for e in h["val_history"]} for h in (a, b)]
+    assert scores[0] == {i: v for i, v in scores[1].items() if i != 25}  # 25: where the committed piece ended
+
+    gpu_run = _script()
+    assert gpu_run.main(["--apply", str(out), "--runs", str(root / "campaign")]) == 0
+    assert load_state(root / "campaign" / "masked" / "state.pt")["iteration"] == 40
+    assert load_state(root / "campaign" / "baseline" / "state.pt")["iteration"] == 20
+    assert not (root / "campaign" / "masked" / "log.csv").exists()  # the campaign commits states only
+    assert gpu_run.main(["--apply", str(out), "--runs", str(root / "campaign")]) == 1  # not newer any more
+
+
+def test_campaign_prepare_refuses_while_a_newer_state_is_not_committed(tmp_path):
+    from maskdn.errors import MaskdnError
+
+    root = _campaign_root(tmp_path)
+    gpu_run = _script()
+    gpu_run.check_campaign_stopped(root / "campaign")  # committed states are the newest: fine
+    local = root / "runs" / "campaign" / "masked"
+    local.mkdir(parents=True)
+    shutil.copyfile(tmp_path / "cpu" / "masked" / "state.pt", local / "state.pt")
+    state = load_state(local / "state.pt")
+    state["iteration"] = 30
+    torch.save(state, local / "state.pt")
+    with pytest.raises(MaskdnError, match=r"iteration 30, newer than .*\(25\): run 'python campaign/campaign.py save'"):
+        gpu_run.check_campaign_stopped(root / "campaign")
+
+
+def test_a_campaign_runs_data_path_is_linked_to_the_carried_copy(tmp_path, monkeypatch):
+    gpu_run = _script()
+    carried = tmp_path / "carry" / "CBSD432"
+    carried.mkdir(parents=True)
+    (carried / "a.png").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path / "carry")
+    assert not gpu_run.link_data("../shared/data/CBSD432", tmp_path / "nothing")  # nothing carried: no link
+    assert gpu_run.link_data("../shared/data/CBSD432", carried)
+    assert (tmp_path / "shared" / "data" / "CBSD432" / "a.png").read_bytes() == b"x"
+    assert not gpu_run.link_data("../shared/data/CBSD432", carried)  # there already
