@@ -411,7 +411,7 @@ def session(a: argparse.Namespace) -> int:
     results = measure(masked_cfg, device, device.type == "cuda" and not a.no_compile, a.measure_minutes * 60,
                       repeats, size)
 
-    budget = min(a.minutes * 60, total_end - time.monotonic() - a.reserve_seconds)
+    budget = min((a.minutes or 7.0) * 60, total_end - time.monotonic() - a.reserve_seconds)
     shares = [a.masked_share, 1 - a.masked_share] if len(configs) > 1 else [1.0]
     records = []
     for name, share in zip((n for n in names if n in configs), shares):
@@ -460,7 +460,8 @@ def campaign_session(a: argparse.Namespace, configs: dict, total_end: float, wor
             continue
         plan.append((ahead[0] - it, name, dataclasses.replace(cfg, iterations=ahead[0]), state))
     plan.sort(key=lambda p: p[0])
-    train_end = time.monotonic() + min(a.minutes * 60, total_end - time.monotonic() - a.reserve_seconds)
+    left = total_end - time.monotonic() - a.reserve_seconds  # no measurement: the session's time is the runs'
+    train_end = time.monotonic() + min(a.minutes * 60 if a.minutes else math.inf, left)
     records, failed = [], []
     for i, (to_go, name, cfg, state) in enumerate(plan):
         seconds = (train_end - time.monotonic()) * to_go / sum(p[0] for p in plan[i:])
@@ -741,7 +742,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default=None,
                    help="continue campaign/gpu-PRESET-masked and -baseline (after a measurement of the preset) "
                         "instead of the campaign's masked and baseline runs")
-    p.add_argument("--minutes", type=float, default=7.0, help="training budget of both runs, cool-downs included")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="training budget of both runs, cool-downs included (default: the campaign's runs all the "
+                        "session's time, --total-minutes; with --preset 7)")
     p.add_argument("--total-minutes", type=float, default=9.0,
                    help="the whole session's wall clock, from the start: training shrinks to fit (a 570 s command limit)")
     p.add_argument("--measure-minutes", type=float, default=1.5, help="the measurement's budget; settings past it are skipped")
