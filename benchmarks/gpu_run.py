@@ -362,7 +362,9 @@ def deliver(record: dict, work: Path, dest: Path) -> None:
     record["files"] = {}
     for target, source in files.items():
         size = source.stat().st_size
-        shutil.copyfile(source, dest / target)
+        tmp = dest / f".{target}.tmp"  # a command killed mid-copy leaves no half file under the real name
+        shutil.copyfile(source, tmp)
+        tmp.replace(dest / target)
         record["files"][target] = size
         if size > RETURN_LIMIT:
             say(f"WARNING: {target} is {size / 2**20:.1f} MiB, over the {RETURN_LIMIT / 2**20:.0f} MiB that come back")
@@ -395,11 +397,11 @@ def session(a: argparse.Namespace) -> int:
     if not (a.runs / names[0] / "config.toml").is_file():
         raise MaskdnError(f"{a.runs / names[0] / 'config.toml'}: no such run (the campaign's are campaign/masked and "
                           "campaign/baseline, the GPU runs campaign/gpu-PRESET-KIND)")
-    configs = {n: run_config(n, a.runs, work, device, workers, campaign) for n in names
-               if (a.runs / n / "config.toml").is_file()}
     if campaign:
-        records, failed = campaign_session(a, configs, total_end, work, dest)
+        records, failed = campaign_session(a, [n for n in names if (a.runs / n / "config.toml").is_file()],
+                                           total_end, work, dest, device, workers, info)
         return finish(a, info, [], None, records, failed, dest, work)
+    configs = {n: run_config(n, a.runs, work, device, workers) for n in names if (a.runs / n / "config.toml").is_file()}
 
     repeats = a.repeats if a.repeats is not None else (3 if device.type == "cuda" else 0)
     masked_cfg = configs[names[0]][0]
@@ -440,19 +442,31 @@ def session(a: argparse.Namespace) -> int:
     return finish(a, info, results, list(size), records, [], dest, work)
 
 
-def campaign_session(a: argparse.Namespace, configs: dict, total_end: float, work: Path,
-                     dest: Path) -> tuple[list[dict], list[dict]]:
+def campaign_session(a: argparse.Namespace, names: list[str], total_end: float, work: Path, dest: Path,
+                     device: torch.device, workers: int, info: dict) -> tuple[list[dict], list[dict]]:
     """Train each campaign run on the device towards its next milestone; (records, failures).
 
     The run with fewer iterations to go trains first; each gets the time left times its share of the
-    iterations still to go, so time a run does not need (it reached its milestone) goes to the next.
-    A run that fails is reported and the next one still trains.
+    iterations still to go (at least ``--min-run-seconds`` while that much is left), so time a run does
+    not need (it reached its milestone) goes to the next. A run that fails, loading included, is
+    reported and the next one still trains; ``summary.json`` is rewritten after each run, so a session
+    cut short still returns what it finished.
     """
     from maskdn.errors import first_line
 
     camp = campaign_module()
-    plan = []
-    for name, (cfg, state) in configs.items():
+    plan, records, failed = [], [], []
+
+    def failure(name: str, e: Exception) -> None:
+        say(f"{name}: FAILED: {type(e).__name__}: {first_line(e)}")
+        failed.append({"run": name, "error": f"{type(e).__name__}: {first_line(e)}"[:300]})
+
+    for name in names:
+        try:
+            cfg, state = run_config(name, a.runs, work, device, workers, campaign=True)
+        except Exception as e:
+            failure(name, e)
+            continue
         it = state["iteration"] if state else 0
         ahead = sorted(m for m in {*camp.milestones(cfg.iterations), cfg.iterations} if m > it)
         if not ahead:
@@ -462,34 +476,41 @@ def campaign_session(a: argparse.Namespace, configs: dict, total_end: float, wor
     plan.sort(key=lambda p: p[0])
     left = total_end - time.monotonic() - a.reserve_seconds  # no measurement: the session's time is the runs'
     train_end = time.monotonic() + min(a.minutes * 60 if a.minutes else math.inf, left)
-    records, failed = [], []
     for i, (to_go, name, cfg, state) in enumerate(plan):
-        seconds = (train_end - time.monotonic()) * to_go / sum(p[0] for p in plan[i:])
-        if seconds < a.min_run_seconds:
-            say(f"{name}: skipped, {seconds:.0f} s left (under {a.min_run_seconds:.0f} s)")
+        left = train_end - time.monotonic()
+        if left < a.min_run_seconds:
+            say(f"{name}: skipped, {left:.0f} s left (under {a.min_run_seconds:.0f} s)")
             continue
+        seconds = max(left * to_go / sum(p[0] for p in plan[i:]), min(a.min_run_seconds, left))
         say(f"{name}: towards its milestone at iteration {cfg.iterations:,} ({to_go:,} to go)")
         try:
             record = continue_run(name, cfg, state, seconds, 0.0, a.runs, cool_down=False)
+            record.update(campaign=True, milestone=cfg.iterations)
+            deliver(record, work, dest)
         except Exception as e:  # the other run still gets its turn, and the summary is written
-            say(f"{name}: FAILED: {type(e).__name__}: {first_line(e)}")
-            failed.append({"run": name, "error": f"{type(e).__name__}: {first_line(e)}"[:300]})
+            failure(name, e)
             continue
-        record.update(campaign=True, milestone=cfg.iterations)
-        deliver(record, work, dest)
         records.append(record)
+        write_summary(a, info, [], None, records, failed, dest)
     return records, failed
 
 
-def finish(a: argparse.Namespace, info: dict, results: list[dict], size: list[int] | None, records: list[dict],
-           failed: list[dict], dest: Path, work: Path) -> int:
-    """Write ``summary.json``, print the summary, remove the work folder; the exit status (1 if a run failed)."""
+def write_summary(a: argparse.Namespace, info: dict, results: list[dict], size: list[int] | None,
+                  records: list[dict], failed: list[dict], dest: Path) -> dict:
+    """``dest/summary.json`` (atomically): what ``--apply`` reads."""
     summary = {"machine": info, "forward_image": size, "measurements": results, "runs": records, "failed": failed,
                "minutes": a.minutes, "wall_s": round(time.monotonic() - START, 1), "date": time.strftime("%Y-%m-%d"),
                "commit": _commit()}
     tmp = dest / ".summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1, default=_plain))
     tmp.replace(dest / "summary.json")
+    return summary
+
+
+def finish(a: argparse.Namespace, info: dict, results: list[dict], size: list[int] | None, records: list[dict],
+           failed: list[dict], dest: Path, work: Path) -> int:
+    """Write ``summary.json``, print the summary, remove the work folder; the exit status (1 if a run failed)."""
+    summary = write_summary(a, info, results, size, records, failed, dest)
     print_summary(summary, dest)
     if not a.keep_work and not a.work:
         shutil.rmtree(work, ignore_errors=True)
@@ -648,21 +669,31 @@ def apply_campaign(record: dict, src: Path, runs: Path) -> tuple[int, int]:
     """A campaign run's returned state into ``campaign/NAME/state.pt``: (iteration before, after).
 
     Refused while the run is running here, or when the state is not newer than both the committed and
-    the local one. Its log stays behind (the campaign commits states, not logs), and so does its
-    config: the run continues with the committed ``config.toml``.
+    the local one. The settings that may change on resume (device, data workers, threads, run folder:
+    ``MAY_CHANGE_ON_RESUME``) are set back to the committed ``config.toml``'s in the state's own config,
+    so that what branches off the state later (a milestone's cool-down) runs on this machine, not the
+    GPU's. Its log stays behind (the campaign commits states, not logs).
     """
     from maskdn.errors import MaskdnError
-    from maskdn.train.checkpoint import load_state
+    from maskdn.train import load_config
+    from maskdn.train.checkpoint import load_state, save_state
+    from maskdn.train.config import MAY_CHANGE_ON_RESUME
 
     camp, root, name = campaign_module(), runs.parent, record["run"]
     if camp.running_pid(root, name):
         raise MaskdnError(f"campaign run {name!r} is running here; stop it (campaign/stop.sh), then --apply again")
     state_file = src / f"{name}-state.pt"
-    new = load_state(state_file)["iteration"]
+    state = load_state(state_file)
+    new = state["iteration"]
     old = max(camp.iteration_of(camp.committed_state(root, name)), camp.iteration_of(camp.run_dir(root, name) / "state.pt"))
     if new <= old:
         raise MaskdnError(f"{state_file}: iteration {new:,}, not newer than campaign run {name!r}'s {old:,}")
-    camp._copy_atomic(state_file, camp.committed_state(root, name))
+    if old != record["start_iteration"]:
+        say(f"{name}: note: the GPU continued it from iteration {record['start_iteration']:,}, but here it is at "
+            f"{old:,}; the iterations from {record['start_iteration']:,} here are a branch left behind")
+    here = load_config(runs / name / "config.toml").to_dict()
+    state["config"] |= {k: here[k] for k in MAY_CHANGE_ON_RESUME if k in here}
+    save_state(camp.committed_state(root, name), state)
     return old, new
 
 
@@ -678,12 +709,19 @@ def apply(a: argparse.Namespace) -> int:
         s = json.loads((src / "summary.json").read_text())
     except (OSError, ValueError) as e:
         raise MaskdnError(f"{src / 'summary.json'}: not a GPU session's summary ({e})") from None
-    rows = []
+    rows, refused = [], []
+    for r in s.get("failed", []):
+        print(f"{r['run']}: failed on the GPU machine ({r['error']}); nothing to apply")
     for r in s["runs"]:
         name, folder = r["run"], a.runs / r["run"]
         state_file = src / f"{name}-state.pt"
         if r.get("campaign"):
-            old, now = apply_campaign(r, src, a.runs)
+            try:
+                old, now = apply_campaign(r, src, a.runs)
+            except MaskdnError as e:  # the other run is still applied
+                print(f"gpu_run: error: {e}", file=sys.stderr)
+                refused.append(name)
+                continue
             rows.append(_run_row(s, r))
             print(f"{name}: iteration {old:,} → {now:,} into {folder / 'state.pt'}")
             continue
@@ -718,9 +756,9 @@ def apply(a: argparse.Namespace) -> int:
         _replace_between(doc, GPU_TABLE, rows)
         _replace_between(doc, MEASURE_TABLE, measured)
         print(f"rows added to {doc}")
-    print(f"now: git add {' '.join(str(a.runs / r['run']) for r in s['runs'])} docs/gpu.md"
+    print(f"now: git add {' '.join(str(a.runs / r['run']) for r in s['runs'] if r['run'] not in refused)} docs/gpu.md"
           + ("; then campaign/resume.sh" if any(r.get("campaign") for r in s["runs"]) else ""))
-    return 0
+    return 1 if refused else 0
 
 
 def _run_row(s: dict, r: dict) -> str:

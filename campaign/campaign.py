@@ -291,7 +291,8 @@ def cooldown(root: Path, name: str, iterations: int | None = None, fraction: flo
     it = state["iteration"]
     n = iterations or max(100, round(fraction * it))
     dest = run_dir(root, name).with_name(f"{name}-cd-{it}")
-    weights = branch(source, n, dest, threads=1)
+    cfg = load(root, name)  # this machine's settings, not those of the machine that saved the state (a GPU's)
+    weights = branch(source, n, dest, threads=1, device=cfg.device, workers=cfg.workers)
     final = load_state(dest / "state.pt")
     patches = it * final["config"]["batch_size"]
     keep = campaign_dir(root) / "cooldowns" / f"{name}-{patches}.safetensors"

@@ -307,3 +307,19 @@ def test_the_campaign_readme_and_figure_carry_the_forecast(root, monkeypatch):
     assert "What the validation curves predict at the runs' length, 6,400 patches" in readme
     assert "| unseen mean |" in readme and readme.endswith("end\n")
     assert campaign.plot(root, root / "c.png").stat().st_size > 0
+
+
+def test_a_state_from_a_gpu_session_cools_down_on_this_machine(root):
+    """A GPU session's state records device = "cuda" and its own data workers; the cool-down branch a CPU
+    process makes of it at a milestone runs with the run's config.toml settings instead."""
+    from maskdn.train.checkpoint import save_state
+
+    cfg = load_config(root / "campaign" / "tiny" / "config.toml", {"out": str(root / "runs" / "campaign" / "tiny"), "iterations": 40})
+    train(cfg, progress=False)
+    path = root / "runs" / "campaign" / "tiny" / "state.pt"
+    state = load_state(path)
+    state["config"] |= {"device": "cuda", "workers": 8, "out": "/tmp/maskdn-gpu-x/tiny"}
+    save_state(path, state)
+    assert "cool-down of 3 iterations from iteration 40" in campaign.cooldown(root, "tiny", 3)
+    branch = load_state(root / "runs" / "campaign" / "tiny-cd-40" / "state.pt")
+    assert (branch["iteration"], branch["config"]["device"], branch["config"]["workers"]) == (43, "cpu", 0)

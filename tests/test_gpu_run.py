@@ -144,14 +144,19 @@ def _campaign_root(tmp_path: Path) -> Path:
     return root
 
 
+def _campaign_session(root: Path, out: Path, minutes: float) -> subprocess.CompletedProcess:
+    """The campaign session's dry run on the runs of ``root`` (what a GPU session runs, on the CPU)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "benchmarks/gpu_run.py", "--device", "cpu", "--minutes", str(minutes),
+                           "--out", str(out), "--runs", str(root / "campaign")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
 def test_campaign_session_trains_each_run_to_its_next_milestone_as_the_cpu_would(tmp_path):
     root = _campaign_root(tmp_path)
     committed = {n: _digest(root / "campaign" / n / "state.pt") for n in ("masked", "baseline")}
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "benchmarks/gpu_run.py", "--device", "cpu", "--minutes", "1",
-                           "--out", str(out), "--runs", str(root / "campaign")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = _campaign_session(root, out, minutes=1)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["measurements"] == [] and summary["failed"] == []
@@ -173,10 +178,15 @@ def test_campaign_session_trains_each_run_to_its_next_milestone_as_the_cpu_would
 
     gpu_run = _script()
     assert gpu_run.main(["--apply", str(out), "--runs", str(root / "campaign")]) == 0
-    assert load_state(root / "campaign" / "masked" / "state.pt")["iteration"] == 40
-    assert load_state(root / "campaign" / "baseline" / "state.pt")["iteration"] == 20
+    applied = load_state(root / "campaign" / "masked" / "state.pt")
+    assert applied["iteration"] == 40 and load_state(root / "campaign" / "baseline" / "state.pt")["iteration"] == 20
+    # the machine's settings in the state are this checkout's again (its cool-downs branch from them)
+    assert applied["config"]["out"] == "runs/campaign/masked" and b["config"]["out"] != applied["config"]["out"]
     assert not (root / "campaign" / "masked" / "log.csv").exists()  # the campaign commits states only
     assert gpu_run.main(["--apply", str(out), "--runs", str(root / "campaign")]) == 1  # not newer any more
+    shutil.copyfile(tmp_path / "cpu" / "masked" / "state.pt", root / "campaign" / "masked" / "state.pt")
+    assert gpu_run.main(["--apply", str(out), "--runs", str(root / "campaign")]) == 1  # baseline refused …
+    assert load_state(root / "campaign" / "masked" / "state.pt")["iteration"] == 40  # … masked applied all the same
 
 
 def test_campaign_prepare_refuses_while_a_newer_state_is_not_committed(tmp_path):
@@ -205,3 +215,15 @@ def test_a_campaign_runs_data_path_is_linked_to_the_carried_copy(tmp_path, monke
     assert gpu_run.link_data("../shared/data/CBSD432", carried)
     assert (tmp_path / "shared" / "data" / "CBSD432" / "a.png").read_bytes() == b"x"
     assert not gpu_run.link_data("../shared/data/CBSD432", carried)  # there already
+
+
+def test_campaign_session_reports_a_run_it_cannot_load_and_trains_the_other(tmp_path):
+    root = _campaign_root(tmp_path)
+    (root / "campaign" / "masked" / "state.pt").write_bytes(b"not a state")
+    out = tmp_path / "out"
+    done = _campaign_session(root, out, minutes=0.5)
+    assert done.returncode == 1, done.stderr[-3000:] + done.stdout[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [f["run"] for f in summary["failed"]] == ["masked"] and "state.pt" in summary["failed"][0]["error"]
+    assert [(r["run"], r["iteration"]) for r in summary["runs"]] == [("baseline", 20)]
+    assert "masked: FAILED" in done.stdout
