@@ -627,13 +627,21 @@ def targets_text(root: Path) -> str:
     for r in read_cooldowns(root):
         if r.get("bench") and all(r["bench"].get(p) for p, _, _ in BENCH_PLAN):
             done.setdefault(r["patches"], {})[r["run"]] = r
+    measured = {}
     for patches, runs in sorted(done.items()):
         if not all(n in runs for n in PAIR):
             continue
         records = [rec for n in PAIR for f in runs[n]["bench"].values() for rec in _load_results(root / f)]
         m, b = (method_name(root / runs[n]["weights"]) for n in PAIR)
+        measured[patches] = t.targets(records, m, b)
         parts.append(f"The campaign at {patches:,} patches (`{m}` against `{b}`, cool-downs of "
-                     f"{runs[PAIR[0]]['cooldown']:,} iterations):\n\n" + t.markdown(t.targets(records, m, b)))
+                     f"{runs[PAIR[0]]['cooldown']:,} iterations):\n\n" + t.markdown(measured[patches]))
+    length = forecast_patches(root) if PAIR[0] in run_names(root) else 0
+    if len(measured) >= 2 and max(measured) < length:
+        f = _sibling("forecast")
+        parts.append(f"What the benchmarked pairs predict at the runs' length, {length:,} patches "
+                     "(`campaign/forecast.py`: each target's least-squares line in log2(patches) through the "
+                     "pairs above, extended):\n\n" + f.target_markdown(f.target_trends(measured, length), length))
     return "\n\n".join(parts) or "No benchmarked cool-down pair yet."
 
 

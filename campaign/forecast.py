@@ -13,6 +13,10 @@ answer depends on that choice; it is not a confidence interval. The points are t
 validation of the main runs, not cool-downs (a cool-down added −0.05 to +0.06 dB per noise at 125k
 patches, ``campaign/cooldowns.json``), on 16 held-out CBSD432 crops, not the README's benchmark.
 
+Once two or more milestone pairs are benchmarked, :func:`target_trends` does the same for the success
+targets themselves (``campaign/targets.py`` on each pair's benchmark records): a line in log2(patches)
+through the pairs, extended; ``campaign.py save`` writes it under the targets in ``docs/training.md``.
+
     python campaign/forecast.py [--patches N]   # default: the runs' configured length
 """
 
@@ -47,11 +51,15 @@ def trend(points: Sequence[tuple[int, float]], window: float) -> tuple[float, fl
     used = [(math.log2(p), v) for p, v in points if p >= newest / window]
     if len(used) < MIN_POINTS:
         return None
-    mx = sum(x for x, _ in used) / len(used)
-    my = sum(v for _, v in used) / len(used)
-    sxx = sum((x - mx) ** 2 for x, _ in used)
-    slope = sum((x - mx) * (v - my) for x, v in used) / sxx
-    return slope, my + slope * (math.log2(newest) - mx), len(used)
+    return (*_fit(used, math.log2(newest)), len(used))
+
+
+def _fit(xy: Sequence[tuple[float, float]], x_at: float) -> tuple[float, float]:
+    """Least-squares line through ``xy`` (two distinct x at least): (slope, its value at ``x_at``)."""
+    mx = sum(x for x, _ in xy) / len(xy)
+    my = sum(v for _, v in xy) / len(xy)
+    slope = sum((x - mx) * (v - my) for x, v in xy) / sum((x - mx) ** 2 for x, _ in xy)
+    return slope, my + slope * (x_at - mx)
 
 
 def predict(points: Sequence[tuple[int, float]], patches: int, window: float) -> float | None:
@@ -149,6 +157,52 @@ def markdown(rows: Sequence[Mapping], masked: str, baseline: str, patches: int) 
         now = r["gap_now"]
         cells += ["–" if now is None else f"{now[1]:+.2f} ({now[0]:,})", _range(r["gap"], signed=True)]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def target_trends(measured: Mapping[int, Sequence[Mapping]], patches: int) -> list[dict]:
+    """Each success target's line through the benchmarked pairs, extended to ``patches``.
+
+    The benchmark is what the targets are defined on, so once two or more pairs are benchmarked this is
+    the forecast that counts; a least-squares line in log2(patches) through all of them (through both,
+    with two).
+
+    Args:
+        measured: Patches → the rows :func:`targets.targets` gave for the pair benchmarked there
+            (``{target, dataset, measured (dB or None), threshold, ...}``).
+        patches: Where to predict.
+
+    Returns:
+        One dict per (target, dataset) measured at two or more patch counts, in the rows' order:
+        ``{target, dataset, threshold, points: [(patches, dB)], slope (dB per doubling), predicted (dB),
+        met (predicted ≥ threshold)}``.
+    """
+    out: dict[tuple[str, str], dict] = {}
+    for at, rows in sorted(measured.items()):
+        for r in rows:
+            if r["measured"] is not None:
+                out.setdefault((r["target"], r["dataset"]), {"target": r["target"], "dataset": r["dataset"],
+                                                             "threshold": r["threshold"], "points": []})["points"].append(
+                    (at, r["measured"]))
+    trends = []
+    for entry in out.values():
+        pts = entry["points"]
+        if len({p for p, _ in pts}) < 2:
+            continue
+        slope, at_newest = _fit([(math.log2(p), v) for p, v in pts], math.log2(max(p for p, _ in pts)))
+        predicted = at_newest + slope * (math.log2(patches) - math.log2(max(p for p, _ in pts)))
+        trends.append(entry | {"slope": slope, "predicted": predicted, "met": predicted >= entry["threshold"] - 1e-9})
+    return trends
+
+
+def target_markdown(trends: Sequence[Mapping], patches: int) -> str:
+    """:func:`target_trends` as a Markdown table (dB)."""
+    lines = [f"| target | dataset | measured (dB, at patches) | trend (dB/doubling) | at {patches:,} | needed | met at {patches:,} |",
+             "|---|---|---|---|---|---|---|"]
+    for t in trends:
+        seen = ", ".join(f"{v:+.2f} ({p:,})" for p, v in t["points"])
+        lines.append(f"| {t['target']} | {t['dataset']} | {seen} | {t['slope']:+.2f} | {t['predicted']:+.2f} | "
+                     f"≥ {t['threshold']:+.2f} | {'yes' if t['met'] else '**no**'} |")
     return "\n".join(lines)
 
 

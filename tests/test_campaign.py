@@ -175,20 +175,29 @@ def test_targets_measure_the_issues_four_conditions():
     assert rows[1]["measured"] is None and rows[1]["met"] is None and rows[4]["measured"] is None
 
 
-def test_the_targets_block_compares_the_pair_at_equal_patches(root):
+def _benchmarked_pair(root, patches: int, masked_psnr: float) -> list[dict]:
+    """Cool-down records of ``masked`` and ``baseline`` at ``patches``, benchmarked (every condition: the
+    masked model at ``masked_psnr``, the baseline at 29 dB, the noisy input at 25), their records kept
+    in campaign/bench/ as the runs' processes keep them."""
     from maskdn.generalization import _write_results  # noqa: PLC2701 (a results.json as maskdn bench writes it)
 
     bench = root / "campaign" / "bench"
-    bench.mkdir(parents=True)
+    bench.mkdir(parents=True, exist_ok=True)
     cds = []
-    for name, fn in (("masked", lambda ds, c: 30.0), ("baseline", lambda ds, c: 29.0)):
-        recs = _records(f"{name}-800", fn) + _records("noisy", lambda ds, c: 25.0)
+    for name, psnr in (("masked", masked_psnr), ("baseline", 29.0)):
+        recs = _records(f"{name}-{patches}", lambda ds, c: psnr) + _records("noisy", lambda ds, c: 25.0)
         for part in ("grid", "polyu"):
             local = root / f"{name}-{part}.json"
             _write_results(local, [r for r in recs if (r["dataset"] == "PolyU") == (part == "polyu")])
-            campaign._keep_records(local, bench / f"{name}-800-{part}.json.gz")
-        cds.append({"run": name, "iteration": 50, "patches": 800, "cooldown": 100, "weights": f"campaign/cooldowns/{name}-800.safetensors",
-                    "bench": {p: f"campaign/bench/{name}-800-{p}.json.gz" for p in ("grid", "polyu")}})
+            campaign._keep_records(local, bench / f"{name}-{patches}-{part}.json.gz")
+        cds.append({"run": name, "iteration": patches // 16, "patches": patches, "cooldown": 100,
+                    "weights": f"campaign/cooldowns/{name}-{patches}.safetensors",
+                    "bench": {p: f"campaign/bench/{name}-{patches}-{p}.json.gz" for p in ("grid", "polyu")}})
+    return cds
+
+
+def test_the_targets_block_compares_the_pair_at_equal_patches(root, monkeypatch):
+    cds = _benchmarked_pair(root, 800, 30.0)
     campaign._write_cooldowns(root, cds[:1])
     assert "at 800 patches" not in campaign.targets_text(root)  # one of the pair only
     campaign._write_cooldowns(root, cds)
@@ -199,6 +208,33 @@ def test_the_targets_block_compares_the_pair_at_equal_patches(root):
     (root / "docs" / "training.md").write_text(f"x\n{campaign.TARGETS_BEGIN}\nold\n{campaign.TARGETS_END}\ny\n")
     campaign.write_readme(root)
     assert (root / "docs" / "training.md").read_text() == f"x\n{campaign.TARGETS_BEGIN}\n{text}\n{campaign.TARGETS_END}\ny\n"
+    assert "What the benchmarked pairs predict" not in text  # one pair: no line yet
+
+    # a second pair, masking further ahead: the targets' lines through both, extended to the runs' length
+    campaign._write_cooldowns(root, cds + _benchmarked_pair(root, 1600, 30.5))
+    monkeypatch.setattr(campaign, "run_names", lambda root: ["baseline", "masked"])
+    monkeypatch.setattr(campaign, "forecast_patches", lambda root: 6400)
+    text = campaign.targets_text(root)
+    assert "What the benchmarked pairs predict at the runs' length, 6,400 patches" in text
+    # +1.00 at 800, +1.50 at 1,600: +0.5 per doubling, two doublings on
+    assert "| masked − baseline, mean out of distribution | Kodak24 | +1.00 (800), +1.50 (1,600) | +0.50 | +2.50 | ≥ +1.00 | yes |" in text
+    assert "| masked − noisy input | PolyU | +5.00 (800), +5.50 (1,600) | +0.50 | +6.50 | ≥ +0.00 | yes |" in text
+
+
+def test_target_trends_extend_each_target_through_the_pairs():
+    f = campaign._sibling("forecast")
+
+    def rows(ood, g15):
+        return [{"target": "ood", "dataset": "K", "measured": ood, "threshold": 1.0},
+                {"target": "g15", "dataset": "K", "measured": g15, "threshold": -1.5}]
+
+    trends = f.target_trends({125000: rows(0.1, -1.0), 250000: rows(0.3, None), 500000: rows(0.5, -0.9)}, 1000000)
+    ood, g15 = trends
+    assert (ood["slope"], ood["predicted"], ood["met"]) == (pytest.approx(0.2), pytest.approx(0.7), False)
+    assert g15["points"] == [(125000, -1.0), (500000, -0.9)] and g15["predicted"] == pytest.approx(-0.85) and g15["met"]
+    assert f.target_trends({125000: rows(0.1, -1.0)}, 1000000) == []  # one pair: no line
+    assert "| ood | K | +0.10 (125,000), +0.30 (250,000), +0.50 (500,000) | +0.20 | +0.70 | ≥ +1.00 | **no** |" in \
+        f.target_markdown(trends, 1000000)
 
 
 def test_pair_table_compares_validation_at_equal_patches(root, monkeypatch):
