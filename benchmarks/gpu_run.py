@@ -442,6 +442,12 @@ def session(a: argparse.Namespace) -> int:
     return finish(a, info, results, list(size), records, [], dest, work)
 
 
+def next_milestone(camp, length: int, iteration: int) -> int | None:
+    """The first of a campaign run's milestones (``camp.milestones``) or its ``length`` past ``iteration``."""
+    ahead = sorted(m for m in {*camp.milestones(length), length} if m > iteration)
+    return ahead[0] if ahead else None
+
+
 def campaign_session(a: argparse.Namespace, names: list[str], total_end: float, work: Path, dest: Path,
                      device: torch.device, workers: int, info: dict) -> tuple[list[dict], list[dict]]:
     """Train each campaign run on the device towards its next milestone; (records, failures).
@@ -468,14 +474,16 @@ def campaign_session(a: argparse.Namespace, names: list[str], total_end: float, 
             failure(name, e)
             continue
         it = state["iteration"] if state else 0
-        ahead = sorted(m for m in {*camp.milestones(cfg.iterations), cfg.iterations} if m > it)
-        if not ahead:
+        target = next_milestone(camp, cfg.iterations, it)
+        if target is None:
             say(f"{name}: finished at iteration {it}, nothing to train")
             continue
-        plan.append((ahead[0] - it, name, dataclasses.replace(cfg, iterations=ahead[0]), state))
+        plan.append((target - it, name, dataclasses.replace(cfg, iterations=target), state))
     plan.sort(key=lambda p: p[0])
     left = total_end - time.monotonic() - a.reserve_seconds  # no measurement: the session's time is the runs'
     train_end = time.monotonic() + min(a.minutes * 60 if a.minutes else math.inf, left)
+    if a.parallel:
+        return parallel_runs(a, [p[1] for p in plan], train_end, work, dest, info, failed)
     for i, (to_go, name, cfg, state) in enumerate(plan):
         left = train_end - time.monotonic()
         if left < a.min_run_seconds:
@@ -493,6 +501,74 @@ def campaign_session(a: argparse.Namespace, names: list[str], total_end: float, 
         records.append(record)
         write_summary(a, info, [], None, records, failed, dest)
     return records, failed
+
+
+def parallel_runs(a: argparse.Namespace, names: list[str], train_end: float, work: Path, dest: Path, info: dict,
+                  failed: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``--parallel``: each run in its own process (``--run-one``), all at once, each until ``train_end``
+    (``time.monotonic()``, which is the system's clock, so the same in every process).
+
+    A step of the campaign's small model at batch 16 launches some 2,500 small kernels, so one process
+    leaves the GPU mostly idle between them; two processes keep it busier. Each gets half the data
+    workers. A run whose process fails or outlives the session is reported; the other's files still come.
+    """
+    workers = a.workers if a.workers is not None else (
+        0 if a.device == "cpu" else min(8, max(0, ((os.cpu_count() or 1) - 2) // max(1, len(names)))))
+    procs = {}
+    for name in names:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--run-one", name, "--until", repr(train_end),
+               "--runs", str(a.runs), "--out", str(dest), "--work", str(work), "--device", a.device,
+               "--workers", str(workers)]
+        procs[name] = subprocess.Popen(cmd, cwd=ROOT)
+        say(f"{name}: started in process {procs[name].pid} until {train_end - time.monotonic():.0f} s from now, "
+            f"{workers} data workers")
+    deadline = train_end + max(a.reserve_seconds, 15.0)  # its own limit, then the save and the copy
+    records = []
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        result = dest / f".{name}-result.json"
+        got = json.loads(result.read_text()) if result.is_file() else {"error": f"its process ended with status {proc.returncode}"}
+        result.unlink(missing_ok=True)
+        if "record" in got:
+            records.append(got["record"])
+        else:
+            say(f"{name}: FAILED: {got['error']}")
+            failed.append({"run": name, "error": got["error"][:300]})
+        write_summary(a, info, [], None, records, failed, dest)
+    return records, failed
+
+
+def run_one(a: argparse.Namespace) -> int:
+    """``--run-one NAME``: one campaign run towards its next milestone until ``--until``, delivered to
+    ``--out``; its record (or error) goes to ``OUT/.NAME-result.json`` for :func:`parallel_runs`."""
+    from maskdn.devices import resolve_device
+    from maskdn.errors import first_line
+
+    dest, name = Path(a.out), a.run_one
+    try:
+        os.chdir(ROOT)
+        device = resolve_device(a.device)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        cfg, state = run_config(name, a.runs, Path(a.work), device, a.workers, campaign=True)
+        it = state["iteration"] if state else 0
+        cfg = dataclasses.replace(cfg, iterations=next_milestone(campaign_module(), cfg.iterations, it))
+        say(f"{name}: towards its milestone at iteration {cfg.iterations:,} ({cfg.iterations - it:,} to go)")
+        record = continue_run(name, cfg, state, max(1.0, a.until - time.monotonic()), 0.0, a.runs, cool_down=False)
+        record.update(campaign=True, milestone=cfg.iterations)
+        deliver(record, Path(a.work), dest)
+        result = {"record": record}
+    except Exception as e:
+        result = {"error": f"{type(e).__name__}: {first_line(e)}"}
+    tmp = dest / f".{name}-result.json.tmp"
+    tmp.write_text(json.dumps(result, default=_plain))
+    tmp.replace(dest / f".{name}-result.json")
+    return 0 if "record" in result else 1
 
 
 def write_summary(a: argparse.Namespace, info: dict, results: list[dict], size: list[int] | None,
@@ -798,6 +874,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None,
                    help="timed repeats per measurement (3 on CUDA; 0 on CPU: the first call only)")
     p.add_argument("--no-compile", action="store_true", help="measure and train without torch.compile")
+    p.add_argument("--parallel", action="store_true",
+                   help="train the campaign's runs at once, each in its own process (docs/gpu.md: measured against one at a time)")
+    p.add_argument("--run-one", metavar="NAME", help=argparse.SUPPRESS)  # a --parallel session's worker
+    p.add_argument("--until", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--prepare", action="store_true", help="here: fill gpu-carry/ (data, wheels) and print the travel size")
     p.add_argument("--apply", metavar="DIR", help="here: take a returned folder into campaign/ and docs/gpu.md")
     a = p.parse_args(argv)
@@ -810,6 +890,8 @@ def main(argv: list[str] | None = None) -> int:
             return prepare(a)
         if a.apply:
             return apply(a)
+        if a.run_one:
+            return run_one(a)
         return session(a)
     except MaskdnError as e:
         print(f"gpu_run: error: {e}", file=sys.stderr)

@@ -144,19 +144,20 @@ def _campaign_root(tmp_path: Path) -> Path:
     return root
 
 
-def _campaign_session(root: Path, out: Path, minutes: float) -> subprocess.CompletedProcess:
+def _campaign_session(root: Path, out: Path, minutes: float, *extra: str) -> subprocess.CompletedProcess:
     """The campaign session's dry run on the runs of ``root`` (what a GPU session runs, on the CPU)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "benchmarks/gpu_run.py", "--device", "cpu", "--minutes", str(minutes),
-                           "--out", str(out), "--runs", str(root / "campaign")], cwd=REPO, env=env,
+                           "--out", str(out), "--runs", str(root / "campaign"), *extra], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
-def test_campaign_session_trains_each_run_to_its_next_milestone_as_the_cpu_would(tmp_path):
+@pytest.mark.parametrize("parallel", [False, True], ids=["one-at-a-time", "parallel"])
+def test_campaign_session_trains_each_run_to_its_next_milestone_as_the_cpu_would(parallel, tmp_path):
     root = _campaign_root(tmp_path)
     committed = {n: _digest(root / "campaign" / n / "state.pt") for n in ("masked", "baseline")}
     out = tmp_path / "out"
-    done = _campaign_session(root, out, minutes=1)
+    done = _campaign_session(root, out, 1, *(["--parallel"] if parallel else []))
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["measurements"] == [] and summary["failed"] == []
@@ -166,6 +167,7 @@ def test_campaign_session_trains_each_run_to_its_next_milestone_as_the_cpu_would
     assert (runs["masked"]["start_iteration"], runs["masked"]["iteration"], runs["masked"]["milestone"]) == (25, 40, 40)
     assert set(runs["masked"]["files"]) == {"masked-state.pt", "masked-log.csv"}  # no cool-down: the CPU's job
     assert "reached its milestone at iteration 40" in done.stdout
+    assert ("started in process" in done.stdout) == parallel and not list(out.glob(".*"))
     assert {n: _digest(root / "campaign" / n / "state.pt") for n in committed} == committed
     # what the GPU machine would compute differently is the arithmetic only: on the CPU, the same run
     cfg = load_config(root / "campaign" / "masked" / "config.toml", {"out": str(tmp_path / "straight"), "iterations": 40})
