@@ -11,8 +11,10 @@ the paper-size GPU runs.
 The campaign (the default; docs/gpu.md, "The campaign on a GPU"): ``campaign/masked`` and
 ``campaign/baseline`` (issue 17's runs, normally trained on CPUs by ``campaign/campaign.py``) resume
 from their committed states, each trains on the device towards its next milestone (the run with less
-to go first, each its share of the time by the iterations it lacks; it stops at the milestone, where
-the CPU process then branches the cool-down and benchmarks), and the new states come back. The run's
+to go first, each its share of the time by the iterations it lacks, or both at once with
+``--parallel``); at the milestone, time allowing, it branches the milestone's cool-down as the CPU
+campaign would and trains on towards the next one, else it stops there and the CPU process branches it;
+the new states (and cool-down exports) come back. The run's
 config is the committed one: float32, the same data (``gpu-carry/CBSD432``, all of CBSD432, linked
 where the config names it), the same masks and seeds; only the device's arithmetic differs.
 
@@ -442,6 +444,61 @@ def session(a: argparse.Namespace) -> int:
     return finish(a, info, results, list(size), records, [], dest, work)
 
 
+def continue_campaign_run(name: str, cfg, state: dict | None, seconds: float, runs: Path, camp,
+                          min_seconds: float) -> dict:
+    """Train campaign run ``name`` for about ``seconds`` towards its next milestone (``cfg.iterations`` is
+    the run's length); its record.
+
+    Reached with time to spare, the milestone's cool-down is branched here as the CPU campaign would
+    branch it (``campaign.cooldown_length`` iterations, lr decayed to 0; exported, validated) and the
+    run goes on towards the milestone after. At most one cool-down per run and session: what comes back
+    is at most 8 files. Without the time for it, the run stops at the milestone and the CPU campaign
+    branches the cool-down there.
+    """
+    from maskdn.train import TrainingStopped, cooldown, train
+    from maskdn.train.checkpoint import load_state
+
+    t_end = time.monotonic() + seconds
+    length, it = cfg.iterations, (state["iteration"] if state else 0)
+    target = next_milestone(camp, length, it)
+    say(f"{name}: towards its milestone at iteration {target:,} ({target - it:,} to go)")
+    record = continue_run(name, dataclasses.replace(cfg, iterations=target), state, seconds, 0.0, runs, cool_down=False)
+    record.update(campaign=True, milestone=target)
+    if record["iteration"] != target or target not in camp.milestones(length):
+        return record
+    n, rate = camp.cooldown_length(target), record["patches_per_s"] / cfg.batch_size  # iterations per second
+    if rate <= 0 or t_end - time.monotonic() < n / rate * 1.2 + 30:
+        say(f"{name}: at its milestone {target:,}, without the time for its cool-down of {n} iterations "
+            "(the CPU campaign will branch it)")
+        return record
+    out = Path(cfg.out)
+    say(f"{name}: at its milestone {target:,}; its cool-down of {n} iterations")
+    try:
+        weights = cooldown(out, n, out.with_name(f"{name}-cd-{target}"), progress=False,
+                           time_limit=max(1.0, t_end - time.monotonic()), device=cfg.device, workers=cfg.workers)
+    except TrainingStopped:
+        say(f"{name}: its cool-down did not finish in time (the CPU campaign will branch it)")
+        return record
+    cd = load_state(out.with_name(f"{name}-cd-{target}") / "state.pt")
+    record.update(cooldown_weights=str(weights), cooldown=n, cooldown_at=target,
+                  cooldown_val=cd["val_history"][-1]["psnr"] if cd["val_history"] else {})
+    after_target = next_milestone(camp, length, target)
+    if after_target is None or t_end - time.monotonic() < min_seconds:
+        return record
+    say(f"{name}: on towards its milestone at iteration {after_target:,}")
+    before = load_state(out / "state.pt")["elapsed"]
+    try:
+        train(dataclasses.replace(cfg, iterations=after_target), progress=False, time_limit=t_end - time.monotonic())
+    except TrainingStopped:
+        pass
+    after = load_state(out / "state.pt")
+    record.update(iteration=after["iteration"], patches=after["iteration"] * cfg.batch_size, milestone=after_target,
+                  train_s=round(record["train_s"] + after["elapsed"] - before, 1))
+    if after.get("val_history"):
+        record["run_val"] = {"iteration": after["val_history"][-1]["iteration"], "psnr": after["val_history"][-1]["psnr"]}
+    return record
+
+
 def next_milestone(camp, length: int, iteration: int) -> int | None:
     """The first of a campaign run's milestones (``camp.milestones``) or its ``length`` past ``iteration``."""
     ahead = sorted(m for m in {*camp.milestones(length), length} if m > iteration)
@@ -478,7 +535,7 @@ def campaign_session(a: argparse.Namespace, names: list[str], total_end: float, 
         if target is None:
             say(f"{name}: finished at iteration {it}, nothing to train")
             continue
-        plan.append((target - it, name, dataclasses.replace(cfg, iterations=target), state))
+        plan.append((target - it, name, cfg, state))
     plan.sort(key=lambda p: p[0])
     left = total_end - time.monotonic() - a.reserve_seconds  # no measurement: the session's time is the runs'
     train_end = time.monotonic() + min(a.minutes * 60 if a.minutes else math.inf, left)
@@ -490,10 +547,8 @@ def campaign_session(a: argparse.Namespace, names: list[str], total_end: float, 
             say(f"{name}: skipped, {left:.0f} s left (under {a.min_run_seconds:.0f} s)")
             continue
         seconds = max(left * to_go / sum(p[0] for p in plan[i:]), min(a.min_run_seconds, left))
-        say(f"{name}: towards its milestone at iteration {cfg.iterations:,} ({to_go:,} to go)")
         try:
-            record = continue_run(name, cfg, state, seconds, 0.0, a.runs, cool_down=False)
-            record.update(campaign=True, milestone=cfg.iterations)
+            record = continue_campaign_run(name, cfg, state, seconds, a.runs, camp, a.min_run_seconds)
             deliver(record, work, dest)
         except Exception as e:  # the other run still gets its turn, and the summary is written
             failure(name, e)
@@ -556,11 +611,8 @@ def run_one(a: argparse.Namespace) -> int:
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
         cfg, state = run_config(name, a.runs, Path(a.work), device, a.workers, campaign=True)
-        it = state["iteration"] if state else 0
-        cfg = dataclasses.replace(cfg, iterations=next_milestone(campaign_module(), cfg.iterations, it))
-        say(f"{name}: towards its milestone at iteration {cfg.iterations:,} ({cfg.iterations - it:,} to go)")
-        record = continue_run(name, cfg, state, max(1.0, a.until - time.monotonic()), 0.0, a.runs, cool_down=False)
-        record.update(campaign=True, milestone=cfg.iterations)
+        record = continue_campaign_run(name, cfg, state, max(1.0, a.until - time.monotonic()), a.runs,
+                                       campaign_module(), a.min_run_seconds)
         deliver(record, Path(a.work), dest)
         result = {"record": record}
     except Exception as e:
@@ -623,6 +675,9 @@ def print_summary(s: dict, dest: Path) -> None:
         if "run_val" in r:
             print(f"    validation at iteration {r['run_val']['iteration']}: {_psnrs(r['run_val']['psnr'])}")
         if r.get("campaign"):
+            if "cooldown_at" in r:
+                print(f"    cool-down of {r['cooldown']} iterations at its milestone {r['cooldown_at']:,}: "
+                      f"{_psnrs(r.get('cooldown_val'))}")
             reached = r["iteration"] == r["milestone"]
             print(f"    {'reached' if reached else 'on the way to'} its milestone at iteration {r['milestone']:,}"
                   + (" (the CPU campaign branches its cool-down there)" if reached else ""))
@@ -770,6 +825,12 @@ def apply_campaign(record: dict, src: Path, runs: Path) -> tuple[int, int]:
     here = load_config(runs / name / "config.toml").to_dict()
     state["config"] |= {k: here[k] for k in MAY_CHANGE_ON_RESUME if k in here}
     save_state(camp.committed_state(root, name), state)
+    if "cooldown_at" in record:  # recorded as campaign.py records its own: the CPU process then benchmarks it
+        at, bs = record["cooldown_at"], state["config"]["batch_size"]
+        final = {"iteration": at + record["cooldown"], "config": {"batch_size": bs},
+                 "val_history": [{"psnr": record["cooldown_val"]}] if record["cooldown_val"] else []}
+        keep = camp.keep_cooldown(root, name, at, final, src / f"{name}-cooldown.safetensors")
+        say(f"{name}: its cool-down at iteration {at:,} → {keep}")
     return old, new
 
 
@@ -839,8 +900,12 @@ def apply(a: argparse.Namespace) -> int:
 
 def _run_row(s: dict, r: dict) -> str:
     """A returned run's row of docs/gpu.md's runs table."""
-    after = (f"to milestone {r['milestone']:,}" if r["iteration"] < r["milestone"] else "milestone reached") \
-        if r.get("campaign") else f"{r.get('cooldown', 0)}: {_psnrs(r.get('cooldown_val'))}"
+    if r.get("campaign"):
+        after = f"to milestone {r['milestone']:,}" if r["iteration"] < r["milestone"] else "milestone reached"
+        if "cooldown_at" in r:
+            after = f"{r['cooldown']} at {r['cooldown_at']:,}: {_psnrs(r.get('cooldown_val'))}; then {after}"
+    else:
+        after = f"{r.get('cooldown', 0)}: {_psnrs(r.get('cooldown_val'))}"
     return (f"| {s['date']} | {s['machine']['name']} | {s['commit']} | `{r['run']}` | "
             f"{r['start_iteration']:,} → {r['iteration']:,} | {r['patches']:,} | {r['patches_per_s']:.0f} | "
             f"{'bf16' if r['bf16'] else 'fp32'}{', compiled' if r['compile'] else ''} | "

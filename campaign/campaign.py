@@ -289,25 +289,39 @@ def cooldown(root: Path, name: str, iterations: int | None = None, fraction: flo
     source = local if iteration_of(local) >= iteration_of(committed) else committed
     state = load_state(source)
     it = state["iteration"]
-    n = iterations or max(100, round(fraction * it))
+    n = iterations or cooldown_length(it, fraction)
     dest = run_dir(root, name).with_name(f"{name}-cd-{it}")
     cfg = load(root, name)  # this machine's settings, not those of the machine that saved the state (a GPU's)
     weights = branch(source, n, dest, threads=1, device=cfg.device, workers=cfg.workers)
-    final = load_state(dest / "state.pt")
-    patches = it * final["config"]["batch_size"]
+    keep = keep_cooldown(root, name, it, load_state(dest / "state.pt"), weights)
+    return f"{name}: cool-down of {n} iterations from iteration {it} → {keep.relative_to(root)}"
+
+
+def cooldown_length(iteration: int, fraction: float = 0.05) -> int:
+    """A cool-down's iterations for a run at ``iteration``: ``fraction`` of it, at least 100."""
+    return max(100, round(fraction * iteration))
+
+
+def keep_cooldown(root: Path, name: str, iteration: int, final: dict, weights: Path) -> Path:
+    """Record the cool-down of run ``name`` branched at ``iteration``: its export ``weights`` copied to
+    ``campaign/cooldowns/NAME-PATCHES.safetensors``, its entry (length, validation scores of its final
+    state ``final``) in ``cooldowns.json``, the tables and figure redrawn; where the export went.
+    (The GPU session's cool-downs come in here too, through ``benchmarks/gpu_run.py --apply``.)"""
+    batch = final["config"]["batch_size"]
+    patches = iteration * batch
     keep = campaign_dir(root) / "cooldowns" / f"{name}-{patches}.safetensors"
     keep.parent.mkdir(exist_ok=True)
     _copy_atomic(weights, keep)
-    record = {"run": name, "iteration": it, "patches": patches, "cooldown": n,
-              "patches_with_cooldown": final["iteration"] * final["config"]["batch_size"],
+    record = {"run": name, "iteration": iteration, "patches": patches, "cooldown": final["iteration"] - iteration,
+              "patches_with_cooldown": final["iteration"] * batch,
               "val_psnr": final["val_history"][-1]["psnr"] if final["val_history"] else {},
               "weights": str(keep.relative_to(root))}
     with _locked(root):
-        records = [r for r in read_cooldowns(root) if (r["run"], r["iteration"]) != (name, it)] + [record]
+        records = [r for r in read_cooldowns(root) if (r["run"], r["iteration"]) != (name, iteration)] + [record]
         _write_cooldowns(root, records)
         write_readme(root)
         plot(root)
-    return f"{name}: cool-down of {n} iterations from iteration {it} → {keep.relative_to(root)}"
+    return keep
 
 
 # ---- the background process: milestones, cool-downs, benchmarks -------------------------------------

@@ -152,12 +152,30 @@ def _campaign_session(root: Path, out: Path, minutes: float, *extra: str) -> sub
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("parallel", [False, True], ids=["one-at-a-time", "parallel"])
-def test_campaign_session_trains_each_run_to_its_next_milestone_as_the_cpu_would(parallel, tmp_path):
+def _straight(root: Path, tmp_path: Path, name: str, iterations: int) -> dict:
+    """The state of campaign run ``name`` trained straight to ``iterations`` on the CPU, from scratch."""
+    cfg = load_config(root / "campaign" / name / "config.toml", {"out": str(tmp_path / f"straight-{name}"),
+                                                                 "iterations": iterations})
+    train(cfg, progress=False)
+    torch.set_num_threads(1)
+    return load_state(tmp_path / f"straight-{name}" / "state.pt")
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    """Equal weights, and equal validation wherever both validated."""
+    scores = [{e["iteration"]: e["psnr"] for e in h["val_history"]} for h in (a, b)]
+    shared = scores[0].keys() & scores[1].keys()
+    return all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]) and \
+        all(scores[0][i] == scores[1][i] for i in shared) and len(shared) >= 2
+
+
+def test_campaign_session_stops_each_run_at_its_next_milestone_as_the_cpu_would(tmp_path):
+    """With too little time for a cool-down (30 s of margin on top of its estimate), each run stops at its
+    next milestone, where the CPU campaign branches it."""
     root = _campaign_root(tmp_path)
     committed = {n: _digest(root / "campaign" / n / "state.pt") for n in ("masked", "baseline")}
     out = tmp_path / "out"
-    done = _campaign_session(root, out, 1, *(["--parallel"] if parallel else []))
+    done = _campaign_session(root, out, 0.5)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["measurements"] == [] and summary["failed"] == []
@@ -165,18 +183,12 @@ def test_campaign_session_trains_each_run_to_its_next_milestone_as_the_cpu_would
     assert list(runs) == ["baseline", "masked"]  # the one with less to go first
     assert (runs["baseline"]["start_iteration"], runs["baseline"]["iteration"], runs["baseline"]["milestone"]) == (10, 20, 20)
     assert (runs["masked"]["start_iteration"], runs["masked"]["iteration"], runs["masked"]["milestone"]) == (25, 40, 40)
-    assert set(runs["masked"]["files"]) == {"masked-state.pt", "masked-log.csv"}  # no cool-down: the CPU's job
-    assert "reached its milestone at iteration 40" in done.stdout
-    assert ("started in process" in done.stdout) == parallel and not list(out.glob(".*"))
+    assert set(runs["masked"]["files"]) == {"masked-state.pt", "masked-log.csv"}
+    assert "reached its milestone at iteration 40" in done.stdout and "without the time for its cool-down" in done.stdout
     assert {n: _digest(root / "campaign" / n / "state.pt") for n in committed} == committed
     # what the GPU machine would compute differently is the arithmetic only: on the CPU, the same run
-    cfg = load_config(root / "campaign" / "masked" / "config.toml", {"out": str(tmp_path / "straight"), "iterations": 40})
-    train(cfg, progress=False)
-    torch.set_num_threads(1)
-    a, b = load_state(tmp_path / "straight" / "state.pt"), load_state(out / "masked-state.pt")
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    scores = [{e["iteration"]: e["psnr"] for e in h["val_history"]} for h in (a, b)]
-    assert scores[0] == {i: v for i, v in scores[1].items() if i != 25}  # 25: where the committed piece ended
+    b = load_state(out / "masked-state.pt")
+    assert _same_run(_straight(root, tmp_path, "masked", 40), b)
 
     gpu_run = _script()
     assert gpu_run.main(["--apply", str(out), "--runs", str(root / "campaign")]) == 0
@@ -185,10 +197,34 @@ def test_campaign_session_trains_each_run_to_its_next_milestone_as_the_cpu_would
     # the machine's settings in the state are this checkout's again (its cool-downs branch from them)
     assert applied["config"]["out"] == "runs/campaign/masked" and b["config"]["out"] != applied["config"]["out"]
     assert not (root / "campaign" / "masked" / "log.csv").exists()  # the campaign commits states only
+    assert not (root / "campaign" / "cooldowns.json").exists()
     assert gpu_run.main(["--apply", str(out), "--runs", str(root / "campaign")]) == 1  # not newer any more
     shutil.copyfile(tmp_path / "cpu" / "masked" / "state.pt", root / "campaign" / "masked" / "state.pt")
     assert gpu_run.main(["--apply", str(out), "--runs", str(root / "campaign")]) == 1  # baseline refused …
     assert load_state(root / "campaign" / "masked" / "state.pt")["iteration"] == 40  # … masked applied all the same
+
+
+def test_parallel_campaign_session_cools_down_at_a_milestone_and_goes_on(tmp_path):
+    """With time to spare, both runs at once: each cools down at its milestone as the CPU campaign would
+    and trains on to the next one; --apply records the cool-downs, so the CPU only benchmarks them."""
+    root = _campaign_root(tmp_path)
+    out = tmp_path / "out"
+    done = _campaign_session(root, out, 3, "--parallel")
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert "started in process" in done.stdout and not list(out.glob(".*"))
+    runs = {r["run"]: r for r in json.loads((out / "summary.json").read_text())["runs"]}
+    assert (runs["baseline"]["cooldown_at"], runs["baseline"]["iteration"], runs["baseline"]["milestone"]) == (20, 40, 40)
+    assert (runs["masked"]["cooldown_at"], runs["masked"]["iteration"], runs["masked"]["milestone"]) == (40, 80, 80)
+    assert runs["masked"]["cooldown"] == 100 and set(runs["masked"]["cooldown_val"]) == {"gaussian:15"}
+    assert set(runs["masked"]["files"]) == {"masked-state.pt", "masked-log.csv", "masked-cooldown.safetensors"}
+    # the branch left the run as it was: the same as a straight CPU run to 80
+    assert _same_run(_straight(root, tmp_path, "masked", 80), load_state(out / "masked-state.pt"))
+
+    assert _script().main(["--apply", str(out), "--runs", str(root / "campaign")]) == 0
+    records = {r["run"]: r for r in json.loads((root / "campaign" / "cooldowns.json").read_text())}
+    assert (records["masked"]["iteration"], records["masked"]["patches"], records["masked"]["cooldown"]) == (40, 80, 100)
+    assert records["masked"]["patches_with_cooldown"] == 280 and records["masked"]["val_psnr"] == runs["masked"]["cooldown_val"]
+    assert (root / records["baseline"]["weights"]).read_bytes() == (out / "baseline-cooldown.safetensors").read_bytes()
 
 
 def test_campaign_prepare_refuses_while_a_newer_state_is_not_committed(tmp_path):
