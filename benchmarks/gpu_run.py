@@ -64,8 +64,8 @@ RUNS = ROOT / "campaign"
 CARRY = ROOT / "gpu-carry"  # git-ignored: what travels besides the repository (--prepare fills it)
 DATA_SOURCE = ROOT.parent / "shared" / "data" / "CBSD432"
 DATA = CARRY / "CBSD432-half"
-"""The GPU runs' images: CBSD432's last 16 in name order (held out for validation, as in the campaign) and
-every second of the other 416 (208), 16.6 MB: all 432 (31.9 MB) would not travel beside the two
+"""The paper-size runs' images (``--preset``): CBSD432's last 16 in name order (held out for validation, as in
+the campaign) and every second of the other 416 (208), 16.6 MB: all 432 (31.9 MB) would not travel beside the two
 committed paper states (docs/gpu.md, "What travels")."""
 HELD_OUT = 16
 KINDS = ("masked", "baseline")
@@ -453,21 +453,24 @@ def continue_campaign_run(name: str, cfg, state: dict | None, seconds: float, ru
     branch it (``campaign.cooldown_length`` iterations, lr decayed to 0; exported, validated) and the
     run goes on towards the milestone after. At most one cool-down per run and session: what comes back
     is at most 8 files. Without the time for it, the run stops at the milestone and the CPU campaign
-    branches the cool-down there.
+    branches the cool-down there. A run that starts at a milestone whose cool-down is not in
+    ``campaign/cooldowns.json`` (an earlier call stopped it there) cools down first and trains on only
+    after it: no milestone is passed without its cool-down.
     """
     from maskdn.train import TrainingStopped, cooldown, train
     from maskdn.train.checkpoint import load_state
 
     t_end = time.monotonic() + seconds
     length, it = cfg.iterations, (state["iteration"] if state else 0)
-    target = next_milestone(camp, length, it)
-    say(f"{name}: towards its milestone at iteration {target:,} ({target - it:,} to go)")
+    target = it if pending_cooldown(camp, runs, name, length, it) else next_milestone(camp, length, it)
+    say(f"{name}: at its milestone {it:,}, whose cool-down is to come" if target == it else
+        f"{name}: towards its milestone at iteration {target:,} ({target - it:,} to go)")
     record = continue_run(name, dataclasses.replace(cfg, iterations=target), state, seconds, 0.0, runs, cool_down=False)
     record.update(campaign=True, milestone=target)
     if record["iteration"] != target or target not in camp.milestones(length):
         return record
     n, rate = camp.cooldown_length(target), record["patches_per_s"] / cfg.batch_size  # iterations per second
-    if rate <= 0 or t_end - time.monotonic() < n / rate * 1.2 + 30:
+    if rate > 0 and t_end - time.monotonic() < n / rate * 1.2 + 30:  # no rate yet (nothing trained): try
         say(f"{name}: at its milestone {target:,}, without the time for its cool-down of {n} iterations "
             "(the CPU campaign will branch it)")
         return record
@@ -497,6 +500,12 @@ def continue_campaign_run(name: str, cfg, state: dict | None, seconds: float, ru
     if after.get("val_history"):
         record["run_val"] = {"iteration": after["val_history"][-1]["iteration"], "psnr": after["val_history"][-1]["psnr"]}
     return record
+
+
+def pending_cooldown(camp, runs: Path, name: str, length: int, iteration: int) -> bool:
+    """Whether campaign run ``name`` stands at one of its milestones without a recorded cool-down there."""
+    return iteration in camp.milestones(length) and not any(
+        (r["run"], r["iteration"]) == (name, iteration) for r in camp.read_cooldowns(runs.parent))
 
 
 def next_milestone(camp, length: int, iteration: int) -> int | None:
@@ -532,10 +541,11 @@ def campaign_session(a: argparse.Namespace, names: list[str], total_end: float, 
             continue
         it = state["iteration"] if state else 0
         target = next_milestone(camp, cfg.iterations, it)
-        if target is None:
+        pending = camp.cooldown_length(it) if pending_cooldown(camp, a.runs, name, cfg.iterations, it) else 0
+        if target is None and not pending:
             say(f"{name}: finished at iteration {it}, nothing to train")
             continue
-        plan.append((target - it, name, cfg, state))
+        plan.append((pending + (target or it) - it, name, cfg, state))  # iterations to go, a cool-down's too
     plan.sort(key=lambda p: p[0])
     left = total_end - time.monotonic() - a.reserve_seconds  # no measurement: the session's time is the runs'
     train_end = time.monotonic() + min(a.minutes * 60 if a.minutes else math.inf, left)
@@ -893,8 +903,10 @@ def apply(a: argparse.Namespace) -> int:
         _replace_between(doc, GPU_TABLE, rows)
         _replace_between(doc, MEASURE_TABLE, measured)
         print(f"rows added to {doc}")
-    print(f"now: git add {' '.join(str(a.runs / r['run']) for r in s['runs'] if r['run'] not in refused)} docs/gpu.md"
-          + ("; then campaign/resume.sh" if any(r.get("campaign") for r in s["runs"]) else ""))
+    campaign = any(r.get("campaign") for r in s["runs"])
+    adds = ([str(a.runs), "docs/campaign.png", "docs/training.md"] if campaign else
+            [str(a.runs / r["run"]) for r in s["runs"] if r["run"] not in refused])
+    print(f"now: git add {' '.join(adds)} docs/gpu.md && git commit" + ("; then campaign/resume.sh" if campaign else ""))
     return 1 if refused else 0
 
 
@@ -926,9 +938,9 @@ def main(argv: list[str] | None = None) -> int:
                         "session's time, --total-minutes; with --preset 7)")
     p.add_argument("--total-minutes", type=float, default=9.0,
                    help="the whole session's wall clock, from the start: training shrinks to fit (a 570 s command limit)")
-    p.add_argument("--measure-minutes", type=float, default=1.5, help="the measurement's budget; settings past it are skipped")
-    p.add_argument("--masked-share", type=float, default=0.6, help="share of the training budget for the masked run")
-    p.add_argument("--cooldown-share", type=float, default=0.15, help="share of a run's time kept for its cool-down")
+    p.add_argument("--measure-minutes", type=float, default=1.5, help="--preset only: the measurement's budget; settings past it are skipped")
+    p.add_argument("--masked-share", type=float, default=0.6, help="--preset only: share of the training budget for the masked run")
+    p.add_argument("--cooldown-share", type=float, default=0.15, help="--preset only: share of a run's time kept for its cool-down")
     p.add_argument("--reserve-seconds", type=float, default=20.0, help="kept at the end for copying and the summary")
     p.add_argument("--min-run-seconds", type=float, default=None, help="a run with less time is skipped (45 on CUDA, 1 on CPU)")
     p.add_argument("--out", default=None, help="where the files go (default: $OUT)")
@@ -937,8 +949,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-work", action="store_true", help="keep the temporary run folders")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: CPUs − 2, at most 8; 0 on CPU)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timed repeats per measurement (3 on CUDA; 0 on CPU: the first call only)")
-    p.add_argument("--no-compile", action="store_true", help="measure and train without torch.compile")
+                   help="--preset only: timed repeats per measurement (3 on CUDA; 0 on CPU: the first call only)")
+    p.add_argument("--no-compile", action="store_true", help="--preset only: measure and train without torch.compile")
     p.add_argument("--parallel", action="store_true",
                    help="train the campaign's runs at once, each in its own process (docs/gpu.md: measured against one at a time)")
     p.add_argument("--run-one", metavar="NAME", help=argparse.SUPPRESS)  # a --parallel session's worker

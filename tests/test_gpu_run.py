@@ -122,15 +122,16 @@ def test_time_limit_stops_and_saves(tmp_path):
 # ---- the campaign's runs on a GPU session (the default) -------------------------------------------
 
 
-def _campaign_root(tmp_path: Path) -> Path:
-    """A repository with tiny campaign runs ``masked`` (at iteration 25) and ``baseline`` (at 10) committed;
-    length 80, so their milestones are 10, 20, 40 and 80."""
+def _campaign_root(tmp_path: Path, baseline_at: int = 12) -> Path:
+    """A repository with tiny campaign runs ``masked`` (at iteration 25) and ``baseline`` (at
+    ``baseline_at``) committed; length 80, so their milestones are 10, 20, 40 and 80, and no cool-down
+    is recorded."""
     from test_train import make_images
 
     data = make_images(tmp_path / "data", sizes=((40, 48), (33, 29), (30, 40)))
     root = tmp_path / "repo"
     for name, masks, done in (("masked", "attn_mask_ratio = 0.75\ninput_mask = true\n", 25),
-                              ("baseline", "attn_mask_ratio = 0.0\ninput_mask = false\n", 10)):
+                              ("baseline", "attn_mask_ratio = 0.0\ninput_mask = false\n", baseline_at)):
         folder = root / "campaign" / name
         folder.mkdir(parents=True)
         (folder / "config.toml").write_text(
@@ -181,7 +182,7 @@ def test_campaign_session_stops_each_run_at_its_next_milestone_as_the_cpu_would(
     assert summary["measurements"] == [] and summary["failed"] == []
     runs = {r["run"]: r for r in summary["runs"]}
     assert list(runs) == ["baseline", "masked"]  # the one with less to go first
-    assert (runs["baseline"]["start_iteration"], runs["baseline"]["iteration"], runs["baseline"]["milestone"]) == (10, 20, 20)
+    assert (runs["baseline"]["start_iteration"], runs["baseline"]["iteration"], runs["baseline"]["milestone"]) == (12, 20, 20)
     assert (runs["masked"]["start_iteration"], runs["masked"]["iteration"], runs["masked"]["milestone"]) == (25, 40, 40)
     assert set(runs["masked"]["files"]) == {"masked-state.pt", "masked-log.csv"}
     assert "reached its milestone at iteration 40" in done.stdout and "without the time for its cool-down" in done.stdout
@@ -206,14 +207,16 @@ def test_campaign_session_stops_each_run_at_its_next_milestone_as_the_cpu_would(
 
 def test_parallel_campaign_session_cools_down_at_a_milestone_and_goes_on(tmp_path):
     """With time to spare, both runs at once: each cools down at its milestone as the CPU campaign would
-    and trains on to the next one; --apply records the cool-downs, so the CPU only benchmarks them."""
-    root = _campaign_root(tmp_path)
+    and trains on to the next one; --apply records the cool-downs, so the CPU only benchmarks them. The
+    baseline starts at a milestone without its cool-down (an earlier call stopped it there): it cools
+    down first, then trains on."""
+    root = _campaign_root(tmp_path, baseline_at=10)
     out = tmp_path / "out"
     done = _campaign_session(root, out, 3, "--parallel")
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     assert "started in process" in done.stdout and not list(out.glob(".*"))
     runs = {r["run"]: r for r in json.loads((out / "summary.json").read_text())["runs"]}
-    assert (runs["baseline"]["cooldown_at"], runs["baseline"]["iteration"], runs["baseline"]["milestone"]) == (20, 40, 40)
+    assert (runs["baseline"]["cooldown_at"], runs["baseline"]["iteration"], runs["baseline"]["milestone"]) == (10, 20, 20)
     assert (runs["masked"]["cooldown_at"], runs["masked"]["iteration"], runs["masked"]["milestone"]) == (40, 80, 80)
     assert runs["masked"]["cooldown"] == 100 and set(runs["masked"]["cooldown_val"]) == {"gaussian:15"}
     assert set(runs["masked"]["files"]) == {"masked-state.pt", "masked-log.csv", "masked-cooldown.safetensors"}
