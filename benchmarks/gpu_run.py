@@ -372,6 +372,14 @@ def deliver(record: dict, work: Path, dest: Path) -> None:
             say(f"WARNING: {target} is {size / 2**20:.1f} MiB, over the {RETURN_LIMIT / 2**20:.0f} MiB that come back")
 
 
+def strict_float32(device: torch.device) -> None:
+    """On CUDA, float32 means float32: no TF32 in matmuls and convolutions (the checks and the campaign's
+    float32 runs rely on it)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
 def session(a: argparse.Namespace) -> int:
     from maskdn.devices import resolve_device
     from maskdn.errors import MaskdnError
@@ -388,9 +396,7 @@ def session(a: argparse.Namespace) -> int:
         f"python {info['python']}, {info['cpus']} CPUs"
         + (f", {info['free_gib']} of {info['total_gib']} GiB free" if "free_gib" in info else ""))
     say("missing requirements: " + (", ".join(info["missing"]) or "none"))
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 (the checks compare it)
-        torch.backends.cudnn.allow_tf32 = False
+    strict_float32(device)
 
     work = Path(a.work or tempfile.mkdtemp(prefix="maskdn-gpu-"))
     workers = a.workers if a.workers is not None else (0 if device.type == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 2)))
@@ -617,9 +623,7 @@ def run_one(a: argparse.Namespace) -> int:
     try:
         os.chdir(ROOT)
         device = resolve_device(a.device)
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
+        strict_float32(device)
         cfg, state = run_config(name, a.runs, Path(a.work), device, a.workers, campaign=True)
         record = continue_campaign_run(name, cfg, state, max(1.0, a.until - time.monotonic()), a.runs,
                                        campaign_module(), a.min_run_seconds)
