@@ -617,7 +617,9 @@ def forecast_text(root: Path) -> str:
 
 def targets_text(root: Path) -> str:
     """The success targets (``campaign/targets.py``) at every patch count where both runs of :data:`PAIR`
-    have a fully benchmarked cool-down, after the shipped pair's (``docs/bench/`` records) for reference."""
+    have a fully benchmarked cool-down, after the shipped pair's (``docs/bench/`` records) for reference;
+    then, once a run has two such cool-downs, each run's own scores from one to the next
+    (``targets.scores``), and once two pairs are measured, each target's trend to the runs' length."""
     from maskdn.errors import MaskdnError
     from maskdn.generalization import method_name
     from maskdn.weights import describe_zoo, featured_pair
@@ -650,6 +652,13 @@ def targets_text(root: Path) -> str:
         measured[patches] = t.targets(records, m, b)
         parts.append(f"The campaign at {patches:,} patches (`{m}` against `{b}`, cool-downs of "
                      f"{runs[PAIR[0]]['cooldown']:,} iterations):\n\n" + t.markdown(measured[patches]))
+    progress = [(n, patches, t.scores([rec for f in runs[n]["bench"].values() for rec in _load_results(root / f)],
+                                      method_name(root / runs[n]["weights"])))
+                for n in PAIR for patches, runs in sorted(done.items()) if n in runs]
+    if any(sum(row[0] == n for row in progress) >= 2 for n in PAIR):
+        parts.append("Each run's own benchmark at its benchmarked cool-downs (mean PSNR in dB; in brackets the "
+                     "change since the run's previous one): whether a run's score out of distribution rises or "
+                     "falls as it trains on Gaussian σ=15:\n\n" + t.progress_markdown(progress))
     length = forecast_patches(root) if PAIR[0] in run_names(root) else 0
     if len(measured) >= 2 and max(measured) < length:
         f = _sibling("forecast")

@@ -122,6 +122,51 @@ def targets(records: Iterable[Mapping[str, Any]], masked: str, baseline: str, no
     return rows
 
 
+def scores(records: Iterable[Mapping[str, Any]], method: str) -> dict[str, float | None]:
+    """One model's summary on the README's benchmark, the quantities the targets compare.
+
+    Args:
+        records: ``maskdn bench`` records (PSNR in dB); duplicates (the same record key) count once.
+        method: The model's method name in the records.
+
+    Returns:
+        ``{"Kodak24 out of distribution", "CBSD68 out of distribution", "Kodak24 gaussian:15",
+        "CBSD68 gaussian:15", "PolyU"}`` → mean PSNR in dB (None where the records have none): per
+        grid the mean over its conditions other than the training noise (each condition's mean over
+        its images, as target 1 averages), the training noise's mean, PolyU's mean over its pairs.
+    """
+    means = _means(records)
+    out: dict[str, float | None] = {}
+    for ds in GRIDS:
+        ood = [v for (d, m, c), (v, _) in means.items() if d == ds and m == method and c != TRAINING_NOISE]
+        out[f"{ds} out of distribution"] = sum(ood) / len(ood) if ood else None
+    for ds in GRIDS:
+        out[f"{ds} {TRAINING_NOISE}"] = means.get((ds, method, TRAINING_NOISE), (None,))[0]
+    out[REAL] = means.get((REAL, method, "real"), (None,))[0]
+    return out
+
+
+def progress_markdown(rows: Sequence[tuple[str, int, Mapping[str, float | None]]]) -> str:
+    """Runs' :func:`scores` at successive patch counts as a Markdown table (dB), each cell with its change
+    since the same run's previous row in brackets.
+
+    Args:
+        rows: ``(run, patches, scores)`` in the order to print; a run's earlier row comes first.
+    """
+    columns = list(rows[0][2]) if rows else []
+    lines = ["| run | patches | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    last: dict[str, Mapping[str, float | None]] = {}
+    for run, patches, s in rows:
+        before = last.get(run, {})
+        cells = []
+        for c in columns:
+            v, b = s.get(c), before.get(c)
+            cells.append("–" if v is None else f"{v:.2f}" + ("" if b is None else f" ({v - b:+.2f})"))
+        lines.append(f"| `{run}` | {patches:,} | " + " | ".join(cells) + " |")
+        last[run] = s
+    return "\n".join(lines)
+
+
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """``rows`` of :func:`targets` as a Markdown table (dB)."""
     lines = ["| target | dataset | measured (dB) | needed (dB) | met | detail |", "|---|---|---|---|---|---|"]

@@ -169,6 +169,14 @@ def test_targets_measure_the_issues_four_conditions():
     assert "1 of 2 conditions" in rows[4]["detail"]
     assert rows[5]["measured"] == pytest.approx(1.0) and rows[5]["met"]
     assert "| masked − noisy input | PolyU | +1.00 | ≥ +0.00 | yes |" in t.markdown(rows)
+    assert t.scores(records, "m") == {"Kodak24 out of distribution": pytest.approx(28.25),  # (27.5 + 29) / 2
+                                      "CBSD68 out of distribution": 27.5, "Kodak24 gaussian:15": 31.0,
+                                      "CBSD68 gaussian:15": 31.0, "PolyU": 37.0}
+    assert t.scores([r for r in records if r["dataset"] != "PolyU"], "b")["PolyU"] is None
+    table = t.progress_markdown([("m", 800, t.scores(records, "m")), ("b", 800, t.scores(records, "b")),
+                                 ("m", 1600, t.scores(records, "b"))])
+    assert "| `m` | 800 | 28.25 | 27.50 | 31.00 | 31.00 | 37.00 |" in table  # a run's first row: no change
+    assert "| `m` | 1,600 | 27.25 (-1.00) | 26.00 (-1.50) | 33.00 (+2.00) | 33.00 (+2.00) | 37.50 (+0.50) |" in table
     # a model with fewer images of a condition is not compared there
     fewer = [r for r in records if not (r["method"] == "m" and r["dataset"] == "CBSD68" and r["image"] == "b")]
     rows = t.targets(fewer, "m", "b", paper={})
@@ -209,6 +217,7 @@ def test_the_targets_block_compares_the_pair_at_equal_patches(root, monkeypatch)
     campaign.write_readme(root)
     assert (root / "docs" / "training.md").read_text() == f"x\n{campaign.TARGETS_BEGIN}\n{text}\n{campaign.TARGETS_END}\ny\n"
     assert "What the benchmarked pairs predict" not in text  # one pair: no line yet
+    assert "Each run's own benchmark" not in text  # nor a run's progress
 
     # a second pair, masking further ahead: the targets' lines through both, extended to the runs' length
     campaign._write_cooldowns(root, cds + _benchmarked_pair(root, 1600, 30.5))
@@ -219,6 +228,10 @@ def test_the_targets_block_compares_the_pair_at_equal_patches(root, monkeypatch)
     # +1.00 at 800, +1.50 at 1,600: +0.5 per doubling, two doublings on
     assert "| masked − baseline, mean out of distribution | Kodak24 | +1.00 (800), +1.50 (1,600) | +0.50 | +2.50 | ≥ +1.00 | yes |" in text
     assert "| masked − noisy input | PolyU | +5.00 (800), +5.50 (1,600) | +0.50 | +6.50 | ≥ +0.00 | yes |" in text
+    # each run's own scores from one benchmarked cool-down to the next, before the targets' trends
+    assert text.index("Each run's own benchmark") < text.index("What the benchmarked pairs predict")
+    assert "| `masked` | 1,600 | 30.50 (+0.50) | 30.50 (+0.50) | 30.50 (+0.50) | 30.50 (+0.50) | 30.50 (+0.50) |" in text
+    assert "| `baseline` | 1,600 | 29.00 (+0.00) |" in text
 
 
 def test_target_trends_extend_each_target_through_the_pairs():
