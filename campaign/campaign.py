@@ -505,8 +505,19 @@ def history(root: Path, name: str) -> tuple[dict, list[dict]]:
     if not source.is_file():
         return {}, []
     state = load_state(source)
-    summary = {k: state[k] for k in ("iteration", "elapsed")} | {"batch_size": state["config"]["batch_size"]}
+    summary = {k: state[k] for k in ("iteration", "elapsed")} | {"batch_size": state["config"]["batch_size"],
+                                                                 "device_time": state.get("device_time") or {}}
     return summary, state.get("val_history", [])
+
+
+def training_time(summary: dict) -> str:
+    """A run's training time in hours, split by kind of device once it has trained on more than one
+    (a GPU session's seconds are not a CPU's: the state's ``device_time``)."""
+    total = summary.get("elapsed", 0) / 3600
+    parts = summary.get("device_time") or {}
+    if len(parts) < 2:
+        return f"{total:.1f} h"
+    return f"{total:.1f} h (" + ", ".join(f"{k.upper()} {v / 3600:.1f} h" for k, v in sorted(parts.items())) + ")"
 
 
 def recent_rate(root: Path, name: str, window_s: float = 1800.0) -> float | None:
@@ -549,7 +560,7 @@ def status(root: Path = ROOT) -> list[str]:
         recent = recent_rate(root, name)
         eta = (f"; next milestone {ahead[0]:,} in {(ahead[0] - it) * bs / recent / 3600:.1f} h at the last half "
                f"hour's {recent:.1f} patches/s" if ahead and recent else "")
-        lines.append(f"{name}: {state}, iteration {it}, {it * bs:,} patches, {el / 3600:.1f} h of training "
+        lines.append(f"{name}: {state}, iteration {it}, {it * bs:,} patches, {training_time(summary)} of training "
                      f"({rate:.1f} patches/s{eta}), validation: {val}")
     return lines
 
@@ -572,7 +583,7 @@ def table(root: Path) -> str:
         cd = "–" if not mine else (lambda c: f"{c['patches']:,} patches: " + ", ".join(
             f"{k} {v:.2f}" for k, v in c["val_psnr"].items()))(max(mine, key=lambda c: c["iteration"]))
         rows.append(f"| `{name}` | {masks} | {it:,} of {cfg.iterations:,} | {it * cfg.batch_size:,} | "
-                    f"{summary.get('elapsed', 0) / 3600:.1f} h | {val} | {cd} |")
+                    f"{training_time(summary)} | {val} | {cd} |")
     return "\n".join(rows)
 
 

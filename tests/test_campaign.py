@@ -261,6 +261,13 @@ def test_pair_table_compares_validation_at_equal_patches(root, monkeypatch):
     assert campaign.pair_table(root) == ""
 
 
+def test_training_time_is_split_by_device_once_a_run_has_trained_on_two():
+    assert campaign.training_time({"elapsed": 7200.0, "device_time": {"cpu": 7200.0}}) == "2.0 h"
+    assert campaign.training_time({"elapsed": 7200.0}) == "2.0 h"
+    assert campaign.training_time({"elapsed": 9000.0, "device_time": {"cuda": 1800.0, "cpu": 7200.0}}) == \
+        "2.5 h (CPU 2.0 h, CUDA 0.5 h)"
+
+
 def test_recent_rate_reads_the_runs_log(root):
     log = root / "runs" / "campaign" / "tiny" / "log.csv"
     log.parent.mkdir(parents=True)

@@ -161,6 +161,16 @@ def test_models_lists_the_zoo(capsys):
     assert default["training"]["iterations"] > 0 and default["scores"]  # whichever model the rule picks
 
 
+def test_models_gives_training_time_by_device():
+    from maskdn.cli import _training_time
+
+    assert _training_time({"wall_time_s": 4800.0, "threads": 1}) == "80 min on 1 CPU thread(s)"  # no split recorded
+    assert _training_time({"wall_time_s": 4800.0, "threads": 1, "device_time_s": {"cpu": 4800.0}}) == \
+        "80 min on 1 CPU thread(s)"
+    assert _training_time({"wall_time_s": 5400.0, "threads": 1, "device_time_s": {"cuda": 600.0, "cpu": 4800.0}}) == \
+        "80 min on 1 CPU thread(s), 10 min on CUDA"
+
+
 def test_default_model_is_offered_first():
     order = names_default_first()  # the demo's and the web app's order
     assert order[0] == DEFAULT_MODEL and sorted(order) == names() and order[1:] == sorted(order[1:])

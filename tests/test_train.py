@@ -423,11 +423,23 @@ def test_a_state_saved_on_cuda_resumes_with_this_machines_optimizer(image_folder
     for group in state["optimizer"]["param_groups"]:
         assert not group["fused"]
         group["fused"] = True  # as a GPU session saves it
+    assert state["device_time"] == {"cpu": state["elapsed"]}
+    gpu_s = state["elapsed"]
+    state["device_time"] = {"cuda": gpu_s}  # its seconds were a GPU's
     save_state(tmp_path / "two" / "state.pt", state)
     train(_cfg(image_folder, tmp_path / "two", iterations=6, **kw), progress=False)
     a, b = _state_tensors(tmp_path / "one" / "state.pt"), _state_tensors(tmp_path / "two" / "state.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not any(g["fused"] for g in load_state(tmp_path / "two" / "state.pt")["optimizer"]["param_groups"])
+    after = load_state(tmp_path / "two" / "state.pt")
+    assert not any(g["fused"] for g in after["optimizer"]["param_groups"])
+    # the training time stays split by device: the GPU's seconds kept, this machine's added
+    assert after["device_time"]["cuda"] == gpu_s
+    assert after["device_time"]["cpu"] == pytest.approx(after["elapsed"] - gpu_s) and after["device_time"]["cpu"] > 0
+    # a state from before device times were recorded: its seconds go to the device its config names
+    del after["device_time"]
+    save_state(tmp_path / "two" / "state.pt", after)
+    train(_cfg(image_folder, tmp_path / "two", iterations=7, **kw), progress=False)
+    assert set(load_state(tmp_path / "two" / "state.pt")["device_time"]) == {"cpu"}
 
 
 def test_cooldown_branch_leaves_the_run_untouched_and_exports(image_folder, tmp_path, capsys):

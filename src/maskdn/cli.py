@@ -265,11 +265,22 @@ def cmd_models(a: argparse.Namespace) -> int:
             if t:
                 print(f"  trained on {t.get('data')} with {t.get('noise')}: {t.get('iterations')} iterations × "
                       f"batch {t.get('batch_size')} of {t.get('patch_size')}² patches ({t.get('patches_seen'):,} "
-                      f"patches), {t.get('wall_time_s', 0) / 60:.0f} min on {t.get('threads')} CPU thread(s)")
+                      f"patches), {_training_time(t)}")
         for dataset, scores in s.items():
             cells = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
             print(f"  PSNR dB on {dataset}: {cells}")
     return 0
+
+
+def _training_time(record: dict) -> str:
+    """A weights file's training time from its training record, split by kind of device when it has
+    ``device_time_s`` (:func:`maskdn.train.checkpoint.training_record`)."""
+    on_cpu = f"on {record.get('threads')} CPU thread(s)"
+    parts = record.get("device_time_s") or {"cpu": record.get("wall_time_s", 0)}
+    if set(parts) == {"cpu"}:
+        return f"{parts['cpu'] / 60:.0f} min {on_cpu}"
+    where = {"cpu": on_cpu, "cuda": "on CUDA", "unknown": "on a device not recorded"}
+    return ", ".join(f"{v / 60:.0f} min {where.get(k, 'on ' + k)}" for k, v in sorted(parts.items()))
 
 
 def cmd_demo(a: argparse.Namespace) -> int:

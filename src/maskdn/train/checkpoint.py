@@ -145,14 +145,16 @@ def training_record(cfg: TrainConfig, state: dict) -> dict:
     Args:
         cfg: The run's configuration.
         state: The training state; uses ``iteration`` and, when present, ``world_size``, ``elapsed``
-            (seconds), ``threads`` and ``val_psnr`` (dB).
+            (seconds), ``device_time`` (seconds by kind of device), ``threads`` and ``val_psnr`` (dB).
 
     Returns:
         A JSON-ready dict: ``preset``, ``data`` (folder name), ``noise``, ``input_mask`` (the
         input-mask ratio range, or None without input masking), ``attn_mask_ratio``, ``iterations``,
         ``batch_size``, ``patch_size``, ``patches_seen``, ``lr``, ``schedule``, ``ema_decay``,
         ``bf16``, ``seed``, ``processes``, ``wall_time_s`` (seconds, to 0.1 s), ``threads`` (the
-        saved count, else this process's torch thread count) and, when validated, ``val_psnr`` (dB,
+        saved count, else this process's torch thread count), when the state has them
+        ``device_time_s`` (kind of device, ``cpu`` or ``cuda``, → seconds of ``wall_time_s`` spent
+        there: a run carried between machines) and, when validated, ``val_psnr`` (dB,
         to 0.01), ``val_data`` and ``val_noise``.
     """
     it = state["iteration"]
@@ -174,6 +176,7 @@ def training_record(cfg: TrainConfig, state: dict) -> dict:
         "processes": state.get("world_size", 1),
         "wall_time_s": round(state.get("elapsed", 0.0), 1),
         "threads": state.get("threads", torch.get_num_threads()),
+        **({"device_time_s": {k: round(v, 1) for k, v in state["device_time"].items()}} if state.get("device_time") else {}),
         **({"val_psnr": round(state["val_psnr"], 2), "val_data": _val_source(cfg), "val_noise": ", ".join(cfg.val_noise)}
            if state.get("val_psnr") is not None else {}),
     }

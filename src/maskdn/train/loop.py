@@ -167,6 +167,13 @@ def _on_this_device(saved: dict, opt: torch.optim.Optimizer) -> dict:
     return {**saved, "param_groups": groups}
 
 
+def _device_time_before(before: TrainConfig, elapsed: float) -> dict[str, float]:
+    """Training seconds by kind of device for a state saved before states recorded them (2026-12-01):
+    all of ``elapsed`` on the device its config names, ``"unknown"`` where that was ``auto``."""
+    kind = "unknown" if before.device == "auto" else torch.device(before.device).type
+    return {kind: elapsed} if elapsed else {}
+
+
 def _check_resumable(cfg: TrainConfig, before: TrainConfig, iteration: int, out: Path) -> None:
     """Refuse to resume the run in ``out`` (at ``iteration``) with ``cfg`` unless it computes the same run."""
     changed = cfg.changed(before)
@@ -438,6 +445,7 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
     ema = EMA(model, cfg.ema_decay)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, **({} if on_cpu else {"fused": True}))
     it, elapsed, best_val, last_val, history = 0, 0.0, -math.inf, None, []
+    device_time: dict[str, float] = {}  # seconds of training by kind of device, before this process
     losses: list[float] = []  # losses since the last log row; saved, so a resumed row averages the same
     if state_path.exists():
         state = load_state(state_path)
@@ -457,12 +465,14 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
             opt.load_state_dict(_on_this_device(state["optimizer"], opt))
             set_rng_states(state["rng"])
             it, elapsed, last_val = state["iteration"], state["elapsed"], state["val_psnr"]
+            device_time = dict(state.get("device_time") or _device_time_before(before, elapsed))
             best_val, history = state["best_val_psnr"], state.get("val_history", [])
             losses = list(state.get("log_losses", []))  # absent in states before 2026-11-30
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise MaskdnError(f"{state_path}: not a complete training state ({type(e).__name__}: "
                               f"{first_line(e)}); use a new folder") from None
         del state
+    elapsed_before = elapsed
     if cfg.bf16 and main:
         warn_if_bf16_is_slow(dev, f"{out}: bf16 = true")
     net = model
@@ -477,8 +487,10 @@ def _train(cfg: TrainConfig, ctx: distributed.Context, progress: bool, lock: con
         return f"last good checkpoint kept in {state_path}" if state_path.exists() else "no checkpoint was written"
 
     def snapshot() -> dict:
+        here = device_time.get(dev.type, 0.0) + elapsed - elapsed_before
         return {"iteration": it, "elapsed": elapsed, "val_psnr": last_val, "best_val_psnr": best_val,
-                "world_size": ctx.world_size, "threads": torch.get_num_threads()}
+                "world_size": ctx.world_size, "threads": torch.get_num_threads(),
+                "device_time": device_time | {dev.type: here}}
 
     def save() -> None:
         if not _finite(model):
