@@ -623,7 +623,10 @@ def forecast_text(root: Path) -> str:
     return (f"What the validation curves predict at the runs' length, {patches:,} patches (`python campaign/forecast.py`): "
             f"each run's trend, a line in log2(patches) fitted over its last doubling and over its last two "
             f"(windows ×{low}, ×{high}), extended from its newest point; a range is the two fits' answers:\n\n"
-            + f.markdown(rows, *PAIR, patches))
+            + f.markdown(rows, *PAIR, patches)
+            + "\n\nThe same fits made one doubling ago (from each run's points up to half its newest patches), "
+            "against its newest points: predicted − measured, dB (`forecast.backtest`):\n\n"
+            + f.backtest_markdown(f.backtest(hist), PAIR))
 
 
 def targets_text(root: Path) -> str:

@@ -13,6 +13,10 @@ answer depends on that choice; it is not a confidence interval. The points are t
 validation of the main runs, not cool-downs (a cool-down added −0.05 to +0.06 dB per noise at 125k
 patches, ``campaign/cooldowns.json``), on 16 held-out CBSD432 crops, not the README's benchmark.
 
+:func:`backtest` tries the method on each run's own past (fitted on the points up to half its newest
+patches, predicted at the newest) and reports the miss: a measured error one doubling ahead, printed
+under the forecast.
+
 Once two or more milestone pairs are benchmarked, :func:`target_trends` does the same for the success
 targets themselves (``campaign/targets.py`` on each pair's benchmark records): a line in log2(patches)
 through the pairs, extended; ``campaign.py save`` writes it under the targets in ``docs/training.md``.
@@ -160,6 +164,53 @@ def markdown(rows: Sequence[Mapping], masked: str, baseline: str, patches: int) 
     return "\n".join(lines)
 
 
+def backtest(histories: Mapping[str, Sequence[Mapping]], windows: Sequence[float] = WINDOWS) -> list[dict]:
+    """The forecast tried on the runs' own past: how far it missed over one doubling.
+
+    For each run, the points up to half its newest patches stand in for "now"; :func:`predict` from them
+    (each window) at the newest patches, minus the newest point's measured PSNR, is the error the
+    method would have made. It says how far to trust a prediction one doubling ahead; the forecast to
+    the runs' length reaches further, and early points (where the curves still bend fast) make the
+    longer windows' fits the worse ones.
+
+    Args:
+        histories: Run name → its validation history (entries ``{"patches": int, "psnr": {noise: dB}}``).
+        windows: The fit windows (:func:`trend`).
+
+    Returns:
+        One dict per noise of the first run that some run validates on: ``{noise, runs: {run:
+        {"from": patches of the last point used, "at": newest patches, "error": (lo, hi) dB predicted −
+        measured over the windows, or None where too few points allow}}}``.
+    """
+    noises = list(dict.fromkeys(k for h in histories.values() for e in h for k in e["psnr"]))
+    rows = []
+    for noise in noises:
+        runs = {}
+        for run, h in histories.items():
+            series = _series(h, noise)
+            if not series:
+                continue
+            at, measured = max(series)
+            past = [(p, v) for p, v in series if p <= at / 2]
+            runs[run] = {"from": max(past)[0] if past else None, "at": at,
+                         "error": _span([None if (v := predict(past, at, w)) is None else v - measured for w in windows])}
+        rows.append({"noise": noise, "runs": runs})
+    return rows
+
+
+def backtest_markdown(rows: Sequence[Mapping], runs: Sequence[str]) -> str:
+    """``rows`` of :func:`backtest` as a Markdown table (dB): one column per run, its range over the windows."""
+    def head(run: str) -> str:
+        known = [r["runs"][run] for r in rows if run in r["runs"] and r["runs"][run]["from"]]
+        return f"`{run}` ({known[0]['from']:,} → {known[0]['at']:,})" if known else f"`{run}`"
+
+    lines = ["| noise | " + " | ".join(head(r) for r in runs) + " |", "|---" * (len(runs) + 1) + "|"]
+    for r in rows:
+        lines.append(f"| {r['noise']} | " + " | ".join(_range(r["runs"].get(run, {}).get("error"), signed=True)
+                                                      for run in runs) + " |")
+    return "\n".join(lines)
+
+
 def target_trends(measured: Mapping[int, Sequence[Mapping]], patches: int) -> list[dict]:
     """Each success target's line through the benchmarked pairs, extended to ``patches``.
 
@@ -219,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> list[str]:
         patches = a.patches or campaign.forecast_patches(campaign.ROOT)
         hist = {n: campaign.history(campaign.ROOT, n)[1] for n in campaign.PAIR}
-        return [markdown(forecast(hist, *campaign.PAIR, patches), *campaign.PAIR, patches)]
+        return [markdown(forecast(hist, *campaign.PAIR, patches), *campaign.PAIR, patches), "",
+                "The same fits one doubling ago, against the newest points (predicted − measured, dB):", "",
+                backtest_markdown(backtest(hist), campaign.PAIR)]
 
     return campaign.report("forecast.py", work)
 

@@ -350,6 +350,27 @@ def test_forecast_reports_each_noise_and_the_unseen_mean_as_a_range_over_windows
     assert rows[1]["predicted"]["b"] is None and rows[1]["gap"] is None and "| – |" in f.markdown(rows, "m", "b", 64000)
 
 
+def test_backtest_measures_the_forecasts_miss_one_doubling_back():
+    f = _forecast_module()
+
+    def hist(bend):  # 0.5 dB per doubling up to 16k patches (k = 8), then 0.5 + bend: the curve turns
+        return [{"patches": round(1000 * 2 ** (k / 2)),
+                 "psnr": {"gaussian:15": 30 + 0.5 * k / 2 + bend * max(k / 2 - 4, 0)}} for k in range(13)]
+
+    rows = f.backtest({"straight": hist(0.0), "turns": hist(-0.3)})
+    straight, turns = rows[0]["runs"]["straight"], rows[0]["runs"]["turns"]
+    assert (straight["from"], straight["at"]) == (32000, 64000)  # the newest point, and the last at or below its half
+    assert straight["error"] == (pytest.approx(0.0, abs=1e-3), pytest.approx(0.0, abs=1e-3))  # a line is foreseen
+    # the turn at 16k: the last doubling before 32k is already on the flatter line (0.2 per doubling), exact;
+    # the last two reach back to the steeper part and overshoot
+    lo, hi = turns["error"]
+    assert lo == pytest.approx(0.0, abs=1e-3) and hi > 0.05
+    text = f.backtest_markdown(rows, ["straight", "turns"])
+    assert "| noise | `straight` (32,000 → 64,000) | `turns` (32,000 → 64,000) |" in text
+    assert "| gaussian:15 | +0.00 | +0.00 to +" in text
+    assert f.backtest({"short": hist(0.0)[:3]})[0]["runs"]["short"]["error"] is None  # too few points to fit
+
+
 def test_the_campaign_readme_and_figure_carry_the_forecast(root, monkeypatch):
     hist = [{"patches": 100 * k, "psnr": {"gaussian:15": 30 + k / 10, "poisson:3": 25 - k / 10}} for k in range(1, 9)]
     monkeypatch.setattr(campaign, "PAIR", ("tiny", "tiny"))
@@ -362,6 +383,7 @@ def test_the_campaign_readme_and_figure_carry_the_forecast(root, monkeypatch):
     readme = (root / "campaign" / "README.md").read_text()
     assert "What the validation curves predict at the runs' length, 6,400 patches" in readme
     assert "| unseen mean |" in readme and readme.endswith("end\n")
+    assert "The same fits made one doubling ago" in readme and "| poisson:3 | +0.21 to +0.28 |" in readme
     assert campaign.plot(root, root / "c.png").stat().st_size > 0
 
 
