@@ -908,7 +908,7 @@ def apply(a: argparse.Namespace) -> int:
         _replace_between(doc, MEASURE_TABLE, measured)
         print(f"rows added to {doc}")
     campaign = any(r.get("campaign") for r in s["runs"])
-    adds = ([str(a.runs), "docs/campaign.png", "docs/training.md"] if campaign else
+    adds = ([str(a.runs), "docs/campaign.png", "docs/campaign-bench.png", "docs/training.md"] if campaign else
             [str(a.runs / r["run"]) for r in s["runs"] if r["run"] not in refused])
     print(f"now: git add {' '.join(adds)} docs/gpu.md && git commit" + ("; then campaign/resume.sh" if campaign else ""))
     return 1 if refused else 0

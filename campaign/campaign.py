@@ -28,7 +28,7 @@ table is written under the runs' table in ``campaign/README.md``, its bands into
 ``campaign/resume.sh`` runs ``start``, ``campaign/stop.sh`` runs ``stop``. Relative paths in the configs
 are relative to the repository root, where every command runs. While the runs' processes work they
 rewrite tracked files (``campaign/README.md``, ``cooldowns.json``, ``cooldowns/``, ``bench/``,
-``docs/campaign.png``, ``docs/training.md``'s targets) under a lock: commit them with the states.
+``docs/campaign.png``, ``docs/campaign-bench.png``, ``docs/training.md``'s targets) under a lock: commit them with the states.
 """
 
 from __future__ import annotations
@@ -240,6 +240,7 @@ def save(root: Path = ROOT, names: list[str] | None = None) -> list[str]:
                 lines.append(f"{results.parent.name}: kept {n} benchmark records")
         write_readme(root)
         plot(root)
+        plot_bench(root)
     return lines
 
 
@@ -419,6 +420,7 @@ def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = 
         lines.append(f"{record['run']}: {method} benchmarked on {part} ({n} records → {keep.relative_to(root)})")
     with _locked(root):
         write_readme(root)
+        plot_bench(root)
     return lines
 
 
@@ -629,6 +631,21 @@ def forecast_text(root: Path) -> str:
             + f.backtest_markdown(f.backtest(hist), PAIR))
 
 
+def benchmarked(root: Path) -> dict[int, dict[str, dict]]:
+    """Patches → run → its cool-down record (``cooldowns.json``), for cool-downs whose every benchmark part
+    (:data:`BENCH_PLAN`) is done."""
+    done: dict[int, dict[str, dict]] = {}
+    for r in read_cooldowns(root):
+        if r.get("bench") and all(r["bench"].get(p) for p, _, _ in BENCH_PLAN):
+            done.setdefault(r["patches"], {})[r["run"]] = r
+    return done
+
+
+def bench_records(root: Path, record: dict) -> list[dict]:
+    """The benchmark records kept for a cool-down (an entry of ``cooldowns.json``), every part, ``noisy``'s too."""
+    return [rec for f in record.get("bench", {}).values() for rec in _load_results(root / f)]
+
+
 def targets_text(root: Path) -> str:
     """The success targets (``campaign/targets.py``) at every patch count where both runs of :data:`PAIR`
     have a fully benchmarked cool-down, after the shipped pair's (``docs/bench/`` records) for reference;
@@ -653,21 +670,17 @@ def targets_text(root: Path) -> str:
         parts.append(f"The shipped pair (`{m}` against `{b}`, {how.get('patches_seen', 0):,} patches of "
                      f"{how.get('patch_size', '?')}², the README's benchmark), for reference:\n\n"
                      + t.markdown(t.targets(records, m, b)))
-    done = {}
-    for r in read_cooldowns(root):
-        if r.get("bench") and all(r["bench"].get(p) for p, _, _ in BENCH_PLAN):
-            done.setdefault(r["patches"], {})[r["run"]] = r
+    done = benchmarked(root)
     measured = {}
     for patches, runs in sorted(done.items()):
         if not all(n in runs for n in PAIR):
             continue
-        records = [rec for n in PAIR for f in runs[n]["bench"].values() for rec in _load_results(root / f)]
+        records = [rec for n in PAIR for rec in bench_records(root, runs[n])]
         m, b = (method_name(root / runs[n]["weights"]) for n in PAIR)
         measured[patches] = t.targets(records, m, b)
         parts.append(f"The campaign at {patches:,} patches (`{m}` against `{b}`, cool-downs of "
                      f"{runs[PAIR[0]]['cooldown']:,} iterations):\n\n" + t.markdown(measured[patches]))
-    progress = [(n, patches, t.scores([rec for f in runs[n]["bench"].values() for rec in _load_results(root / f)],
-                                      method_name(root / runs[n]["weights"])))
+    progress = [(n, patches, t.scores(bench_records(root, runs[n]), method_name(root / runs[n]["weights"])))
                 for n in PAIR for patches, runs in sorted(done.items()) if n in runs]
     if any(sum(row[0] == n for row in progress) >= 2 for n in PAIR):
         parts.append("Each run's own benchmark at its benchmarked cool-downs (mean PSNR in dB; in brackets the "
@@ -762,6 +775,59 @@ def plot(root: Path, dest: Path | None = None) -> Path | None:
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     dest.parent.mkdir(parents=True, exist_ok=True)
+    from maskdn.io import atomic_write
+
+    with atomic_write(dest) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    return dest
+
+
+def plot_bench(root: Path, dest: Path | None = None) -> Path | None:
+    """``docs/campaign-bench.png``: masked − baseline (:data:`PAIR`) per condition of the README's grid,
+    one panel per grid (Kodak24, CBSD68), one line per benchmarked pair; None (nothing drawn) before
+    the first pair. The conditions in ``maskdn bench``'s paper-grid order, so the two halves (milder or
+    structured noise, stronger noise) read as they lie."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from maskdn.generalization import PAPER_GRID, method_name
+
+    t = _targets_module()
+    pairs = {patches: t.differences([rec for n in PAIR for rec in bench_records(root, runs[n])],
+                                    *(method_name(root / runs[n]["weights"]) for n in PAIR))
+             for patches, runs in sorted(benchmarked(root).items()) if all(n in runs for n in PAIR)}
+    if not pairs:
+        return None
+    dest = dest or root / "docs" / "campaign-bench.png"
+    fig, axes = plt.subplots(1, len(t.GRIDS), figsize=(6.5 * len(t.GRIDS), 4.2), sharey=True, squeeze=False)
+    x = {c: i for i, c in enumerate(PAPER_GRID)}
+    for ax, ds in zip(axes[0], t.GRIDS):
+        first = ds == t.GRIDS[0]  # one legend for the figure, from the first panel
+        ax.axvspan(x[t.TRAINING_NOISE] - 0.5, x[t.TRAINING_NOISE] + 0.5, color="0.85",
+                   label="training noise" if first else None)
+        ax.axhline(0, color="0.3", linewidth=0.8)
+        ax.axhline(t.OOD_MARGIN_DB, color="0.3", linewidth=0.8, linestyle=":",
+                   label=f"target 1: the mean out of distribution ≥ +{t.OOD_MARGIN_DB:g}" if first else None)
+        means = []
+        for i, (patches, diff) in enumerate(pairs.items()):
+            ood = [v for (d, c), v in diff.items() if d == ds and c != t.TRAINING_NOISE]
+            if ood:
+                means.append(f"{sum(ood) / len(ood):+.2f} at {patches:,}")
+            label = f"cool-downs at {patches:,} patches" if ds == t.GRIDS[0] else None
+            for family in dict.fromkeys(c.split(":")[0] for c in PAPER_GRID):  # a line within each noise's levels
+                pts = sorted((x[c], v) for (d, c), v in diff.items() if d == ds and c.split(":")[0] == family and c in x)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", markersize=4, color=f"C{i}", label=label)
+                    label = None
+        ax.set_xticks(range(len(PAPER_GRID)), PAPER_GRID, rotation=90, fontsize=7)
+        ax.set_title(f"{ds}: masked − baseline (mean out of distribution {', '.join(means)})", fontsize=9)
+        if first:
+            ax.set_ylabel("PSNR difference (dB; above 0: masking ahead)")
+        ax.grid(alpha=0.3)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=2 + len(pairs), fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     from maskdn.io import atomic_write
 
     with atomic_write(dest) as tmp:

@@ -55,6 +55,21 @@ def _means(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], t
             for r in summarize(unique.values()) if r["passes"] == 1}
 
 
+def _pair(means: Mapping[tuple[str, str, str], tuple[float, int]], dataset: str, condition: str, masked: str,
+          baseline: str) -> tuple[float, float] | None:
+    """Both models' mean PSNR at (dataset, condition) when both have it on as many images, else None."""
+    a, b = means.get((dataset, masked, condition)), means.get((dataset, baseline, condition))
+    return (a[0], b[0]) if a and b and a[1] == b[1] else None
+
+
+def differences(records: Iterable[Mapping[str, Any]], masked: str, baseline: str) -> dict[tuple[str, str], float]:
+    """``masked`` − ``baseline`` mean PSNR (dB) per (dataset, condition) that both have on as many images
+    (one-pass records; duplicates count once): what target 1 averages, condition by condition."""
+    means = _means(records)
+    return {(d, c): a - b for (d, m, c) in means if m == masked
+            for a, b in [_pair(means, d, c, masked, baseline) or (None, None)] if a is not None}
+
+
 def targets(records: Iterable[Mapping[str, Any]], masked: str, baseline: str, noisy: str = "noisy",
             paper: Mapping[str, float] | None = None) -> list[dict]:
     """Each success target's measurement for the pair ``masked`` / ``baseline``.
@@ -86,8 +101,7 @@ def targets(records: Iterable[Mapping[str, Any]], masked: str, baseline: str, no
     paper = _paper_masked() if paper is None else dict(paper)
 
     def pair(dataset: str, condition: str) -> tuple[float, float] | None:
-        a, b = means.get((dataset, masked, condition)), means.get((dataset, baseline, condition))
-        return (a[0], b[0]) if a and b and a[1] == b[1] else None
+        return _pair(means, dataset, condition, masked, baseline)
 
     def row(target: str, dataset: str, measured: float | None, threshold: float, detail: str) -> dict:
         met = None if measured is None else measured >= threshold - 1e-9

@@ -208,6 +208,7 @@ def test_the_targets_block_compares_the_pair_at_equal_patches(root, monkeypatch)
     cds = _benchmarked_pair(root, 800, 30.0)
     campaign._write_cooldowns(root, cds[:1])
     assert "at 800 patches" not in campaign.targets_text(root)  # one of the pair only
+    assert campaign.plot_bench(root, root / "bench.png") is None and not (root / "bench.png").exists()
     campaign._write_cooldowns(root, cds)
     text = campaign.targets_text(root)
     assert "The campaign at 800 patches (`masked-800` against `baseline-800`" in text
@@ -217,6 +218,7 @@ def test_the_targets_block_compares_the_pair_at_equal_patches(root, monkeypatch)
     campaign.write_readme(root)
     assert (root / "docs" / "training.md").read_text() == f"x\n{campaign.TARGETS_BEGIN}\n{text}\n{campaign.TARGETS_END}\ny\n"
     assert "What the benchmarked pairs predict" not in text  # one pair: no line yet
+    assert campaign.plot_bench(root, root / "bench.png").stat().st_size > 0  # masked − baseline per condition
     assert "Each run's own benchmark" not in text  # nor a run's progress
 
     # a second pair, masking further ahead: the targets' lines through both, extended to the runs' length
