@@ -516,10 +516,11 @@ def training_time(summary: dict) -> str:
     """A run's training time in hours, split by kind of device once it has trained on more than one
     (a GPU session's seconds are not a CPU's: the state's ``device_time``)."""
     total = summary.get("elapsed", 0) / 3600
-    parts = summary.get("device_time") or {}
+    parts = {k: v for k, v in (summary.get("device_time") or {}).items() if v >= 60}  # not a mere resume-and-save
     if len(parts) < 2:
         return f"{total:.1f} h"
-    return f"{total:.1f} h (" + ", ".join(f"{k.upper()} {v / 3600:.1f} h" for k, v in sorted(parts.items())) + ")"
+    return f"{total:.1f} h (" + ", ".join(
+        f"{k.upper()} " + (f"{v / 3600:.1f} h" if v >= 3600 else f"{v / 60:.0f} min") for k, v in sorted(parts.items())) + ")"
 
 
 def recent_rate(root: Path, name: str, window_s: float = 1800.0) -> float | None:
@@ -563,7 +564,7 @@ def status(root: Path = ROOT) -> list[str]:
         eta = (f"; next milestone {ahead[0]:,} in {(ahead[0] - it) * bs / recent / 3600:.1f} h at the last half "
                f"hour's {recent:.1f} patches/s" if ahead and recent else "")
         lines.append(f"{name}: {state}, iteration {it}, {it * bs:,} patches, {training_time(summary)} of training "
-                     f"({rate:.1f} patches/s{eta}), validation: {val}")
+                     f"({rate:.1f} patches/s on average{eta}), validation: {val}")
     return lines
 
 
@@ -626,9 +627,7 @@ def forecast_text(root: Path) -> str:
             f"each run's trend, a line in log2(patches) fitted over its last doubling and over its last two "
             f"(windows ×{low}, ×{high}), extended from its newest point; a range is the two fits' answers:\n\n"
             + f.markdown(rows, *PAIR, patches)
-            + "\n\nThe same fits made one doubling ago (from each run's points up to half its newest patches), "
-            "against its newest points: predicted − measured, dB (`forecast.backtest`):\n\n"
-            + f.backtest_markdown(f.backtest(hist), PAIR))
+            + f"\n\n{f.BACKTEST_INTRO}\n\n" + f.backtest_markdown(f.backtest(hist), PAIR))
 
 
 def benchmarked(root: Path) -> dict[int, dict[str, dict]]:
@@ -815,7 +814,7 @@ def plot_bench(root: Path, dest: Path | None = None) -> Path | None:
             ood = [v for (d, c), v in diff.items() if d == ds and c != t.TRAINING_NOISE]
             if ood:
                 means.append(f"{sum(ood) / len(ood):+.2f} at {patches:,}")
-            label = f"cool-downs at {patches:,} patches" if ds == t.GRIDS[0] else None
+            label = f"cool-downs at {patches:,} patches" if first else None
             for family in dict.fromkeys(c.split(":")[0] for c in PAPER_GRID):  # a line within each noise's levels
                 pts = sorted((x[c], v) for (d, c), v in diff.items() if d == ds and c.split(":")[0] == family and c in x)
                 if pts:

@@ -164,10 +164,16 @@ def markdown(rows: Sequence[Mapping], masked: str, baseline: str, patches: int) 
     return "\n".join(lines)
 
 
+BACKTEST_INTRO = ("The same fits made one doubling ago (from each run's points up to half its newest patches), "
+                  "against its newest points: predicted − measured, dB (`forecast.backtest`):")
+"""The sentence that introduces :func:`backtest_markdown`'s table, here and in ``campaign/README.md``."""
+
+
 def backtest(histories: Mapping[str, Sequence[Mapping]], windows: Sequence[float] = WINDOWS) -> list[dict]:
     """The forecast tried on the runs' own past: how far it missed over one doubling.
 
-    For each run, the points up to half its newest patches stand in for "now"; :func:`predict` from them
+    For each run, the points up to half its newest patches stand in for "now" (so "one doubling" is at
+    least one: from the last validation point at or below the half); :func:`predict` from them
     (each window) at the newest patches, minus the newest point's measured PSNR, is the error the
     method would have made. It says how far to trust a prediction one doubling ahead; the forecast to
     the runs' length reaches further, and early points (where the curves still bend fast) make the
@@ -178,7 +184,7 @@ def backtest(histories: Mapping[str, Sequence[Mapping]], windows: Sequence[float
         windows: The fit windows (:func:`trend`).
 
     Returns:
-        One dict per noise of the first run that some run validates on: ``{noise, runs: {run:
+        One dict per noise any run validates on: ``{noise, runs: {run:
         {"from": patches of the last point used, "at": newest patches, "error": (lo, hi) dB predicted −
         measured over the windows, or None where too few points allow}}}``.
     """
@@ -270,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> list[str]:
         patches = a.patches or campaign.forecast_patches(campaign.ROOT)
         hist = {n: campaign.history(campaign.ROOT, n)[1] for n in campaign.PAIR}
-        return [markdown(forecast(hist, *campaign.PAIR, patches), *campaign.PAIR, patches), "",
-                "The same fits one doubling ago, against the newest points (predicted − measured, dB):", "",
+        return [markdown(forecast(hist, *campaign.PAIR, patches), *campaign.PAIR, patches), "", BACKTEST_INTRO, "",
                 backtest_markdown(backtest(hist), campaign.PAIR)]
 
     return campaign.report("forecast.py", work)

@@ -109,11 +109,11 @@ def targets(records: Iterable[Mapping[str, Any]], masked: str, baseline: str, no
                 "met": met, "detail": detail}
 
     rows = []
+    gaps = differences(records, masked, baseline)
     for ds in GRIDS:
-        conds = [c for (d, m, c) in means if d == ds and m == masked and c != TRAINING_NOISE and pair(ds, c)]
-        diffs = [a - b for a, b in (pair(ds, c) for c in conds)]
+        diffs = [v for (d, c), v in gaps.items() if d == ds and c != TRAINING_NOISE]
         rows.append(row("masked − baseline, mean out of distribution", ds, sum(diffs) / len(diffs) if diffs else None,
-                        OOD_MARGIN_DB, f"{len(conds)} conditions, masked ahead on {sum(d > 0 for d in diffs)}"))
+                        OOD_MARGIN_DB, f"{len(diffs)} conditions, masked ahead on {sum(d > 0 for d in diffs)}"))
     for ds in GRIDS:
         p = pair(ds, TRAINING_NOISE)
         rows.append(row("masked − baseline, Gaussian σ=15", ds, None if p is None else p[0] - p[1], -ID_COST_DB,

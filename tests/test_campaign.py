@@ -218,6 +218,11 @@ def test_the_targets_block_compares_the_pair_at_equal_patches(root, monkeypatch)
     campaign.write_readme(root)
     assert (root / "docs" / "training.md").read_text() == f"x\n{campaign.TARGETS_BEGIN}\n{text}\n{campaign.TARGETS_END}\ny\n"
     assert "What the benchmarked pairs predict" not in text  # one pair: no line yet
+    t = campaign._targets_module()
+    gaps = t.differences(campaign.bench_records(root, cds[0]) + campaign.bench_records(root, cds[1]), "masked-800", "baseline-800")
+    assert set(gaps) == {("Kodak24", "gaussian:15"), ("Kodak24", "poisson:3"), ("Kodak24", "speckle:0.04"),
+                         ("CBSD68", "gaussian:15"), ("CBSD68", "poisson:3"), ("PolyU", "real")}
+    assert all(v == pytest.approx(1.0) for v in gaps.values())  # what the figure draws, per condition
     assert campaign.plot_bench(root, root / "bench.png").stat().st_size > 0  # masked − baseline per condition
     assert "Each run's own benchmark" not in text  # nor a run's progress
 
@@ -267,7 +272,8 @@ def test_training_time_is_split_by_device_once_a_run_has_trained_on_two():
     assert campaign.training_time({"elapsed": 7200.0, "device_time": {"cpu": 7200.0}}) == "2.0 h"
     assert campaign.training_time({"elapsed": 7200.0}) == "2.0 h"
     assert campaign.training_time({"elapsed": 9000.0, "device_time": {"cuda": 1800.0, "cpu": 7200.0}}) == \
-        "2.5 h (CPU 2.0 h, CUDA 0.5 h)"
+        "2.5 h (CPU 2.0 h, CUDA 30 min)"
+    assert campaign.training_time({"elapsed": 7230.0, "device_time": {"cuda": 30.0, "cpu": 7200.0}}) == "2.0 h"  # a mere resume
 
 
 def test_recent_rate_reads_the_runs_log(root):

@@ -437,9 +437,20 @@ def test_a_state_saved_on_cuda_resumes_with_this_machines_optimizer(image_folder
     assert after["device_time"]["cpu"] == pytest.approx(after["elapsed"] - gpu_s) and after["device_time"]["cpu"] > 0
     # a state from before device times were recorded: its seconds go to the device its config names
     del after["device_time"]
+    after["elapsed"] = 1000.0
     save_state(tmp_path / "two" / "state.pt", after)
     train(_cfg(image_folder, tmp_path / "two", iterations=7, **kw), progress=False)
-    assert set(load_state(tmp_path / "two" / "state.pt")["device_time"]) == {"cpu"}
+    resumed = load_state(tmp_path / "two" / "state.pt")
+    assert resumed["device_time"] == {"cpu": pytest.approx(resumed["elapsed"])} and resumed["elapsed"] > 1000.0
+    # ... also when a cool-down branches it under another device setting ("auto" here, cuda on a GPU)
+    del resumed["device_time"]
+    save_state(tmp_path / "two" / "state.pt", resumed)
+    loop.cooldown(tmp_path / "two", 1, tmp_path / "two-cd", progress=False, device="auto")
+    branch = load_state(tmp_path / "two-cd" / "state.pt")
+    assert branch["device_time"] == {"cpu": pytest.approx(branch["elapsed"])}
+    # and a run configured "auto" says it does not know
+    auto = dataclasses.replace(TrainConfig.from_dict(branch["config"]), device="auto")
+    assert loop._device_time_before(auto, 5.0) == {"unknown": 5.0} and loop._device_time_before(auto, 0.0) == {}
 
 
 def test_cooldown_branch_leaves_the_run_untouched_and_exports(image_folder, tmp_path, capsys):

@@ -153,8 +153,9 @@ def training_record(cfg: TrainConfig, state: dict) -> dict:
         ``batch_size``, ``patch_size``, ``patches_seen``, ``lr``, ``schedule``, ``ema_decay``,
         ``bf16``, ``seed``, ``processes``, ``wall_time_s`` (seconds, to 0.1 s), ``threads`` (the
         saved count, else this process's torch thread count), when the state has them
-        ``device_time_s`` (kind of device, ``cpu`` or ``cuda``, → seconds of ``wall_time_s`` spent
-        there: a run carried between machines) and, when validated, ``val_psnr`` (dB,
+        ``device_time_s`` (kind of device, ``cpu`` or ``cuda``, or ``unknown`` for time saved before
+        states recorded it by a run configured ``auto``, → seconds of ``wall_time_s`` spent there: a
+        run carried between machines) and, when validated, ``val_psnr`` (dB,
         to 0.01), ``val_data`` and ``val_noise``.
     """
     it = state["iteration"]

@@ -245,7 +245,9 @@ def cooldown(source: str | Path, iterations: int, out: str | Path, progress: boo
             if (path.parent / name).is_file():
                 with atomic_write(dest / name) as tmp:
                     shutil.copyfile(path.parent / name, tmp)
-        save_state(dest / STATE, {**state, "config": branch.to_dict()})
+        # the branch resumes under its own config (maybe another device): its past seconds keep theirs
+        device_time = state.get("device_time") or _device_time_before(cfg, state.get("elapsed", 0.0))
+        save_state(dest / STATE, {**state, "config": branch.to_dict(), "device_time": device_time})
     return train(branch, progress, time_limit)
 
 
