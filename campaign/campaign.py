@@ -827,6 +827,7 @@ def plot_bench(root: Path, dest: Path | None = None) -> Path | None:
         ax.grid(alpha=0.3)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=2 + len(pairs), fontsize=8)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
+    dest.parent.mkdir(parents=True, exist_ok=True)
     from maskdn.io import atomic_write
 
     with atomic_write(dest) as tmp:

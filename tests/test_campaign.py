@@ -223,7 +223,7 @@ def test_the_targets_block_compares_the_pair_at_equal_patches(root, monkeypatch)
     assert set(gaps) == {("Kodak24", "gaussian:15"), ("Kodak24", "poisson:3"), ("Kodak24", "speckle:0.04"),
                          ("CBSD68", "gaussian:15"), ("CBSD68", "poisson:3"), ("PolyU", "real")}
     assert all(v == pytest.approx(1.0) for v in gaps.values())  # what the figure draws, per condition
-    assert campaign.plot_bench(root, root / "bench.png").stat().st_size > 0  # masked − baseline per condition
+    assert campaign.plot_bench(root, root / "new" / "bench.png").stat().st_size > 0  # its folder made; masked − baseline per condition
     assert "Each run's own benchmark" not in text  # nor a run's progress
 
     # a second pair, masking further ahead: the targets' lines through both, extended to the runs' length
