@@ -645,6 +645,15 @@ def bench_records(root: Path, record: dict) -> list[dict]:
     return [rec for f in record.get("bench", {}).values() for rec in _load_results(root / f)]
 
 
+def pair_records(root: Path, runs: dict[str, dict]) -> tuple[list[dict], str, str]:
+    """The benchmark records of :data:`PAIR`'s cool-downs ``runs`` (run → ``cooldowns.json`` entry, one
+    entry of :func:`benchmarked`) and the two models' method names, masked first."""
+    from maskdn.generalization import method_name
+
+    return ([rec for n in PAIR for rec in bench_records(root, runs[n])],
+            *(method_name(root / runs[n]["weights"]) for n in PAIR))
+
+
 def targets_text(root: Path) -> str:
     """The success targets (``campaign/targets.py``) at every patch count where both runs of :data:`PAIR`
     have a fully benchmarked cool-down, after the shipped pair's (``docs/bench/`` records) for reference;
@@ -674,8 +683,7 @@ def targets_text(root: Path) -> str:
     for patches, runs in sorted(done.items()):
         if not all(n in runs for n in PAIR):
             continue
-        records = [rec for n in PAIR for rec in bench_records(root, runs[n])]
-        m, b = (method_name(root / runs[n]["weights"]) for n in PAIR)
+        records, m, b = pair_records(root, runs)
         measured[patches] = t.targets(records, m, b)
         parts.append(f"The campaign at {patches:,} patches (`{m}` against `{b}`, cool-downs of "
                      f"{runs[PAIR[0]]['cooldown']:,} iterations):\n\n" + t.markdown(measured[patches]))
@@ -791,11 +799,10 @@ def plot_bench(root: Path, dest: Path | None = None) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from maskdn.generalization import PAPER_GRID, method_name
+    from maskdn.generalization import PAPER_GRID
 
     t = _targets_module()
-    pairs = {patches: t.differences([rec for n in PAIR for rec in bench_records(root, runs[n])],
-                                    *(method_name(root / runs[n]["weights"]) for n in PAIR))
+    pairs = {patches: t.differences(*pair_records(root, runs))
              for patches, runs in sorted(benchmarked(root).items()) if all(n in runs for n in PAIR)}
     if not pairs:
         return None

@@ -65,7 +65,11 @@ def _pair(means: Mapping[tuple[str, str, str], tuple[float, int]], dataset: str,
 def differences(records: Iterable[Mapping[str, Any]], masked: str, baseline: str) -> dict[tuple[str, str], float]:
     """``masked`` − ``baseline`` mean PSNR (dB) per (dataset, condition) that both have on as many images
     (one-pass records; duplicates count once): what target 1 averages, condition by condition."""
-    means = _means(records)
+    return _differences(_means(records), masked, baseline)
+
+
+def _differences(means: Mapping[tuple[str, str, str], tuple[float, int]], masked: str,
+                 baseline: str) -> dict[tuple[str, str], float]:
     return {(d, c): a - b for (d, m, c) in means if m == masked
             for a, b in [_pair(means, d, c, masked, baseline) or (None, None)] if a is not None}
 
@@ -109,7 +113,7 @@ def targets(records: Iterable[Mapping[str, Any]], masked: str, baseline: str, no
                 "met": met, "detail": detail}
 
     rows = []
-    gaps = differences(records, masked, baseline)
+    gaps = _differences(means, masked, baseline)
     for ds in GRIDS:
         diffs = [v for (d, c), v in gaps.items() if d == ds and c != TRAINING_NOISE]
         rows.append(row("masked − baseline, mean out of distribution", ds, sum(diffs) / len(diffs) if diffs else None,
