@@ -3,7 +3,8 @@
 Each folder ``campaign/NAME/`` holds one run's ``config.toml`` (a maskdn ``TrainConfig``, ``schedule =
 "wsd"``) and its latest ``state.pt`` (model, EMA, optimizer, iteration, RNG states, validation
 history: everything a resumed run needs, a few MB). The run itself trains in the git-ignored folder
-named by the config's ``out`` (``runs/campaign/NAME``), one thread each, in the background.
+named by the config's ``out`` (``runs/campaign/NAME``), in the background, the cores shared among the
+runs with work left (one thread each while both train; :func:`threads_per_run`).
 
     python campaign/campaign.py start      # resume every run (``run NAME`` in the background) from its newest state
     python campaign/campaign.py status     # iteration, patches, speed and latest validation of each run
@@ -182,9 +183,40 @@ def stop_file(root: Path, name: str) -> Path:
 # ---- commands --------------------------------------------------------------------------------------
 
 
-def start(root: Path = ROOT, names: list[str] | None = None, doublings: int = DOUBLINGS) -> list[str]:
-    """Start each run's :func:`run` in the background from the newer of its committed and its local state."""
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def finished(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN) -> bool:
+    """Whether :func:`run` has nothing left to do for the run on this machine: it has reached its length,
+    its last milestone is cooled down, and every cool-down is benchmarked on the parts whose datasets
+    this machine has."""
+    cfg = load(root, name)
+    it = _local_state(root, name)
+    records = [r for r in read_cooldowns(root) if r["run"] == name]
+    if it < cfg.iterations or (it in milestones(cfg.iterations, doublings) and it not in {r["iteration"] for r in records}):
+        return False
+    data_root = Path(cfg.data).parent
+    return not any(not r.get("bench", {}).get(part) and all((data_root / d).is_dir() for d in datasets)
+                   for r in records for part, datasets, _ in plan)
+
+
+def threads_per_run(root: Path, doublings: int = DOUBLINGS) -> int:
+    """The cores shared out among the runs with work left (:func:`finished`), at least one each: once
+    one run is done, the others take its core at their next start."""
+    left = sum(not finished(root, name, doublings) for name in run_names(root))
+    return max(1, cores() // max(1, left))
+
+
+def start(root: Path = ROOT, names: list[str] | None = None, doublings: int = DOUBLINGS,
+          threads: int | None = None) -> list[str]:
+    """Start each run's :func:`run` in the background from the newer of its committed and its local state.
+
+    ``threads``: each process's threads (training, cool-down, benchmark jobs); None: :func:`threads_per_run`.
+    """
     lines = []
+    threads = threads or threads_per_run(root, doublings)
     for name in names or run_names(root):
         pid = running_pid(root, name)
         if pid:
@@ -192,13 +224,15 @@ def start(root: Path = ROOT, names: list[str] | None = None, doublings: int = DO
             continue
         it = _local_state(root, name)
         stop_file(root, name).unlink(missing_ok=True)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "run", name, "--root", str(root), "--doublings", str(doublings)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, str(Path(__file__).resolve()), "run", name, "--root", str(root), "--doublings",
+               str(doublings), "--threads", str(threads)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         with open(log_file(root, name), "ab") as log:
             proc = subprocess.Popen(cmd, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=env, start_new_session=True)
         pid_file(root, name).write_text(f"{proc.pid}\n")
-        lines.append(f"{name}: started at iteration {max(0, it)} (pid {proc.pid}, log {log_file(root, name)})")
+        lines.append(f"{name}: started at iteration {max(0, it)} ({threads} thread{'s' * (threads > 1)}, pid {proc.pid}, "
+                     f"log {log_file(root, name)})")
     return lines
 
 
@@ -276,7 +310,7 @@ def extend(root: Path, name: str, iterations: int) -> str:
     return f"{name}: iterations = {iterations} (restart the run for it to take effect)"
 
 
-def cooldown(root: Path, name: str, iterations: int | None = None, fraction: float = 0.05) -> str:
+def cooldown(root: Path, name: str, iterations: int | None = None, fraction: float = 0.05, threads: int = 1) -> str:
     """Branch a cool-down off the run's newest state, train it here, and keep its export.
 
     Length: ``iterations``, or ``fraction`` of the run's iterations so far (at least 100). The export is
@@ -293,7 +327,7 @@ def cooldown(root: Path, name: str, iterations: int | None = None, fraction: flo
     n = iterations or cooldown_length(it, fraction)
     dest = run_dir(root, name).with_name(f"{name}-cd-{it}")
     cfg = load(root, name)  # this machine's settings, not those of the machine that saved the state (a GPU's)
-    weights = branch(source, n, dest, threads=1, device=cfg.device, workers=cfg.workers)
+    weights = branch(source, n, dest, threads=threads, device=cfg.device, workers=cfg.workers)
     keep = keep_cooldown(root, name, it, load_state(dest / "state.pt"), weights)
     return f"{name}: cool-down of {n} iterations from iteration {it} → {keep.relative_to(root)}"
 
@@ -378,11 +412,12 @@ def write_records(path: Path, records: list[dict]) -> bool:
     return True
 
 
-def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = None, check_stop=lambda: None) -> list[str]:
+def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = None, check_stop=lambda: None,
+          jobs: int = 1) -> list[str]:
     """Benchmark the cool-down export of ``record`` (an entry of ``cooldowns.json``) part by part.
 
     Each part (:data:`BENCH_PLAN`) runs ``maskdn bench``'s evaluator on the export and ``noisy`` (one
-    pass, one thread, no LPIPS), resuming from the local output folder or, on another machine, from
+    pass, ``jobs`` processes of one thread, no LPIPS), resuming from the local output folder or, on another machine, from
     the records committed in ``campaign/bench/``; finished, its records are kept there and the part is
     marked done in ``cooldowns.json``. Datasets are the folders beside the run's training data.
     """
@@ -407,7 +442,7 @@ def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = 
         _set_phase(root, record["run"], f"benchmark of {method}: {part}")
         # the records committed so far (another machine's, maybe) are taken, not recomputed
         run_bench([data_root / d for d in datasets], [str(weights), "noisy"], noises or PAPER_GRID, out, passes=1,
-                  limit=limit, progress=f"{method} {part}", jobs=1, reports=False, lpips=False,
+                  limit=limit, progress=f"{method} {part}", jobs=jobs, reports=False, lpips=False,
                   reuse=_load_results(keep))
         with _locked(root):
             n, _ = _keep_records(out / "results.json", keep)
@@ -433,7 +468,7 @@ class _Interrupted(BaseException):
 
 
 def run(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN, noises: list[str] | None = None,
-        cooldown_iterations: int | None = None) -> str:
+        cooldown_iterations: int | None = None, threads: int = 1) -> str:
     """The background process of a campaign run: train to each milestone, cool down, benchmark, go on.
 
     Every step resumes: a stopped run (SIGTERM or SIGINT; training saves its state first) picks up
@@ -446,6 +481,7 @@ def run(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN, nois
         plan: The benchmark of each cool-down (:data:`BENCH_PLAN`).
         noises: The benchmark's noises (None: ``maskdn bench``'s paper grid).
         cooldown_iterations: Cool-down length (None: 5% of the run so far, at least 100 iterations).
+        threads: Training and cool-down threads, benchmark processes (:func:`threads_per_run`).
 
     Returns:
         ``"NAME: finished at iteration N"`` once the run has reached its configured length and every
@@ -474,18 +510,19 @@ def run(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN, nois
                       "them when this process started (a cool-down branches only at a milestone's exact state)", flush=True)
             if it in marks and it not in done:
                 _set_phase(root, name, f"cool-down at iteration {it}")
-                print(cooldown(root, name, cooldown_iterations), flush=True)
+                print(cooldown(root, name, cooldown_iterations, threads=threads), flush=True)
                 check_stop()
             for record in read_cooldowns(root):
                 if record["run"] == name and not all(record.get("bench", {}).get(p) for p, _, _ in plan):
-                    print("\n".join(bench(root, record, plan, noises, check_stop)), flush=True)
+                    print("\n".join(bench(root, record, plan, noises, check_stop, jobs=threads)), flush=True)
             ahead = sorted(m for m in {*marks, cfg.iterations} if m > it)
             if not ahead:
                 _set_phase(root, name, f"finished at iteration {it}")
                 return f"{name}: finished at iteration {it}"
             check_stop()
             _set_phase(root, name, f"training to iteration {ahead[0]}")
-            train(load_config(config_path(root, name), {"out": str(run_dir(root, name)), "iterations": ahead[0]}))
+            train(load_config(config_path(root, name), {"out": str(run_dir(root, name)), "iterations": ahead[0],
+                                                         "threads": threads}))
     except (TrainingStopped, _Interrupted, KeyboardInterrupt):
         _set_phase(root, name, "stopped")
         return f"{name}: stopped"
@@ -565,7 +602,25 @@ def status(root: Path = ROOT) -> list[str]:
                f"hour's {recent:.1f} patches/s" if ahead and recent else "")
         lines.append(f"{name}: {state}, iteration {it}, {it * bs:,} patches, {training_time(summary)} of training "
                      f"({rate:.1f} patches/s on average{eta}), validation: {val}")
+    share = threads_per_run(root)
+    for name in run_names(root):
+        has = running_threads(root, name)
+        if has and has < share:
+            lines.append(f"{name} runs on {has} thread{'s' * (has > 1)} of the {share} it may take now that a run has "
+                         f"finished: `campaign/stop.sh {name} && campaign/resume.sh` hands them over")
     return lines
+
+
+def running_threads(root: Path, name: str) -> int | None:
+    """The threads the run's background process started with (its ``--threads``), if it is running."""
+    pid = running_pid(root, name)
+    if not pid:
+        return None
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return None
+    return int(args[args.index("--threads") + 1]) if "--threads" in args[:-1] else 1
 
 
 # ---- the README table and the figure -------------------------------------------------------------
@@ -854,6 +909,9 @@ def main(argv: list[str] | None = None) -> int:
         s = sub.add_parser(cmd, help=text, description=text)
         if cmd != "status":
             s.add_argument("names", nargs="*", help="runs (default: all)")
+        if cmd == "start":
+            s.add_argument("--threads", type=int, default=None,
+                           help="threads per run (default: the cores shared among the runs with work left)")
     text = "a cool-down branch of the run's newest state now, by hand (its process then benchmarks it too)"
     c = sub.add_parser("cooldown", help=text, description=text)
     c.add_argument("name")
@@ -866,21 +924,26 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("name")
     r.add_argument("--root", type=Path, default=ROOT, help="the repository (default: this script's)")
     r.add_argument("--doublings", type=int, default=DOUBLINGS, help=f"milestones per run (default {DOUBLINGS}; 0: none)")
+    r.add_argument("--threads", type=int, default=1, help="training threads, benchmark processes (default 1)")
     a = p.parse_args(argv)
+    if getattr(a, "threads", None) is not None and a.threads < 1:
+        p.error(f"--threads must be at least 1, not {a.threads}")
     os.chdir(a.root if a.cmd == "run" else ROOT)  # relative paths in the configs are relative to the repository root
 
     def work() -> list[str]:
         if a.cmd in ("run", "cooldown", "extend"):
             check_run(a.root.resolve() if a.cmd == "run" else ROOT, a.name)
         if a.cmd == "run":
-            return [run(a.root.resolve(), a.name, a.doublings)]
+            return [run(a.root.resolve(), a.name, a.doublings, threads=a.threads)]
         if a.cmd == "cooldown":
             return [cooldown(ROOT, a.name, a.iterations)]
         if a.cmd == "extend":
             return [extend(ROOT, a.name, a.iterations)]
         if a.cmd == "status":
             return status(ROOT)
-        return {"start": start, "stop": stop, "save": save}[a.cmd](ROOT, a.names or None)
+        if a.cmd == "start":
+            return start(ROOT, a.names or None, threads=a.threads)
+        return {"stop": stop, "save": save}[a.cmd](ROOT, a.names or None)
 
     return report("campaign", work)
 

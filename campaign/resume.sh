@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start every campaign run in the background from its committed state (one thread each).
+# Start every campaign run in the background from its committed state (one thread each while both
+# train; a run alone with work left takes every core).
 # Run at the start of every working session, from anywhere; logs go to runs/campaign/NAME.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."

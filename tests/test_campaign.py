@@ -53,8 +53,8 @@ def _log_rows(root) -> int:
 
 
 def test_runs_survive_a_stop_and_a_new_machine(root):
-    assert "started at iteration 0" in campaign.start(root, doublings=0)[0]
-    assert "already running" in campaign.start(root, doublings=0)[0]
+    assert "started at iteration 0 (1 thread," in campaign.start(root, doublings=0, threads=1)[0]
+    assert "already running" in campaign.start(root, doublings=0, threads=1)[0]
     _wait_until(lambda: _log_rows(root) > 25)  # past the first validation at iteration 20
     lines = campaign.stop(root)
     assert lines[0] == "tiny: stopped" and "saved iteration" in lines[1]
@@ -67,7 +67,7 @@ def test_runs_survive_a_stop_and_a_new_machine(root):
     assert (root / "docs" / "campaign.png").stat().st_size > 0
 
     shutil.rmtree(root / "runs")  # a new machine: only what was committed is there
-    assert f"started at iteration {first}" in campaign.start(root, doublings=0)[0]
+    assert f"started at iteration {first}" in campaign.start(root, doublings=0, threads=1)[0]
     _wait_until(lambda: campaign.running_pid(root, "tiny") is None)
     assert "saved iteration 80" in campaign.save(root)[0]
     assert "campaign state is current (iteration 80)" in campaign.save(root)[0]
@@ -103,6 +103,7 @@ def test_milestones_double_the_patches_up_to_the_runs_length():
 def test_run_cools_down_and_benchmarks_at_each_milestone_without_changing_the_run(root, tmp_path):
     bench_set = make_images(tmp_path / "bench-set", sizes=((24, 24), (20, 28)))
     plan = (("grid", ("bench-set",), 2), ("later", ("no-such-set",), None))
+    assert not campaign.finished(root, "tiny", 2, plan)
     line = campaign.run(root, "tiny", doublings=2, plan=plan, noises=["gaussian:15", "poisson:3"], cooldown_iterations=3)
     assert line == "tiny: finished at iteration 80"
     records = campaign.read_cooldowns(root)
@@ -113,6 +114,8 @@ def test_run_cools_down_and_benchmarks_at_each_milestone_without_changing_the_ru
         assert sorted({x["method"] for x in kept}) == sorted({"noisy", f"tiny-{r['patches']}"})
         assert len(kept) == 2 * 2 * 2  # images × noises × methods
     assert "waits for a machine with" in "\n".join(campaign.bench(root, records[0], plan, ["gaussian:15"]))
+    assert campaign.finished(root, "tiny", 2, plan)  # what waits for another machine's data is not work left here
+    assert not campaign.finished(root, "tiny", 2, plan[:1] + (("later", ("bench-set",), None),))
 
     # stopping at the milestone and branching there changed nothing: one straight run of 80 is the same
     cfg = load_config(root / "campaign" / "tiny" / "config.toml", {"out": str(root / "straight")})
@@ -148,6 +151,36 @@ def _records(method, psnr_of):
                 out.append({"dataset": ds, "image": image, "method": method, "passes": 1, "noise": noise,
                             "level": float(level) if level else None, "psnr": psnr_of(ds, c), "ssim": 0.5, "seed": 0})
     return out
+
+
+def test_a_run_alone_with_work_left_takes_the_cores_of_those_finished(root, monkeypatch):
+    shutil.copytree(root / "campaign" / "tiny", root / "campaign" / "other")
+    (root / "campaign" / "other" / "config.toml").write_text(
+        (root / "campaign" / "tiny" / "config.toml").read_text().replace("runs/campaign/tiny", "runs/campaign/other")
+        .replace("iterations = 80", "iterations = 100000"))  # still training when it is stopped below
+    monkeypatch.setattr(campaign, "cores", lambda: 5)
+    assert campaign.threads_per_run(root, doublings=0) == 2  # both have work left: the cores shared, rounded down
+    train(load_config(root / "campaign" / "tiny" / "config.toml", {"out": str(root / "runs" / "campaign" / "tiny")}),
+          progress=False)
+    assert campaign.finished(root, "tiny", doublings=0) and not campaign.finished(root, "other", doublings=0)
+    assert campaign.threads_per_run(root, doublings=0) == 5
+    assert not campaign.finished(root, "tiny", doublings=1)  # its last milestone is not cooled down yet
+    monkeypatch.setattr(campaign, "cores", lambda: 1)
+    assert campaign.threads_per_run(root, doublings=1) == 1
+
+    # status points at a running process that started with fewer threads than it may now take
+    monkeypatch.setattr(campaign, "cores", lambda: 5)
+    monkeypatch.setattr(campaign, "finished", lambda root, name, *args: name == "tiny")  # as with doublings=0
+    assert "started at iteration 0 (3 threads," in campaign.start(root, ["other"], doublings=0, threads=3)[0]
+    assert campaign.running_threads(root, "other") == 3 and campaign.running_threads(root, "tiny") is None
+    assert campaign.status(root)[-1].startswith("other runs on 3 threads of the 5 it may take")
+    assert campaign.stop(root, ["other"])[0] == "other: stopped"
+
+
+def test_start_refuses_fewer_than_one_thread(capsys):
+    with pytest.raises(SystemExit) as e:
+        campaign.main(["start", "--threads", "0"])
+    assert e.value.code == 2 and "--threads must be at least 1, not 0" in capsys.readouterr().err
 
 
 def test_targets_measure_the_issues_four_conditions():
