@@ -2,13 +2,13 @@
 
 Each folder ``campaign/NAME/`` holds one run's ``config.toml`` (a maskdn ``TrainConfig``, ``schedule =
 "wsd"``) and its latest ``state.pt`` (model, EMA, optimizer, iteration, RNG states, validation
-history: everything a resumed run needs, a few MB). The run itself trains in the git-ignored folder
+history: everything a resumed run needs; 1.6 MiB for the small preset, and ``save`` refuses one over 6 MiB). The run itself trains in the git-ignored folder
 named by the config's ``out`` (``runs/campaign/NAME``), in the background, the cores shared among the
 runs with work left (one thread each while both train; :func:`threads_per_run`).
 
     python campaign/campaign.py start      # resume every run (``run NAME`` in the background) from its newest state
     python campaign/campaign.py status     # iteration, patches, speed and latest validation of each run
-    python campaign/campaign.py save       # copy each run's newest state into campaign/, redraw README + figure
+    python campaign/campaign.py save       # copy the newest states and benchmark records into campaign/, redraw tables + figures
     python campaign/campaign.py stop       # SIGTERM (each run saves at its next step), then save
     python campaign/campaign.py cooldown NAME [--iterations N]   # cool-down branch + export of NAME now
     python campaign/campaign.py extend NAME --iterations N        # raise a run's target length
@@ -18,7 +18,8 @@ Milestones: the run's patches double from one to the next, ending at its configu
 62,500 iterations of 16 patches: iterations 7,813, 15,625, 31,250 and 62,500, i.e. 125k, 250k, 500k
 and 1M patches). ``run`` trains exactly to the next one (a wsd run's length may change on resume
 without changing what it computes), branches a cool-down there (5% more iterations, lr decayed to 0),
-benchmarks its export on the README's grid and PolyU (``maskdn bench``, one thread; its records are
+benchmarks its export on the README's grid and PolyU (``maskdn bench``, one single-threaded process per
+thread of the run; its records are
 kept in ``campaign/bench/`` and resume on any machine) and trains on. Where both ``masked`` and
 ``baseline`` have a benchmarked cool-down at the same patches, ``docs/training.md`` gets the issue's
 success targets measured on them (``campaign/targets.py``).
@@ -638,11 +639,18 @@ def table(root: Path) -> str:
                  if cfg.input_mask or cfg.attn_mask_ratio else "none")
         val = "–" if not hist else ", ".join(f"{k} {v:.2f}" for k, v in hist[-1]["psnr"].items()) + f" (at {hist[-1]['patches']:,})"
         mine = [c for c in cds if c["run"] == name]
-        cd = "–" if not mine else (lambda c: f"{c['patches']:,} patches: " + ", ".join(
+        cd = "–" if not mine else (lambda c: f"{c['patches']:,} patches ({bench_progress(c)}): " + ", ".join(
             f"{k} {v:.2f}" for k, v in c["val_psnr"].items()))(max(mine, key=lambda c: c["iteration"]))
         rows.append(f"| `{name}` | {masks} | {it:,} of {cfg.iterations:,} | {it * cfg.batch_size:,} | "
                     f"{training_time(summary)} | {val} | {cd} |")
     return "\n".join(rows)
+
+
+def bench_progress(record: dict, plan=BENCH_PLAN) -> str:
+    """How far the benchmark of a cool-down (an entry of ``cooldowns.json``) is: ``benchmarked``,
+    ``benchmark: grid done`` or ``benchmark: not yet``."""
+    done = [part for part, _, _ in plan if record.get("bench", {}).get(part)]
+    return "benchmarked" if len(done) == len(plan) else f"benchmark: {', '.join(done) + ' done' if done else 'not yet'}"
 
 
 def _sibling(module: str):
@@ -903,7 +911,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     helps = {"start": "start each run's process in the background from its newest state (resume.sh)",
              "stop": "stop each run (it saves first), then save (stop.sh)",
-             "save": "copy the newest states and benchmark records into campaign/; redraw the tables and figure",
+             "save": "copy the newest states and benchmark records into campaign/; redraw the tables and figures",
              "status": "what each run is doing, its patches, speed, next milestone and latest validation"}
     for cmd, text in helps.items():
         s = sub.add_parser(cmd, help=text, description=text)

@@ -116,11 +116,11 @@ def targets(records: Iterable[Mapping[str, Any]], masked: str, baseline: str, no
     gaps = _differences(means, masked, baseline)
     for ds in GRIDS:
         diffs = [v for (d, c), v in gaps.items() if d == ds and c != TRAINING_NOISE]
-        rows.append(row("masked − baseline, mean out of distribution", ds, sum(diffs) / len(diffs) if diffs else None,
+        rows.append(row("1. masked − baseline, mean out of distribution", ds, sum(diffs) / len(diffs) if diffs else None,
                         OOD_MARGIN_DB, f"{len(diffs)} conditions, masked ahead on {sum(d > 0 for d in diffs)}"))
     for ds in GRIDS:
         p = pair(ds, TRAINING_NOISE)
-        rows.append(row("masked − baseline, Gaussian σ=15", ds, None if p is None else p[0] - p[1], -ID_COST_DB,
+        rows.append(row("2. masked − baseline, Gaussian σ=15", ds, None if p is None else p[0] - p[1], -ID_COST_DB,
                         "" if p is None else f"{p[0]:.2f} vs {p[1]:.2f}"))
     have = {c: means[("Kodak24", masked, c)][0] for c in paper if ("Kodak24", masked, c) in means}
     if have:
@@ -129,13 +129,13 @@ def targets(records: Iterable[Mapping[str, Any]], masked: str, baseline: str, no
         images = means[("Kodak24", masked, next(iter(have)))][1]
         detail = (f"{sum(g >= -1e-9 for g in gaps.values())} of {len(gaps)} conditions at or above; "
                   f"mean {sum(gaps.values()) / len(gaps):+.2f}; ours on {images} images, the paper's on 24")
-        rows.append(row("masked − paper's masked model (worst condition)", "Kodak24", gaps[worst], 0.0,
+        rows.append(row("3. masked − paper's masked model (worst condition)", "Kodak24", gaps[worst], 0.0,
                         detail + f"; worst {worst}"))
     else:
-        rows.append(row("masked − paper's masked model (worst condition)", "Kodak24", None, 0.0, "no paper conditions"))
+        rows.append(row("3. masked − paper's masked model (worst condition)", "Kodak24", None, 0.0, "no paper conditions"))
     m, n = means.get((REAL, masked, "real")), means.get((REAL, noisy, "real"))
     ok = m and n and m[1] == n[1]
-    rows.append(row("masked − noisy input", REAL, m[0] - n[0] if ok else None, 0.0,
+    rows.append(row("4. masked − noisy input", REAL, m[0] - n[0] if ok else None, 0.0,
                     f"{m[0]:.2f} vs {n[0]:.2f} on {m[1]} pairs" if ok else ""))
     return rows
 

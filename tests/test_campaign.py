@@ -88,7 +88,7 @@ def test_runs_survive_a_stop_and_a_new_machine(root):
     record = campaign.read_cooldowns(root)[0]
     assert record["patches"] == 160 and record["patches_with_cooldown"] == 168 and set(record["val_psnr"]) == {"gaussian:15", "poisson:3"}
     assert (root / record["weights"]).is_file()
-    assert "160 patches: gaussian:15" in (root / "campaign" / "README.md").read_text()
+    assert "160 patches (benchmark: not yet): gaussian:15" in (root / "campaign" / "README.md").read_text()
 
     # a longer target resumes the finished run (wsd)
     assert "iterations = 90" in campaign.extend(root, "tiny", 90)
@@ -114,6 +114,8 @@ def test_run_cools_down_and_benchmarks_at_each_milestone_without_changing_the_ru
         assert sorted({x["method"] for x in kept}) == sorted({"noisy", f"tiny-{r['patches']}"})
         assert len(kept) == 2 * 2 * 2  # images × noises × methods
     assert "waits for a machine with" in "\n".join(campaign.bench(root, records[0], plan, ["gaussian:15"]))
+    assert campaign.bench_progress(records[0], plan) == "benchmark: grid done"
+    assert campaign.bench_progress(records[0], plan[:1]) == "benchmarked"
     assert campaign.finished(root, "tiny", 2, plan)  # what waits for another machine's data is not work left here
     assert not campaign.finished(root, "tiny", 2, plan[:1] + (("later", ("bench-set",), None),))
 
@@ -201,7 +203,7 @@ def test_targets_measure_the_issues_four_conditions():
     assert rows[4]["measured"] == pytest.approx(-0.05) and rows[4]["met"] is False and "worst speckle:0.04" in rows[4]["detail"]
     assert "1 of 2 conditions" in rows[4]["detail"]
     assert rows[5]["measured"] == pytest.approx(1.0) and rows[5]["met"]
-    assert "| masked − noisy input | PolyU | +1.00 | ≥ +0.00 | yes |" in t.markdown(rows)
+    assert "| 4. masked − noisy input | PolyU | +1.00 | ≥ +0.00 | yes |" in t.markdown(rows)
     assert t.scores(records, "m") == {"Kodak24 out of distribution": pytest.approx(28.25),  # (27.5 + 29) / 2
                                       "CBSD68 out of distribution": 27.5, "Kodak24 gaussian:15": 31.0,
                                       "CBSD68 gaussian:15": 31.0, "PolyU": 37.0}
@@ -245,7 +247,7 @@ def test_the_targets_block_compares_the_pair_at_equal_patches(root, monkeypatch)
     campaign._write_cooldowns(root, cds)
     text = campaign.targets_text(root)
     assert "The campaign at 800 patches (`masked-800` against `baseline-800`" in text
-    assert "| masked − baseline, mean out of distribution | Kodak24 | +1.00 | ≥ +1.00 | yes |" in text
+    assert "| 1. masked − baseline, mean out of distribution | Kodak24 | +1.00 | ≥ +1.00 | yes |" in text
     (root / "docs").mkdir()
     (root / "docs" / "training.md").write_text(f"x\n{campaign.TARGETS_BEGIN}\nold\n{campaign.TARGETS_END}\ny\n")
     campaign.write_readme(root)
@@ -266,8 +268,8 @@ def test_the_targets_block_compares_the_pair_at_equal_patches(root, monkeypatch)
     text = campaign.targets_text(root)
     assert "What the benchmarked pairs predict at the runs' length, 6,400 patches" in text
     # +1.00 at 800, +1.50 at 1,600: +0.5 per doubling, two doublings on
-    assert "| masked − baseline, mean out of distribution | Kodak24 | +1.00 (800), +1.50 (1,600) | +0.50 | +2.50 | ≥ +1.00 | yes |" in text
-    assert "| masked − noisy input | PolyU | +5.00 (800), +5.50 (1,600) | +0.50 | +6.50 | ≥ +0.00 | yes |" in text
+    assert "| 1. masked − baseline, mean out of distribution | Kodak24 | +1.00 (800), +1.50 (1,600) | +0.50 | +2.50 | ≥ +1.00 | yes |" in text
+    assert "| 4. masked − noisy input | PolyU | +5.00 (800), +5.50 (1,600) | +0.50 | +6.50 | ≥ +0.00 | yes |" in text
     # each run's own scores from one benchmarked cool-down to the next, before the targets' trends
     assert text.index("Each run's own benchmark") < text.index("What the benchmarked pairs predict")
     assert "| `masked` | 1,600 | 30.50 (+0.50) | 30.50 (+0.50) | 30.50 (+0.50) | 30.50 (+0.50) | 30.50 (+0.50) |" in text
