@@ -599,8 +599,9 @@ def status(root: Path = ROOT) -> list[str]:
         val = ", ".join(f"{k} {v:.2f}" for k, v in hist[-1]["psnr"].items()) if hist else "no validation yet"
         ahead = [m for m in milestones(load(root, name).iterations) if m > it]
         recent = recent_rate(root, name)
-        eta = (f"; next milestone {ahead[0]:,} in {(ahead[0] - it) * bs / recent / 3600:.1f} h at the last half "
-               f"hour's {recent:.1f} patches/s" if ahead and recent else "")
+        eta = (f"; next milestone {ahead[0]:,} in {(ahead[0] - it) * bs / recent / 3600:.1f} h of training at the last "
+               f"half hour's {recent:.1f} patches/s, then its cool-down of {cooldown_length(ahead[0]):,} iterations and "
+               "its benchmark" if ahead and recent else "")
         lines.append(f"{name}: {state}, iteration {it}, {it * bs:,} patches, {training_time(summary)} of training "
                      f"({rate:.1f} patches/s on average{eta}), validation: {val}")
     share = threads_per_run(root)
