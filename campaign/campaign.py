@@ -112,6 +112,11 @@ def iteration_of(path: Path) -> int:
     return load_state(path)["iteration"] if path.is_file() else -1
 
 
+def _cmdline(pid: int) -> str:
+    """A process's command line, its arguments separated (and ended) by NUL; raises OSError when it is gone."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+
+
 def running_pid(root: Path, name: str) -> int | None:
     """The pid of the run's background process, if it is alive."""
     path = pid_file(root, name)
@@ -121,7 +126,7 @@ def running_pid(root: Path, name: str) -> int | None:
         pid = int(path.read_text().strip())
         os.kill(pid, 0)  # alive (or a zombie, checked next)
         stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        cmdline = _cmdline(pid).replace("\0", " ")
     except (ValueError, OSError):
         return None
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":
@@ -189,6 +194,11 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def pending_parts(record: dict, plan=BENCH_PLAN) -> list[str]:
+    """The parts of :data:`BENCH_PLAN` not yet benchmarked for a cool-down (an entry of ``cooldowns.json``)."""
+    return [part for part, _, _ in plan if not record.get("bench", {}).get(part)]
+
+
 def finished(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN) -> bool:
     """Whether :func:`run` has nothing left to do for the run on this machine: it has reached its length,
     its last milestone is cooled down, and every cool-down is benchmarked on the parts whose datasets
@@ -199,8 +209,8 @@ def finished(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN)
     if it < cfg.iterations or (it in milestones(cfg.iterations, doublings) and it not in {r["iteration"] for r in records}):
         return False
     data_root = Path(cfg.data).parent
-    return not any(not r.get("bench", {}).get(part) and all((data_root / d).is_dir() for d in datasets)
-                   for r in records for part, datasets, _ in plan)
+    here = {part for part, datasets, _ in plan if all((data_root / d).is_dir() for d in datasets)}
+    return not any(here.intersection(pending_parts(r, plan)) for r in records)
 
 
 def threads_per_run(root: Path, doublings: int = DOUBLINGS) -> int:
@@ -514,7 +524,7 @@ def run(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN, nois
                 print(cooldown(root, name, cooldown_iterations, threads=threads), flush=True)
                 check_stop()
             for record in read_cooldowns(root):
-                if record["run"] == name and not all(record.get("bench", {}).get(p) for p, _, _ in plan):
+                if record["run"] == name and pending_parts(record, plan):
                     print("\n".join(bench(root, record, plan, noises, check_stop, jobs=threads)), flush=True)
             ahead = sorted(m for m in {*marks, cfg.iterations} if m > it)
             if not ahead:
@@ -619,7 +629,7 @@ def running_threads(root: Path, name: str) -> int | None:
     if not pid:
         return None
     try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        args = _cmdline(pid).split("\0")
     except OSError:
         return None
     return int(args[args.index("--threads") + 1]) if "--threads" in args[:-1] else 1
@@ -650,8 +660,9 @@ def table(root: Path) -> str:
 def bench_progress(record: dict, plan=BENCH_PLAN) -> str:
     """How far the benchmark of a cool-down (an entry of ``cooldowns.json``) is: ``benchmarked``,
     ``benchmark: grid done`` or ``benchmark: not yet``."""
-    done = [part for part, _, _ in plan if record.get("bench", {}).get(part)]
-    return "benchmarked" if len(done) == len(plan) else f"benchmark: {', '.join(done) + ' done' if done else 'not yet'}"
+    pending = pending_parts(record, plan)
+    done = [part for part, _, _ in plan if part not in pending]
+    return "benchmarked" if not pending else f"benchmark: {', '.join(done) + ' done' if done else 'not yet'}"
 
 
 def _sibling(module: str):

@@ -85,7 +85,7 @@ def pair_at(root: Path, patches: int, plan=campaign.BENCH_PLAN) -> dict[str, dic
         if not found:
             have = ", ".join(f"{r['patches']:,}" for r in mine) or "none"
             raise MaskdnError(f"{run} has no cool-down at {patches:,} patches (its cool-downs: {have})")
-        todo = [p for p, _, _ in plan if not found[0].get("bench", {}).get(p)]
+        todo = campaign.pending_parts(found[0], plan)
         if todo:
             raise MaskdnError(f"{run}'s cool-down at {patches:,} patches is not benchmarked yet ({', '.join(todo)} to run; "
                               "its process does it: campaign/resume.sh)")
