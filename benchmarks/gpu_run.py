@@ -95,12 +95,13 @@ def run_name(preset: str, kind: str) -> str:
 
 def campaign_module():
     """``campaign/campaign.py`` (milestones; where a campaign run keeps its states; whether it runs)."""
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("campaign", ROOT / "campaign" / "campaign.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(ROOT / "campaign"))  # imported as its siblings import it (campaign/ is not a package)
+    try:
+        return importlib.import_module("campaign")
+    finally:
+        sys.path.pop(0)
 
 
 def link_data(data: str | Path, carried: Path = CAMPAIGN_DATA) -> bool:

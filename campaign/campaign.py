@@ -24,6 +24,8 @@ kept in ``campaign/bench/`` and resume on any machine) and trains on. Where both
 ``baseline`` have a benchmarked cool-down at the same patches, ``docs/training.md`` gets the issue's
 success targets measured on them (``campaign/targets.py``).
 
+``campaign/writeup.py`` draws the runs' states and records into the tables and figures people read
+(``campaign/README.md``, ``docs/training.md``'s targets, ``docs/campaign.png``, ``docs/campaign-bench.png``);
 ``campaign/forecast.py`` extends each run's validation curves to the runs' length (what they predict; its
 table is written under the runs' table in ``campaign/README.md``, its bands into the figure).
 ``campaign/ship.py PATCHES`` ships a benchmarked pair into the model zoo and the README.
@@ -39,7 +41,6 @@ import argparse
 import contextlib
 import gzip
 import json
-import math
 import os
 import shutil
 import signal
@@ -50,8 +51,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_STATE_BYTES = 6 * 2**20  # what a committed state may weigh
-README_BEGIN, README_END = "<!-- campaign table: begin -->", "<!-- campaign table: end -->"
-TARGETS_BEGIN, TARGETS_END = "<!-- campaign targets: begin -->", "<!-- campaign targets: end -->"
 PAIR = ("masked", "baseline")
 """The runs the success targets compare (``campaign/targets.py``): the masked model and its baseline."""
 DOUBLINGS = 4
@@ -283,9 +282,7 @@ def save(root: Path = ROOT, names: list[str] | None = None) -> list[str]:
             n, grew = _keep_records(results, keep)
             if grew:
                 lines.append(f"{results.parent.name}: kept {n} benchmark records")
-        write_readme(root)
-        plot(root)
-        plot_bench(root)
+        _writeup().redraw(root)
     return lines
 
 
@@ -365,8 +362,7 @@ def keep_cooldown(root: Path, name: str, iteration: int, final: dict, weights: P
     with _locked(root):
         records = [r for r in read_cooldowns(root) if (r["run"], r["iteration"]) != (name, iteration)] + [record]
         _write_cooldowns(root, records)
-        write_readme(root)
-        plot(root)
+        _writeup().redraw(root)
     return keep
 
 
@@ -465,8 +461,7 @@ def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = 
             _write_cooldowns(root, records)
         lines.append(f"{record['run']}: {method} benchmarked on {part} ({n} records → {keep.relative_to(root)})")
     with _locked(root):
-        write_readme(root)
-        plot_bench(root)
+        _writeup().redraw(root)
     return lines
 
 
@@ -635,40 +630,12 @@ def running_threads(root: Path, name: str) -> int | None:
     return int(args[args.index("--threads") + 1]) if "--threads" in args[:-1] else 1
 
 
-# ---- the README table and the figure -------------------------------------------------------------
-
-
-def table(root: Path) -> str:
-    rows = ["| run | masks | iterations | patches seen | training time | latest validation PSNR (dB) | latest cool-down |",
-            "|---|---|---|---|---|---|---|"]
-    cds = read_cooldowns(root)
-    for name in run_names(root):
-        cfg = load(root, name)
-        summary, hist = history(root, name)
-        it = summary.get("iteration", 0)
-        masks = (f"input {cfg.input_mask_range[0]:.0%}–{cfg.input_mask_range[1]:.0%}, attention {cfg.attn_mask_ratio:.0%}"
-                 if cfg.input_mask or cfg.attn_mask_ratio else "none")
-        val = "–" if not hist else ", ".join(f"{k} {v:.2f}" for k, v in hist[-1]["psnr"].items()) + f" (at {hist[-1]['patches']:,})"
-        mine = [c for c in cds if c["run"] == name]
-        cd = "–" if not mine else (lambda c: f"{c['patches']:,} patches ({bench_progress(c)}): " + ", ".join(
-            f"{k} {v:.2f}" for k, v in c["val_psnr"].items()))(max(mine, key=lambda c: c["iteration"]))
-        rows.append(f"| `{name}` | {masks} | {it:,} of {cfg.iterations:,} | {it * cfg.batch_size:,} | "
-                    f"{training_time(summary)} | {val} | {cd} |")
-    return "\n".join(rows)
-
-
-def bench_progress(record: dict, plan=BENCH_PLAN) -> str:
-    """How far the benchmark of a cool-down (an entry of ``cooldowns.json``) is: ``benchmarked``,
-    ``benchmark: grid done`` or ``benchmark: not yet``."""
-    pending = pending_parts(record, plan)
-    done = [part for part, _, _ in plan if part not in pending]
-    return "benchmarked" if not pending else f"benchmark: {', '.join(done) + ' done' if done else 'not yet'}"
-
-
 def _sibling(module: str):
-    """``campaign/MODULE.py``, imported (this folder is not a package)."""
+    """``campaign/MODULE.py``, imported (this folder is not a package); ``campaign`` itself is this module,
+    whether it runs as a script or was imported, so that a sibling's ``import campaign`` shares it."""
     import importlib
 
+    sys.modules.setdefault("campaign", sys.modules[__name__])
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     try:
         return importlib.import_module(module)
@@ -676,246 +643,9 @@ def _sibling(module: str):
         sys.path.pop(0)
 
 
-def _targets_module():
-    return _sibling("targets")
-
-
-def forecast_patches(root: Path) -> int:
-    """Where the forecast predicts: the length (patches) :data:`PAIR`'s first run is configured to reach."""
-    cfg = load(root, PAIR[0])
-    return cfg.iterations * cfg.batch_size
-
-
-def forecast_text(root: Path) -> str:
-    """``campaign/forecast.py``'s table for :data:`PAIR` at :func:`forecast_patches`, or "" while a run has no
-    validation history or once both have reached that length."""
-    f = _sibling("forecast")
-    hist = {n: history(root, n)[1] for n in PAIR}
-    if not all(hist.values()):
-        return ""
-    patches = forecast_patches(root)
-    if all(e["patches"] >= patches for e in (h[-1] for h in hist.values())):
-        return ""  # nothing left to predict
-    rows = f.forecast(hist, *PAIR, patches)
-    low, high = (f"{w:g}" for w in f.WINDOWS)
-    return (f"What the validation curves predict at the runs' length, {patches:,} patches (`python campaign/forecast.py`): "
-            f"each run's trend, a line in log2(patches) fitted over its last doubling and over its last two "
-            f"(windows ×{low}, ×{high}), extended from its newest point; a range is the two fits' answers:\n\n"
-            + f.markdown(rows, *PAIR, patches)
-            + f"\n\n{f.BACKTEST_INTRO}\n\n" + f.backtest_markdown(f.backtest(hist), PAIR))
-
-
-def benchmarked(root: Path) -> dict[int, dict[str, dict]]:
-    """Patches → run → its cool-down record (``cooldowns.json``), for cool-downs whose every benchmark part
-    (:data:`BENCH_PLAN`) is done."""
-    done: dict[int, dict[str, dict]] = {}
-    for r in read_cooldowns(root):
-        if r.get("bench") and all(r["bench"].get(p) for p, _, _ in BENCH_PLAN):
-            done.setdefault(r["patches"], {})[r["run"]] = r
-    return done
-
-
-def bench_records(root: Path, record: dict) -> list[dict]:
-    """The benchmark records kept for a cool-down (an entry of ``cooldowns.json``), every part, ``noisy``'s too."""
-    return [rec for f in record.get("bench", {}).values() for rec in _load_results(root / f)]
-
-
-def pair_records(root: Path, runs: dict[str, dict]) -> tuple[list[dict], str, str]:
-    """The benchmark records of :data:`PAIR`'s cool-downs ``runs`` (run → ``cooldowns.json`` entry, one
-    entry of :func:`benchmarked`) and the two models' method names, masked first."""
-    from maskdn.generalization import method_name
-
-    return ([rec for n in PAIR for rec in bench_records(root, runs[n])],
-            *(method_name(root / runs[n]["weights"]) for n in PAIR))
-
-
-def targets_text(root: Path) -> str:
-    """The success targets (``campaign/targets.py``) at every patch count where both runs of :data:`PAIR`
-    have a fully benchmarked cool-down, after the shipped pair's (``docs/bench/`` records) for reference;
-    then, once a run has two such cool-downs, each run's own scores from one to the next
-    (``targets.scores``), and once two pairs are measured, each target's trend to the runs' length."""
-    from maskdn.errors import MaskdnError
-    from maskdn.generalization import method_name
-    from maskdn.weights import describe_zoo, featured_pair
-
-    t = _targets_module()
-    parts = []
-    shipped = [root / "docs" / "bench" / f for f in ("results-grid.json.gz", "results-polyu.json.gz")]
-    try:
-        zoo = {r["name"]: r for r in describe_zoo()}
-    except MaskdnError:  # a broken bundled file: no reference pair, but the runs' own tables still come
-        zoo = {}
-    pair = featured_pair(list(zoo.values()))
-    if pair and all(f.is_file() for f in shipped):
-        records = [r for f in shipped for r in _load_results(f)]
-        m, b = pair
-        how = zoo[m]["training"]
-        parts.append(f"The shipped pair (`{m}` against `{b}`, {how.get('patches_seen', 0):,} patches of "
-                     f"{how.get('patch_size', '?')}², the README's benchmark), for reference:\n\n"
-                     + t.markdown(t.targets(records, m, b)))
-    done = benchmarked(root)
-    measured = {}
-    for patches, runs in sorted(done.items()):
-        if not all(n in runs for n in PAIR):
-            continue
-        records, m, b = pair_records(root, runs)
-        measured[patches] = t.targets(records, m, b)
-        parts.append(f"The campaign at {patches:,} patches (`{m}` against `{b}`, cool-downs of "
-                     f"{runs[PAIR[0]]['cooldown']:,} iterations):\n\n" + t.markdown(measured[patches]))
-    progress = [(n, patches, t.scores(bench_records(root, runs[n]), method_name(root / runs[n]["weights"])))
-                for n in PAIR for patches, runs in sorted(done.items()) if n in runs]
-    if any(sum(row[0] == n for row in progress) >= 2 for n in PAIR):
-        parts.append("Each run's own benchmark at its benchmarked cool-downs (mean PSNR in dB; in brackets the "
-                     "change since the run's previous one): whether a run's score out of distribution rises or "
-                     "falls as it trains on Gaussian σ=15:\n\n" + t.progress_markdown(progress))
-    length = forecast_patches(root) if PAIR[0] in run_names(root) else 0
-    if len(measured) >= 2 and max(measured) < length:
-        f = _sibling("forecast")
-        parts.append(f"What the benchmarked pairs predict at the runs' length, {length:,} patches "
-                     "(`campaign/forecast.py`: each target's least-squares line in log2(patches) through the "
-                     "pairs above, extended):\n\n" + f.target_markdown(f.target_trends(measured, length), length))
-    return "\n\n".join(parts) or "No benchmarked cool-down pair yet."
-
-
-def _write_block(path: Path, begin: str, end: str, body: str) -> None:
-    """Replace what lies between the markers ``begin`` and ``end`` of ``path`` (if it has both) with ``body``."""
-    if not path.is_file():
-        return
-    text = path.read_text()
-    if begin not in text or end not in text:
-        return
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    _write_atomic(path, f"{head}{begin}\n{body}\n{end}{tail}")
-
-
-def pair_table(root: Path) -> str:
-    """Validation PSNR of ``masked`` minus ``baseline`` (:data:`PAIR`) wherever both have a point at the same
-    patches: a Markdown table (dB), or "" when there is none."""
-    (_, a), (_, b) = (history(root, n) for n in PAIR)
-    at = {e["patches"]: e["psnr"] for e in b}
-    rows = [(e["patches"], e["psnr"], at[e["patches"]]) for e in a if e["patches"] in at]
-    if not rows:
-        return ""
-    noises = [n for n in rows[0][1] if n in rows[0][2]]
-    lines = [f"`{PAIR[0]}` − `{PAIR[1]}`, validation PSNR at the same patches (dB; positive: masking ahead):", "",
-             "| patches | " + " | ".join(noises) + " |", "|---" * (len(noises) + 1) + "|"]
-    lines += [f"| {p:,} | " + " | ".join(f"{m[n] - s[n]:+.2f}" for n in noises) + " |" for p, m, s in rows]
-    return "\n".join(lines)
-
-
-def write_readme(root: Path) -> None:
-    """Redraw ``campaign/README.md``'s tables of the runs and ``docs/training.md``'s targets."""
-    both = all(n in run_names(root) for n in PAIR)
-    extra = [t for t in (pair_table(root), forecast_text(root)) if t] if both else []
-    _write_block(campaign_dir(root) / "README.md", README_BEGIN, README_END, "\n\n".join([table(root), *extra]))
-    if (root / "docs" / "training.md").is_file():
-        _write_block(root / "docs" / "training.md", TARGETS_BEGIN, TARGETS_END, targets_text(root))
-
-
-def plot(root: Path, dest: Path | None = None) -> Path | None:
-    """``docs/campaign.png``: validation PSNR against patches seen, one panel per noise, every run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = {n: history(root, n)[1] for n in run_names(root)}
-    noises = list(dict.fromkeys(k for h in runs.values() for e in h for k in e["psnr"]))
-    if not noises:
-        return None
-    dest = dest or root / "docs" / "campaign.png"
-    fig, axes = plt.subplots(1, len(noises), figsize=(4.2 * len(noises), 3.6), squeeze=False)
-    cds = read_cooldowns(root)
-    f = _sibling("forecast")
-    target = forecast_patches(root) if PAIR[0] in runs else 0
-    for ax, noise in zip(axes[0], noises):
-        for i, (name, hist) in enumerate(runs.items()):
-            pts = [(e["patches"], e["psnr"][noise]) for e in hist if noise in e["psnr"]]
-            if pts:
-                ax.plot(*zip(*pts), color=f"C{i}", marker=".", label=f"{name} (EMA, stable lr)")
-            fits = [f.trend(pts, w) for w in f.WINDOWS]
-            if pts and target > pts[-1][0] and None not in fits:  # the forecast's band: both windows' lines
-                ends = [[at, at + slope * math.log2(target / pts[-1][0])] for slope, at, _ in fits]
-                ax.fill_between([pts[-1][0], target], *ends, color=f"C{i}", alpha=0.18, linewidth=0)
-                ax.plot([pts[-1][0], target], [sum(e) / 2 for e in zip(*ends)], color=f"C{i}", linestyle="--",
-                        linewidth=1, label=f"{name}: trend to {target:,}")
-            cd = [(c["patches"], c["val_psnr"][noise]) for c in cds if c["run"] == name and noise in c["val_psnr"]]
-            if cd:
-                ax.plot(*zip(*cd), color=f"C{i}", marker="*", markersize=11, linestyle="none",
-                        label=f"{name} after cool-down")
-        ax.set_title(noise + ("  (training noise)" if noise == "gaussian:15" else "  (never trained on)"), fontsize=9)
-        ax.set_xlabel("training patches seen (64², log scale)")
-        ax.set_ylabel("PSNR on 16 held-out CBSD432 crops (dB)")
-        ax.grid(alpha=0.3)
-        ax.set_xscale("log", base=2)
-        if target:  # the milestones: the run's length and its halvings
-            ax.set_xticks([target / 2**k for k in range(DOUBLINGS + 2, -1, -1)])
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
-            lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:.0f}k"))
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    from maskdn.io import atomic_write
-
-    with atomic_write(dest) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    return dest
-
-
-def plot_bench(root: Path, dest: Path | None = None) -> Path | None:
-    """``docs/campaign-bench.png``: masked − baseline (:data:`PAIR`) per condition of the README's grid,
-    one panel per grid (Kodak24, CBSD68), one line per benchmarked pair; None (nothing drawn) before
-    the first pair. The conditions in ``maskdn bench``'s paper-grid order, so the two halves (milder or
-    structured noise, stronger noise) read as they lie."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from maskdn.generalization import PAPER_GRID
-
-    t = _targets_module()
-    pairs = {patches: t.differences(*pair_records(root, runs))
-             for patches, runs in sorted(benchmarked(root).items()) if all(n in runs for n in PAIR)}
-    if not pairs:
-        return None
-    dest = dest or root / "docs" / "campaign-bench.png"
-    fig, axes = plt.subplots(1, len(t.GRIDS), figsize=(6.5 * len(t.GRIDS), 4.2), sharey=True, squeeze=False)
-    x = {c: i for i, c in enumerate(PAPER_GRID)}
-    for ax, ds in zip(axes[0], t.GRIDS):
-        first = ds == t.GRIDS[0]  # one legend for the figure, from the first panel
-        ax.axvspan(x[t.TRAINING_NOISE] - 0.5, x[t.TRAINING_NOISE] + 0.5, color="0.85",
-                   label="training noise" if first else None)
-        ax.axhline(0, color="0.3", linewidth=0.8)
-        ax.axhline(t.OOD_MARGIN_DB, color="0.3", linewidth=0.8, linestyle=":",
-                   label=f"target 1: the mean out of distribution ≥ +{t.OOD_MARGIN_DB:g}" if first else None)
-        means = []
-        for i, (patches, diff) in enumerate(pairs.items()):
-            ood = [v for (d, c), v in diff.items() if d == ds and c != t.TRAINING_NOISE]
-            if ood:
-                means.append(f"{sum(ood) / len(ood):+.2f} at {patches:,}")
-            label = f"cool-downs at {patches:,} patches" if first else None
-            for family in dict.fromkeys(c.split(":")[0] for c in PAPER_GRID):  # a line within each noise's levels
-                pts = sorted((x[c], v) for (d, c), v in diff.items() if d == ds and c.split(":")[0] == family and c in x)
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", markersize=4, color=f"C{i}", label=label)
-                    label = None
-        ax.set_xticks(range(len(PAPER_GRID)), PAPER_GRID, rotation=90, fontsize=7)
-        ax.set_title(f"{ds}: masked − baseline (mean out of distribution {', '.join(means)})", fontsize=9)
-        if first:
-            ax.set_ylabel("PSNR difference (dB; above 0: masking ahead)")
-        ax.grid(alpha=0.3)
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=2 + len(pairs), fontsize=8)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    from maskdn.io import atomic_write
-
-    with atomic_write(dest) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    return dest
+def _writeup():
+    """``campaign/writeup.py``: the tables and figures drawn from the runs' states and records."""
+    return _sibling("writeup")
 
 
 def main(argv: list[str] | None = None) -> int:

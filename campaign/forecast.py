@@ -272,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--patches must be positive, not {a.patches}")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import campaign
+    import writeup
 
     def work() -> list[str]:
-        patches = a.patches or campaign.forecast_patches(campaign.ROOT)
+        patches = a.patches or writeup.forecast_patches(campaign.ROOT)
         hist = {n: campaign.history(campaign.ROOT, n)[1] for n in campaign.PAIR}
         return [markdown(forecast(hist, *campaign.PAIR, patches), *campaign.PAIR, patches), "", BACKTEST_INTRO, "",
                 backtest_markdown(backtest(hist), campaign.PAIR)]

@@ -49,7 +49,12 @@ def _module(path: Path, name: str):
     return module
 
 
-campaign = _module(HERE / "campaign.py", "campaign")
+sys.path.insert(0, str(HERE))  # this folder's scripts import each other as siblings (it is not a package)
+try:
+    import campaign
+    import writeup
+finally:
+    sys.path.pop(0)
 ROOT = campaign.ROOT
 
 
@@ -312,7 +317,7 @@ def ship(root: Path, patches: int, *, data_root: Path | None = None, plan=campai
     if readme.main(["--readme", str(root / "README.md"), "--grid", str(results[0]), "--polyu", str(results[-1])]) != 0:
         raise MaskdnError("benchmarks/readme.py could not rewrite the README (above)")
     with campaign._locked(root):
-        campaign.write_readme(root)
+        writeup.write_readme(root)
 
     chosen, why = rule_choice(generalization_ranking([r for rs in merged.values() for r in rs]), zoo.names())
     if chosen is None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,16 @@ from maskdn.fastpath import kernels
 from maskdn.model import MaskedSwinIR, preset
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def campaign_script(name: str):
+    """``campaign/NAME.py``, imported as its siblings import it (``campaign/`` is not a package): one
+    ``campaign`` module for all, so that a test's monkeypatch of it reaches ``writeup`` and ``ship``."""
+    sys.path.insert(0, str(REPO / "campaign"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 SHARED = Path(os.environ.get("MASKDN_SHARED", REPO.parent / "shared"))
 
 

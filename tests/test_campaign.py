@@ -5,22 +5,19 @@ machine" (no local run folders) to exactly the weights of one uninterrupted run.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import shutil
 import time
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import campaign_script
 from test_train import make_images
 
 from maskdn.train import load_config, train
 from maskdn.train.checkpoint import load_state
 
-spec = importlib.util.spec_from_file_location("campaign", REPO / "campaign" / "campaign.py")
-campaign = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(campaign)
+campaign, forecast, targets, writeup = (campaign_script(n) for n in ("campaign", "forecast", "targets", "writeup"))
 
 
 def _wait_until(predicate, timeout=120.0):
@@ -42,7 +39,7 @@ def root(tmp_path, monkeypatch):
         'iterations = 80\nschedule = "wsd"\nwarmup = 5\nholdout = 1\nval_every = 20\nval_crop = 16\n'
         'val_noise = ["gaussian:15", "poisson:3"]\nsave_every = 1000\nlog_every = 1\nbf16 = false\n'
         'tensorboard = false\ndevice = "cpu"\nthreads = 1\n')
-    (run.parent / "README.md").write_text(f"# runs\n{campaign.README_BEGIN}\n{campaign.README_END}\nend\n")
+    (run.parent / "README.md").write_text(f"# runs\n{writeup.README_BEGIN}\n{writeup.README_END}\nend\n")
     monkeypatch.chdir(tmp_path / "repo")
     return tmp_path / "repo"
 
@@ -114,8 +111,8 @@ def test_run_cools_down_and_benchmarks_at_each_milestone_without_changing_the_ru
         assert sorted({x["method"] for x in kept}) == sorted({"noisy", f"tiny-{r['patches']}"})
         assert len(kept) == 2 * 2 * 2  # images × noises × methods
     assert "waits for a machine with" in "\n".join(campaign.bench(root, records[0], plan, ["gaussian:15"]))
-    assert campaign.bench_progress(records[0], plan) == "benchmark: grid done"
-    assert campaign.bench_progress(records[0], plan[:1]) == "benchmarked"
+    assert writeup.bench_progress(records[0], plan) == "benchmark: grid done"
+    assert writeup.bench_progress(records[0], plan[:1]) == "benchmarked"
     assert campaign.finished(root, "tiny", 2, plan)  # what waits for another machine's data is not work left here
     assert not campaign.finished(root, "tiny", 2, plan[:1] + (("later", ("bench-set",), None),))
 
@@ -186,7 +183,7 @@ def test_start_refuses_fewer_than_one_thread(capsys):
 
 
 def test_targets_measure_the_issues_four_conditions():
-    t = campaign._targets_module()  # campaign/targets.py
+    t = targets  # campaign/targets.py
 
     def masked(ds, c):
         return {"gaussian:15": 31.0, "poisson:3": 27.5, "speckle:0.04": 29.0, "real": 37.0}[c]
@@ -242,30 +239,30 @@ def _benchmarked_pair(root, patches: int, masked_psnr: float) -> list[dict]:
 def test_the_targets_block_compares_the_pair_at_equal_patches(root, monkeypatch):
     cds = _benchmarked_pair(root, 800, 30.0)
     campaign._write_cooldowns(root, cds[:1])
-    assert "at 800 patches" not in campaign.targets_text(root)  # one of the pair only
-    assert campaign.plot_bench(root, root / "bench.png") is None and not (root / "bench.png").exists()
+    assert "at 800 patches" not in writeup.targets_text(root)  # one of the pair only
+    assert writeup.plot_bench(root, root / "bench.png") is None and not (root / "bench.png").exists()
     campaign._write_cooldowns(root, cds)
-    text = campaign.targets_text(root)
+    text = writeup.targets_text(root)
     assert "The campaign at 800 patches (`masked-800` against `baseline-800`" in text
     assert "| 1. masked − baseline, mean out of distribution | Kodak24 | +1.00 | ≥ +1.00 | yes |" in text
     (root / "docs").mkdir()
-    (root / "docs" / "training.md").write_text(f"x\n{campaign.TARGETS_BEGIN}\nold\n{campaign.TARGETS_END}\ny\n")
-    campaign.write_readme(root)
-    assert (root / "docs" / "training.md").read_text() == f"x\n{campaign.TARGETS_BEGIN}\n{text}\n{campaign.TARGETS_END}\ny\n"
+    (root / "docs" / "training.md").write_text(f"x\n{writeup.TARGETS_BEGIN}\nold\n{writeup.TARGETS_END}\ny\n")
+    writeup.write_readme(root)
+    assert (root / "docs" / "training.md").read_text() == f"x\n{writeup.TARGETS_BEGIN}\n{text}\n{writeup.TARGETS_END}\ny\n"
     assert "What the benchmarked pairs predict" not in text  # one pair: no line yet
-    t = campaign._targets_module()
-    gaps = t.differences(campaign.bench_records(root, cds[0]) + campaign.bench_records(root, cds[1]), "masked-800", "baseline-800")
+    t = targets
+    gaps = t.differences(writeup.bench_records(root, cds[0]) + writeup.bench_records(root, cds[1]), "masked-800", "baseline-800")
     assert set(gaps) == {("Kodak24", "gaussian:15"), ("Kodak24", "poisson:3"), ("Kodak24", "speckle:0.04"),
                          ("CBSD68", "gaussian:15"), ("CBSD68", "poisson:3"), ("PolyU", "real")}
     assert all(v == pytest.approx(1.0) for v in gaps.values())  # what the figure draws, per condition
-    assert campaign.plot_bench(root, root / "new" / "bench.png").stat().st_size > 0  # its folder made; masked − baseline per condition
+    assert writeup.plot_bench(root, root / "new" / "bench.png").stat().st_size > 0  # its folder made; masked − baseline per condition
     assert "Each run's own benchmark" not in text  # nor a run's progress
 
     # a second pair, masking further ahead: the targets' lines through both, extended to the runs' length
     campaign._write_cooldowns(root, cds + _benchmarked_pair(root, 1600, 30.5))
     monkeypatch.setattr(campaign, "run_names", lambda root: ["baseline", "masked"])
-    monkeypatch.setattr(campaign, "forecast_patches", lambda root: 6400)
-    text = campaign.targets_text(root)
+    monkeypatch.setattr(writeup, "forecast_patches", lambda root: 6400)
+    text = writeup.targets_text(root)
     assert "What the benchmarked pairs predict at the runs' length, 6,400 patches" in text
     # +1.00 at 800, +1.50 at 1,600: +0.5 per doubling, two doublings on
     assert "| 1. masked − baseline, mean out of distribution | Kodak24 | +1.00 (800), +1.50 (1,600) | +0.50 | +2.50 | ≥ +1.00 | yes |" in text
@@ -277,7 +274,7 @@ def test_the_targets_block_compares_the_pair_at_equal_patches(root, monkeypatch)
 
 
 def test_target_trends_extend_each_target_through_the_pairs():
-    f = campaign._sibling("forecast")
+    f = forecast
 
     def rows(ood, g15):
         return [{"target": "ood", "dataset": "K", "measured": ood, "threshold": 1.0},
@@ -297,10 +294,10 @@ def test_pair_table_compares_validation_at_equal_patches(root, monkeypatch):
                        {"patches": 300, "psnr": {"g": 31.5, "p": 26.5}}],
             "baseline": [{"patches": 100, "psnr": {"g": 31.0, "p": 24.5}}, {"patches": 200, "psnr": {"g": 31.5, "p": 25.0}}]}
     monkeypatch.setattr(campaign, "history", lambda root, name: ({}, hist[name]))
-    text = campaign.pair_table(root)
+    text = writeup.pair_table(root)
     assert text.splitlines()[2:] == ["| patches | g | p |", "|---|---|---|", "| 100 | -1.00 | +0.50 |", "| 200 | -0.50 | +1.00 |"]
     hist["baseline"] = []
-    assert campaign.pair_table(root) == ""
+    assert writeup.pair_table(root) == ""
 
 
 def test_training_time_is_split_by_device_once_a_run_has_trained_on_two():
@@ -347,11 +344,11 @@ def test_targets_name_the_methods_there_when_one_is_missing():
 
     records = _records("m", lambda ds, c: 30.0) + _records("noisy", lambda ds, c: 25.0)
     with pytest.raises(MaskdnError, match=r"no one-pass records of 'b' \(methods there: m, noisy\)"):
-        campaign._targets_module().targets(records, "m", "b")
+        targets.targets(records, "m", "b")
 
 
 def _forecast_module():
-    return campaign._sibling("forecast")  # campaign/forecast.py
+    return forecast  # campaign/forecast.py
 
 
 def test_forecast_extends_each_runs_log_trend_over_its_recent_windows():
@@ -418,16 +415,16 @@ def test_the_campaign_readme_and_figure_carry_the_forecast(root, monkeypatch):
     hist = [{"patches": 100 * k, "psnr": {"gaussian:15": 30 + k / 10, "poisson:3": 25 - k / 10}} for k in range(1, 9)]
     monkeypatch.setattr(campaign, "PAIR", ("tiny", "tiny"))
     monkeypatch.setattr(campaign, "history", lambda root, name: ({"iteration": 400, "elapsed": 1.0, "batch_size": 2}, hist))
-    campaign.write_readme(root)
+    writeup.write_readme(root)
     readme = (root / "campaign" / "README.md").read_text()
     assert "What the validation curves predict at the runs' length, 160 patches" not in readme  # 800 already seen
     campaign.extend(root, "tiny", 3200)
-    campaign.write_readme(root)
+    writeup.write_readme(root)
     readme = (root / "campaign" / "README.md").read_text()
     assert "What the validation curves predict at the runs' length, 6,400 patches" in readme
     assert "| unseen mean |" in readme and readme.endswith("end\n")
     assert "The same fits made one doubling ago" in readme and "| poisson:3 | +0.21 to +0.28 |" in readme
-    assert campaign.plot(root, root / "c.png").stat().st_size > 0
+    assert writeup.plot(root, root / "c.png").stat().st_size > 0
 
 
 def test_a_state_from_a_gpu_session_cools_down_on_this_machine(root):

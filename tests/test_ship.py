@@ -4,13 +4,12 @@ names (replacing the pair shipped before), and the figures, ranking and README b
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, campaign_script
 from test_train import make_images
 
 from maskdn import zoo
@@ -20,10 +19,8 @@ from maskdn.io import write_image
 from maskdn.model import MaskedSwinIR, preset
 from maskdn.weights import read_metadata, save_model
 
-spec = importlib.util.spec_from_file_location("ship", REPO / "campaign" / "ship.py")
-ship = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ship)
-campaign = ship.campaign
+ship = campaign_script("ship")
+campaign, writeup = ship.campaign, ship.writeup
 
 PLAN = (("grid", ("Kodak24", "CBSD68"), 2), ("polyu", ("PolyU",), None))
 NOISES = ["gaussian:15", "poisson:3"]
@@ -78,7 +75,7 @@ def repo(tmp_path, monkeypatch):
     (root / "README.md").write_text("# t\n<!-- generated: kodak24 -->\n<!-- end: kodak24 -->\n"
                                     "<!-- generated: commands -->\n<!-- end: commands -->\n"
                                     "<!-- generated: reported -->\n<!-- end: reported -->\n")
-    (root / "docs" / "training.md").write_text(f"# t\n{campaign.TARGETS_BEGIN}\n{campaign.TARGETS_END}\n")
+    (root / "docs" / "training.md").write_text(f"# t\n{writeup.TARGETS_BEGIN}\n{writeup.TARGETS_END}\n")
     monkeypatch.setattr(zoo, "zoo_dir", lambda: ship.zoo_dir(root))  # maskdn "installed from" this repository
     return root
 
