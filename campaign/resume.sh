@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start every campaign run in the background from its committed state (one thread each while both
+# Start every campaign run in the background from its newest state (committed here or in its run folder) (one thread each while both
 # train; a run alone with work left takes every core).
 # Run at the start of every working session, from anywhere; logs go to runs/campaign/NAME.log.
 set -euo pipefail
