@@ -18,8 +18,8 @@ Milestones: the run's patches double from one to the next, ending at its configu
 62,500 iterations of 16 patches: iterations 7,813, 15,625, 31,250 and 62,500, i.e. 125k, 250k, 500k
 and 1M patches). ``run`` trains exactly to the next one (a wsd run's length may change on resume
 without changing what it computes), branches a cool-down there (5% more iterations, lr decayed to 0),
-benchmarks its export on the README's grid and PolyU (``maskdn bench``, one single-threaded process per
-thread of the run; its records are
+benchmarks its export on the README's grid and PolyU and on the paper's Kodak24 conditions (:data:`BENCH_PLAN`;
+``maskdn bench``, one single-threaded process per thread of the run; its records are
 kept in ``campaign/bench/`` and resume on any machine) and trains on. Where both ``masked`` and
 ``baseline`` have a benchmarked cool-down at the same patches, ``docs/training.md`` gets the issue's
 success targets measured on them (``campaign/targets.py``).
@@ -47,7 +47,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_STATE_BYTES = 6 * 2**20  # what a committed state may weigh
@@ -55,9 +57,36 @@ PAIR = ("masked", "baseline")
 """The runs the success targets compare (``campaign/targets.py``): the masked model and its baseline."""
 DOUBLINGS = 4
 """How many milestones a run has: its length and the halvings before it (see the module docstring)."""
-BENCH_PLAN = (("grid", ("Kodak24", "CBSD68"), 16), ("polyu", ("PolyU",), None))
-"""Each cool-down's benchmark, the README's: (part, dataset folders beside the run's training data,
-images per dataset or None for all); the paper grid of noises, one pass, with ``noisy`` beside it."""
+
+
+class Part(NamedTuple):
+    """One part of every cool-down's benchmark (``maskdn bench``, one pass, ``noisy`` beside the model)."""
+
+    name: str
+    """Its key in ``cooldowns.json``'s ``bench`` and in ``campaign/bench/METHOD-NAME.json.gz``."""
+    datasets: tuple[str, ...]
+    """Dataset folders beside the run's training data."""
+    limit: int | None
+    """Images per dataset, the first ones by name; None: all."""
+    conditions: Callable[[], list[str]] | None = None
+    """The noise conditions (called when the part runs); None: the benchmark's noises (the paper grid)."""
+    readme: bool = True
+    """Whether its records are the README's benchmark (``docs/bench/results-NAME.json.gz``), which a
+    shipped pair joins (``campaign/ship.py``); False: a measurement for the success targets only."""
+
+
+def paper_conditions() -> list[str]:
+    """The 14 Kodak24 conditions the masked-training paper plots (``benchmarks/reported.py``)."""
+    return list(_sibling("targets").paper_masked())
+
+
+README_PARTS = (Part("grid", ("Kodak24", "CBSD68"), 16), Part("polyu", ("PolyU",), None))
+"""The README's benchmark: the paper grid on the first 16 images of Kodak24 and CBSD68, and PolyU."""
+PAPER_PART = Part("paper", ("Kodak24",), None, paper_conditions, readme=False)
+"""All 24 Kodak24 images under the paper's 14 plotted conditions, so that success target 3 compares a
+mean over the same images as the paper's (the grid's first 16 are reused, not recomputed)."""
+BENCH_PLAN = README_PARTS + (PAPER_PART,)
+"""Each cool-down's benchmark, part by part."""
 
 
 # ---- where things are ------------------------------------------------------------------------------
@@ -195,7 +224,7 @@ def cores() -> int:
 
 def pending_parts(record: dict, plan=BENCH_PLAN) -> list[str]:
     """The parts of :data:`BENCH_PLAN` not yet benchmarked for a cool-down (an entry of ``cooldowns.json``)."""
-    return [part for part, _, _ in plan if not record.get("bench", {}).get(part)]
+    return [part.name for part in plan if not record.get("bench", {}).get(part.name)]
 
 
 def finished(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN) -> bool:
@@ -208,7 +237,7 @@ def finished(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN)
     if it < cfg.iterations or (it in milestones(cfg.iterations, doublings) and it not in {r["iteration"] for r in records}):
         return False
     data_root = Path(cfg.data).parent
-    here = {part for part, datasets, _ in plan if all((data_root / d).is_dir() for d in datasets)}
+    here = {part.name for part in plan if all((data_root / d).is_dir() for d in part.datasets)}
     return not any(here.intersection(pending_parts(r, plan)) for r in records)
 
 
@@ -423,10 +452,12 @@ def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = 
           jobs: int = 1) -> list[str]:
     """Benchmark the cool-down export of ``record`` (an entry of ``cooldowns.json``) part by part.
 
-    Each part (:data:`BENCH_PLAN`) runs ``maskdn bench``'s evaluator on the export and ``noisy`` (one
-    pass, ``jobs`` processes of one thread, no LPIPS), resuming from the local output folder or, on another machine, from
-    the records committed in ``campaign/bench/``; finished, its records are kept there and the part is
-    marked done in ``cooldowns.json``. Datasets are the folders beside the run's training data.
+    Each part (:class:`Part`, :data:`BENCH_PLAN`) runs ``maskdn bench``'s evaluator on the export and
+    ``noisy`` (one pass, ``jobs`` processes of one thread, no LPIPS) under its conditions (``noises``, or
+    the paper grid, where it names none), resuming from the local output folder or, on another machine,
+    from the records committed in ``campaign/bench/``; records the cool-down's finished parts already
+    hold are taken, not recomputed. Finished, a part's records are kept there and the part is marked
+    done in ``cooldowns.json``. Datasets are the folders beside the run's training data.
     """
     import torch
     from maskdn.generalization import PAPER_GRID, method_name, run_bench
@@ -436,30 +467,32 @@ def bench(root: Path, record: dict, plan=BENCH_PLAN, noises: list[str] | None = 
     method = method_name(weights)
     data_root = Path(load(root, record["run"]).data).parent
     lines = []
-    for part, datasets, limit in plan:
-        if record.get("bench", {}).get(part):
+    for part in plan:
+        if record.get("bench", {}).get(part.name):
             continue
-        missing = [str(data_root / d) for d in datasets if not (data_root / d).is_dir()]
+        missing = [str(data_root / d) for d in part.datasets if not (data_root / d).is_dir()]
         if missing:
-            lines.append(f"{record['run']}: {method}'s {part} benchmark waits for a machine with {', '.join(missing)}")
+            lines.append(f"{record['run']}: {method}'s {part.name} benchmark waits for a machine with {', '.join(missing)}")
             continue
         check_stop()
-        out, keep = bench_dir(root, method, part), bench_keep(root, method, part)
+        out, keep = bench_dir(root, method, part.name), bench_keep(root, method, part.name)
         out.mkdir(parents=True, exist_ok=True)
-        _set_phase(root, record["run"], f"benchmark of {method}: {part}")
-        # the records committed so far (another machine's, maybe) are taken, not recomputed
-        run_bench([data_root / d for d in datasets], [str(weights), "noisy"], noises or PAPER_GRID, out, passes=1,
-                  limit=limit, progress=f"{method} {part}", jobs=jobs, reports=False, lpips=False,
-                  reuse=_load_results(keep))
+        _set_phase(root, record["run"], f"benchmark of {method}: {part.name}")
+        # the records committed so far (another machine's, maybe) and the other parts' are taken, not recomputed
+        reuse = [r for f in [keep, *(root / f for f in record.get("bench", {}).values())] for r in _load_results(f)]
+        conditions = part.conditions() if part.conditions else noises or PAPER_GRID
+        run_bench([data_root / d for d in part.datasets], [str(weights), "noisy"], conditions, out, passes=1,
+                  limit=part.limit, progress=f"{method} {part.name}", jobs=jobs, reports=False, lpips=False,
+                  reuse=reuse)
         with _locked(root):
             n, _ = _keep_records(out / "results.json", keep)
             records = read_cooldowns(root)
             for r in records:
                 if (r["run"], r["iteration"]) == (record["run"], record["iteration"]):
-                    r.setdefault("bench", {})[part] = str(keep.relative_to(root))
+                    r.setdefault("bench", {})[part.name] = str(keep.relative_to(root))
                     record.update(r)
             _write_cooldowns(root, records)
-        lines.append(f"{record['run']}: {method} benchmarked on {part} ({n} records → {keep.relative_to(root)})")
+        lines.append(f"{record['run']}: {method} benchmarked on {part.name} ({n} records → {keep.relative_to(root)})")
     with _locked(root):
         _writeup().redraw(root)
     return lines

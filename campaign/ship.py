@@ -190,14 +190,14 @@ def redraw(root: Path, data_root: Path, records: dict[str, list[dict]], models: 
     from maskdn.generalization import PAPER_GRID, run_bench
 
     outs = {}
-    for part, datasets, limit in plan:
-        methods = [str(models[m]) if m in models else m for m in dict.fromkeys(r["method"] for r in records[part])]
-        out = root / "runs" / "campaign" / "ship" / part
+    for part in plan:
+        methods = [str(models[m]) if m in models else m for m in dict.fromkeys(r["method"] for r in records[part.name])]
+        out = root / "runs" / "campaign" / "ship" / part.name
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        run_bench([data_root / d for d in datasets], methods, noises or PAPER_GRID, out, passes=1, limit=limit,
-                  progress=f"ship {part}", jobs=jobs, reports=True, lpips=False, reuse=records[part])
-        outs[part] = out
+        run_bench([data_root / d for d in part.datasets], methods, noises or PAPER_GRID, out, passes=1, limit=part.limit,
+                  progress=f"ship {part.name}", jobs=jobs, reports=True, lpips=False, reuse=records[part.name])
+        outs[part.name] = out
     return outs
 
 
@@ -223,8 +223,8 @@ def _jpeg(src: Path, dest: Path) -> None:
 def _publish(root: Path, outs: dict[str, Path], plan) -> list[str]:
     """Copy the work folders' summaries (and the first part's curves and gallery) into ``docs/bench``."""
     docs, lines = docs_bench(root), []
-    for i, (part, datasets, _) in enumerate(plan):
-        out, stem = outs[part], "summary-" + "-".join(d.lower() for d in datasets)
+    for i, part in enumerate(plan):
+        out, stem = outs[part.name], "summary-" + "-".join(d.lower() for d in part.datasets)
         for suffix in (".csv", ".md"):
             campaign._copy_atomic(out / f"summary{suffix}", docs / f"{stem}{suffix}")
         if i == 0:  # the README shows the first part's curves and gallery
@@ -247,8 +247,8 @@ def ship(root: Path, patches: int, *, data_root: Path | None = None, plan=campai
         root: The repository; maskdn must be installed from it (its zoo is the one read).
         patches: The milestone's patches (``cooldowns.json``'s ``patches``, e.g. 125008 or 1000000).
         data_root: The folder holding the benchmark's datasets (default: beside the runs' training data).
-        plan: The benchmark parts (``campaign.BENCH_PLAN``); each part's records are
-            ``docs/bench/results-PART.json.gz``.
+        plan: The benchmark parts (``campaign.BENCH_PLAN``), every one done before the pair ships; each
+            README part's records are ``docs/bench/results-PART.json.gz``.
         noises: The benchmark's noises (default: the paper grid).
         evaluate_noises: ``maskdn evaluate``'s noises for the full-set scores (default: its own).
         jobs: Worker processes for the gallery's crops.
@@ -273,17 +273,18 @@ def ship(root: Path, patches: int, *, data_root: Path | None = None, plan=campai
         raise MaskdnError(f"maskdn is installed from {zoo.zoo_dir().parent.parent.parent}, not from {root}: its zoo "
                           f"would not be the one shipped into (pip install -e {root})")
     pair = pair_at(root, patches, plan)
+    plan = [part for part in plan if part.readme]  # what joins the README's benchmark
     names = {run: f"{run}-{label(patches)}" for run in pair}
     data_root = data_root or Path(campaign.load(root, campaign.PAIR[0]).data).parent
-    every = list(dict.fromkeys(data_root / d for _, datasets, _ in plan for d in datasets))
+    every = list(dict.fromkeys(data_root / d for part in plan for d in part.datasets))
     missing = [str(d) for d in every if not d.is_dir()]
     if missing:
         raise MaskdnError(f"shipping needs the test sets: {', '.join(missing)} missing")
-    added = {part: pair_records(root, pair, names, part) for part, _, _ in plan}  # refuses before any change
+    added = {part.name: pair_records(root, pair, names, part.name) for part in plan}  # refuses before any change
     old = {r["zoo"] for r in campaign.read_cooldowns(root) if r.get("zoo") and r["zoo"] not in names.values()}
     drop = old | set(names.values())
-    merged = {part: [r for r in read_records(docs_bench(root) / f"results-{part}.json.gz") if r["method"] not in drop]
-              + added[part] for part, _, _ in plan}
+    merged = {part.name: [r for r in read_records(docs_bench(root) / f"results-{part.name}.json.gz")
+                          if r["method"] not in drop] + added[part.name] for part in plan}
 
     stage = root / "runs" / "campaign" / "ship"
     stage.mkdir(parents=True, exist_ok=True)
@@ -300,9 +301,10 @@ def ship(root: Path, patches: int, *, data_root: Path | None = None, plan=campai
         for name in sorted(old):
             (zoo_dir(root) / f"{name}.safetensors").unlink(missing_ok=True)
             lines.append(f"removed {name}, the campaign pair shipped before, from the zoo and the records")
-        for part, _, _ in plan:
-            campaign.write_records(docs_bench(root) / f"results-{part}.json.gz", merged[part])
-            lines.append(f"docs/bench/results-{part}.json.gz: {len(added[part])} records of {' and '.join(names.values())}")
+        for part in plan:
+            campaign.write_records(docs_bench(root) / f"results-{part.name}.json.gz", merged[part.name])
+            lines.append(f"docs/bench/results-{part.name}.json.gz: {len(added[part.name])} records of "
+                         f"{' and '.join(names.values())}")
         records = campaign.read_cooldowns(root)
         for r in records:
             r.pop("zoo", None)
@@ -310,7 +312,7 @@ def ship(root: Path, patches: int, *, data_root: Path | None = None, plan=campai
                 r["zoo"] = names[r["run"]]
         campaign._write_cooldowns(root, records)
     lines += _publish(root, outs, plan)
-    results = [docs_bench(root) / f"results-{part}.json.gz" for part, _, _ in plan]
+    results = [docs_bench(root) / f"results-{part.name}.json.gz" for part in plan]
     with contextlib.chdir(root):  # ranking.json names the results as given: relative to the repository
         _maskdn(["rank", *(str(p.relative_to(root)) for p in results), "-o", "docs/bench/ranking.json"])
     readme = _module(ROOT / "benchmarks" / "readme.py", "readme_tables")

@@ -57,7 +57,7 @@ def bench_progress(record: dict, plan=campaign.BENCH_PLAN) -> str:
     """How far the benchmark of a cool-down (an entry of ``cooldowns.json``) is: ``benchmarked``,
     ``benchmark: grid done`` or ``benchmark: not yet``."""
     pending = campaign.pending_parts(record, plan)
-    done = [part for part, _, _ in plan if part not in pending]
+    done = [part.name for part in plan if part.name not in pending]
     return "benchmarked" if not pending else f"benchmark: {', '.join(done) + ' done' if done else 'not yet'}"
 
 
@@ -86,26 +86,28 @@ def forecast_text(root: Path) -> str:
 
 
 def benchmarked(root: Path) -> dict[int, dict[str, dict]]:
-    """Patches → run → its cool-down record (``cooldowns.json``), for cool-downs whose every benchmark part
-    (:data:`BENCH_PLAN`) is done."""
+    """Patches → run → its cool-down record (``cooldowns.json``), for cool-downs whose README benchmark
+    (:data:`README_PARTS`) is done; the ``paper`` part may come later (target 3 waits for it)."""
     done: dict[int, dict[str, dict]] = {}
     for r in campaign.read_cooldowns(root):
-        if r.get("bench") and all(r["bench"].get(p) for p, _, _ in campaign.BENCH_PLAN):
+        if r.get("bench") and all(r["bench"].get(p.name) for p in campaign.README_PARTS):
             done.setdefault(r["patches"], {})[r["run"]] = r
     return done
 
 
-def bench_records(root: Path, record: dict) -> list[dict]:
-    """The benchmark records kept for a cool-down (an entry of ``cooldowns.json``), every part, ``noisy``'s too."""
-    return [rec for f in record.get("bench", {}).values() for rec in campaign._load_results(root / f)]
+def bench_records(root: Path, record: dict, parts=campaign.README_PARTS) -> list[dict]:
+    """The benchmark records kept for a cool-down (an entry of ``cooldowns.json``) in ``parts`` (those
+    done), ``noisy``'s too."""
+    files = [record.get("bench", {}).get(p.name) for p in parts]
+    return [rec for f in files if f for rec in campaign._load_results(root / f)]
 
 
-def pair_records(root: Path, runs: dict[str, dict]) -> tuple[list[dict], str, str]:
-    """The benchmark records of :data:`PAIR`'s cool-downs ``runs`` (run → ``cooldowns.json`` entry, one
-    entry of :func:`benchmarked`) and the two models' method names, masked first."""
+def pair_records(root: Path, runs: dict[str, dict], parts=campaign.README_PARTS) -> tuple[list[dict], str, str]:
+    """The benchmark records (of ``parts``) of :data:`PAIR`'s cool-downs ``runs`` (run → ``cooldowns.json``
+    entry, one entry of :func:`benchmarked`) and the two models' method names, masked first."""
     from maskdn.generalization import method_name
 
-    return ([rec for n in campaign.PAIR for rec in bench_records(root, runs[n])],
+    return ([rec for n in campaign.PAIR for rec in bench_records(root, runs[n], parts)],
             *(method_name(root / runs[n]["weights"]) for n in campaign.PAIR))
 
 
@@ -138,7 +140,8 @@ def targets_text(root: Path) -> str:
         if not all(n in runs for n in campaign.PAIR):
             continue
         records, m, b = pair_records(root, runs)
-        measured[patches] = targets.targets(records, m, b)
+        paper = pair_records(root, runs, (campaign.PAPER_PART,))[0]
+        measured[patches] = targets.targets(records, m, b, paper_records=paper)
         parts.append(f"The campaign at {patches:,} patches (`{m}` against `{b}`, cool-downs of "
                      f"{runs[campaign.PAIR[0]]['cooldown']:,} iterations):\n\n" + targets.markdown(measured[patches]))
     progress = [(n, patches, targets.scores(bench_records(root, runs[n]), method_name(root / runs[n]["weights"])))

@@ -98,8 +98,8 @@ def test_milestones_double_the_patches_up_to_the_runs_length():
 
 
 def test_run_cools_down_and_benchmarks_at_each_milestone_without_changing_the_run(root, tmp_path):
-    bench_set = make_images(tmp_path / "bench-set", sizes=((24, 24), (20, 28)))
-    plan = (("grid", ("bench-set",), 2), ("later", ("no-such-set",), None))
+    bench_set = make_images(tmp_path / "bench-set", sizes=((24, 24), (20, 28), (16, 20)))  # the grid takes 2
+    plan = (campaign.Part("grid", ("bench-set",), 2), campaign.Part("later", ("no-such-set",), None))
     assert not campaign.finished(root, "tiny", 2, plan)
     line = campaign.run(root, "tiny", doublings=2, plan=plan, noises=["gaussian:15", "poisson:3"], cooldown_iterations=3)
     assert line == "tiny: finished at iteration 80"
@@ -114,7 +114,20 @@ def test_run_cools_down_and_benchmarks_at_each_milestone_without_changing_the_ru
     assert writeup.bench_progress(records[0], plan) == "benchmark: grid done"
     assert writeup.bench_progress(records[0], plan[:1]) == "benchmarked"
     assert campaign.finished(root, "tiny", 2, plan)  # what waits for another machine's data is not work left here
-    assert not campaign.finished(root, "tiny", 2, plan[:1] + (("later", ("bench-set",), None),))
+    assert not campaign.finished(root, "tiny", 2, plan[:1] + (campaign.Part("later", ("bench-set",), None),))
+
+    # a part of its own conditions on every image takes the records the grid has, and computes the rest
+    keep = root / records[0]["bench"]["grid"]
+    grid = campaign._load_results(keep)
+    mine = next(r for r in grid if r["noise"] == "poisson" and r["method"] != "noisy")
+    mine["psnr"] = 99.0  # were it recomputed, it would not be 99
+    campaign.write_records(keep, grid)
+    full = campaign.Part("full", ("bench-set",), None, lambda: ["poisson:3"], readme=False)
+    assert "benchmarked on full (6 records" in "\n".join(campaign.bench(root, records[0], (full,)))
+    got = campaign._load_results(root / campaign.read_cooldowns(root)[0]["bench"]["full"])
+    assert len(got) == 3 * 2 and {r["noise"] for r in got} == {"poisson"}  # images × methods
+    assert [r["psnr"] for r in got if r["image"] == mine["image"] and r["method"] == mine["method"]] == [99.0]
+    assert writeup.bench_progress(campaign.read_cooldowns(root)[0], plan[:1] + (full,)) == "benchmarked"
 
     # stopping at the milestone and branching there changed nothing: one straight run of 80 is the same
     cfg = load_config(root / "campaign" / "tiny" / "config.toml", {"out": str(root / "straight")})
@@ -198,7 +211,16 @@ def test_targets_measure_the_issues_four_conditions():
     assert rows[1]["measured"] == pytest.approx(1.5) and rows[1]["met"]
     assert rows[2]["measured"] == pytest.approx(-2.0) and rows[2]["met"] is False  # more than 1.5 dB lost on σ=15
     assert rows[4]["measured"] == pytest.approx(-0.05) and rows[4]["met"] is False and "worst speckle:0.04" in rows[4]["detail"]
-    assert "1 of 2 conditions" in rows[4]["detail"]
+    assert "1 of 2 conditions" in rows[4]["detail"] and "ours on 2 images, the paper's on 24" in rows[4]["detail"]
+    # records on every image the paper averages measure target 3 alone, not mixed with the grid's
+    full = [{**r, "image": i, "psnr": 27.0} for r in records if r["method"] == "m" and r["dataset"] == "Kodak24"
+            and r["noise"] == "poisson" and r["image"] == "a" for i in ("a", "b", "c")]
+    on_all = t.targets(records, "m", "b", paper={"poisson:3": 26.95, "speckle:0.04": 29.05}, paper_records=full)
+    assert on_all[4]["measured"] == pytest.approx(0.05) and on_all[4]["met"]
+    assert "1 of 1 conditions" in on_all[4]["detail"] and "ours on 3 images" in on_all[4]["detail"]
+    assert on_all[:4] == rows[:4] and on_all[5] == rows[5]  # the other targets stay on the grid
+    assert t.targets(records, "m", "b", paper={"poisson:3": 26.95}, paper_records=[])[4] == t.targets(
+        records, "m", "b", paper={"poisson:3": 26.95})[4]  # none there: the grid's, as before
     assert rows[5]["measured"] == pytest.approx(1.0) and rows[5]["met"]
     assert "| 4. masked − noisy input | PolyU | +1.00 | ≥ +0.00 | yes |" in t.markdown(rows)
     assert t.scores(records, "m") == {"Kodak24 out of distribution": pytest.approx(28.25),  # (27.5 + 29) / 2
