@@ -226,7 +226,9 @@ def target_trends(measured: Mapping[int, Sequence[Mapping]], patches: int) -> li
 
     Args:
         measured: Patches → the rows :func:`targets.targets` gave for the pair benchmarked there
-            (``{target, dataset, measured (dB or None), threshold, ...}``).
+            (``{target, dataset, measured (dB or None), threshold, [images], ...}``). Where rows say
+            how many images they average (``images``), a target's line goes only through the points
+            on as many images as its newest: a mean over other images is another quantity.
         patches: Where to predict.
 
     Returns:
@@ -240,10 +242,11 @@ def target_trends(measured: Mapping[int, Sequence[Mapping]], patches: int) -> li
             if r["measured"] is not None:
                 out.setdefault((r["target"], r["dataset"]), {"target": r["target"], "dataset": r["dataset"],
                                                              "threshold": r["threshold"], "points": []})["points"].append(
-                    (at, r["measured"]))
+                    (at, r["measured"], r.get("images")))
     trends = []
     for entry in out.values():
-        pts = entry["points"]
+        newest = entry["points"][-1][2]
+        pts = entry["points"] = [(p, v) for p, v, n in entry["points"] if n == newest]
         if len({p for p, _ in pts}) < 2:
             continue
         slope, at_newest = _fit([(math.log2(p), v) for p, v in pts], math.log2(max(p for p, _ in pts)))

@@ -182,7 +182,7 @@ def pair_records(root: Path, pair: dict[str, dict], names: dict[str, str], part:
 
 
 def redraw(root: Path, data_root: Path, records: dict[str, list[dict]], models: dict[str, Path],
-           plan=campaign.BENCH_PLAN, noises: list[str] | None = None, jobs: int = 1) -> dict[str, Path]:
+           plan=campaign.README_PARTS, noises: list[str] | None = None, jobs: int = 1) -> dict[str, Path]:
     """Step 4, into work folders: ``maskdn bench`` of every method of ``records`` (part → records), each
     from a fresh ``runs/campaign/ship/PART`` so nothing of an earlier ship is drawn, resumed from the
     records (only the gallery's crops are computed); ``models``: name → weights file of the bundled

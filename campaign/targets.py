@@ -98,7 +98,8 @@ def targets(records: Iterable[Mapping[str, Any]], masked: str, baseline: str, no
     Returns:
         One dict per target and dataset, in the module docstring's order: ``{target, dataset,
         measured, threshold, met, detail}``: ``measured`` in dB (None when not measured), ``met``
-        True/False/None, ``detail`` a short text (conditions compared, worst condition).
+        True/False/None, ``detail`` a short text (conditions compared, worst condition); target 3's
+        also ``images``, the fewest images a compared condition's mean is over.
 
     Raises:
         MaskdnError: ``masked`` or ``baseline`` has no one-pass record (naming the methods there).
@@ -136,11 +137,12 @@ def targets(records: Iterable[Mapping[str, Any]], masked: str, baseline: str, no
     if have:
         gaps = {c: have[c][0] - paper[c] for c in have}
         worst = min(gaps, key=gaps.get)
-        images = "–".join(map(str, sorted({n for _, n in have.values()})))
+        counts = sorted({n for _, n in have.values()})
         detail = (f"{sum(g >= -1e-9 for g in gaps.values())} of {len(gaps)} conditions at or above; "
-                  f"mean {sum(gaps.values()) / len(gaps):+.2f}; ours on {images} images, the paper's on 24")
+                  f"mean {sum(gaps.values()) / len(gaps):+.2f}; ours on {'–'.join(map(str, counts))} images, "
+                  "the paper's on 24")
         rows.append(row("3. masked − paper's masked model (worst condition)", "Kodak24", gaps[worst], 0.0,
-                        detail + f"; worst {worst}"))
+                        detail + f"; worst {worst}") | {"images": counts[0]})
     else:
         rows.append(row("3. masked − paper's masked model (worst condition)", "Kodak24", None, 0.0, "no paper conditions"))
     m, n = means.get((REAL, masked, "real")), means.get((REAL, noisy, "real"))

@@ -55,7 +55,7 @@ def table(root: Path) -> str:
 
 def bench_progress(record: dict, plan=campaign.BENCH_PLAN) -> str:
     """How far the benchmark of a cool-down (an entry of ``cooldowns.json``) is: ``benchmarked``,
-    ``benchmark: grid done`` or ``benchmark: not yet``."""
+    ``benchmark: grid, polyu done`` (the parts done) or ``benchmark: not yet``."""
     pending = campaign.pending_parts(record, plan)
     done = [part.name for part in plan if part.name not in pending]
     return "benchmarked" if not pending else f"benchmark: {', '.join(done) + ' done' if done else 'not yet'}"
@@ -113,7 +113,8 @@ def pair_records(root: Path, runs: dict[str, dict], parts=campaign.README_PARTS)
 
 def targets_text(root: Path) -> str:
     """The success targets (``campaign/targets.py``) at every patch count where both runs of :data:`PAIR`
-    have a fully benchmarked cool-down, after the shipped pair's (``docs/bench/`` records) for reference;
+    have a cool-down benchmarked on the README's parts (:func:`benchmarked`; target 3 on the masked
+    run's ``paper`` part once it is done), after the shipped pair's (``docs/bench/`` records) for reference;
     then, once a run has two such cool-downs, each run's own scores from one to the next
     (``targets.scores``), and once two pairs are measured, each target's trend to the runs' length."""
     from maskdn.errors import MaskdnError

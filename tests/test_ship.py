@@ -113,6 +113,8 @@ def test_a_pair_is_shipped_then_replaced_by_the_next(repo):
     assert "1 of 1 conditions at or above" in training or "0 of 1 conditions at or above" in training
     assert training.count("ours on 3 images, the paper's on 24") == 2  # the pairs at 80 and 160 patches
     assert not (ship.docs_bench(repo) / "results-paper.json.gz").exists()  # not the README's benchmark
+    records, m, _ = writeup.pair_records(repo, writeup.benchmarked(repo)[160])  # targets 1, 2, 4 and the tables'
+    assert len({r["image"] for r in records if r["dataset"] == "Kodak24" and r["method"] == m}) == 2  # the grid's
     assert "masked-80" in _text(repo, "docs", "bench", "summary-kodak24-cbsd68.md")
     for name in ("curves.png", "gallery.jpg", "summary-polyu.md"):
         assert (ship.docs_bench(repo) / name).stat().st_size > 0
