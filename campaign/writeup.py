@@ -141,7 +141,7 @@ def targets_text(root: Path) -> str:
         if not all(n in runs for n in campaign.PAIR):
             continue
         records, m, b = pair_records(root, runs)
-        paper = pair_records(root, runs, (campaign.PAPER_PART,))[0]
+        paper = bench_records(root, runs[campaign.PAIR[0]], (campaign.PAPER_PART,))  # target 3: the masked model's
         measured[patches] = targets.targets(records, m, b, paper_records=paper)
         parts.append(f"The campaign at {patches:,} patches (`{m}` against `{b}`, cool-downs of "
                      f"{runs[campaign.PAIR[0]]['cooldown']:,} iterations):\n\n" + targets.markdown(measured[patches]))
