@@ -2,7 +2,8 @@
 
 Each folder ``campaign/NAME/`` holds one run's ``config.toml`` (a maskdn ``TrainConfig``, ``schedule =
 "wsd"``) and its latest ``state.pt`` (model, EMA, optimizer, iteration, RNG states, validation
-history: everything a resumed run needs; 1.6 MiB for the small preset, and ``save`` refuses one over 6 MiB). The run itself trains in the git-ignored folder
+history: everything a resumed run needs; 1.6 MiB for the small preset, and ``save`` refuses one over 6 MiB),
+and while a milestone's cool-down is under way its branch's newest state, ``cooldown.pt``. The run itself trains in the git-ignored folder
 named by the config's ``out`` (``runs/campaign/NAME``), in the background, the cores shared among the
 runs with work left (one thread each while both train; :func:`threads_per_run`).
 
@@ -125,6 +126,16 @@ def committed_state(root: Path, name: str) -> Path:
     return campaign_dir(root) / name / "state.pt"
 
 
+def committed_cooldown(root: Path, name: str) -> Path:
+    """Where the run's cool-down in progress is committed: its branch's newest state (no file between milestones)."""
+    return campaign_dir(root) / name / "cooldown.pt"
+
+
+def branch_dir(root: Path, name: str, iteration: int) -> Path:
+    """The git-ignored folder of the run's cool-down branched at ``iteration``."""
+    return run_dir(root, name).with_name(f"{name}-cd-{iteration}")
+
+
 def pid_file(root: Path, name: str) -> Path:
     return run_dir(root, name).with_suffix(".pid")
 
@@ -138,6 +149,35 @@ def iteration_of(path: Path) -> int:
     from maskdn.train.checkpoint import load_state
 
     return load_state(path)["iteration"] if path.is_file() else -1
+
+
+def branch_of(path: Path) -> tuple[int, int] | None:
+    """A cool-down branch's state file: (the iteration it branched at, its length); None if there is no file."""
+    from maskdn.train.checkpoint import load_state
+
+    if not path.is_file():
+        return None
+    cfg = load_state(path)["config"]
+    return cfg["iterations"] - cfg["cooldown"], cfg["cooldown"]
+
+
+def open_branch(root: Path, name: str) -> Path | None:
+    """The state file of the run's cool-down in progress on this machine (a branch folder whose branch
+    point ``cooldowns.json`` has not recorded yet), or None."""
+    done = cooled_down(root, name)
+    found = []
+    for path in run_dir(root, name).parent.glob(f"{name}-cd-*/state.pt"):
+        point = path.parent.name[len(name) + 4:]
+        if point.isdigit() and int(point) not in done:
+            found.append((int(point), path))
+    return max(found)[1] if found else None
+
+
+def _check_size(path: Path) -> None:
+    size = path.stat().st_size
+    if size > MAX_STATE_BYTES:
+        raise SystemExit(f"campaign: {path} is {size / 2**20:.1f} MiB, over the {MAX_STATE_BYTES / 2**20:.0f} MiB "
+                         "a committed state may weigh")
 
 
 def _cmdline(pid: int) -> str:
@@ -291,20 +331,19 @@ def stop(root: Path = ROOT, names: list[str] | None = None, timeout: float = 900
 
 
 def save(root: Path = ROOT, names: list[str] | None = None) -> list[str]:
-    """Copy each run's newest local state into ``campaign/NAME/state.pt``; redraw the README table and figure."""
+    """Copy each run's newest local state into ``campaign/NAME/state.pt`` (and a cool-down's in progress into
+    ``cooldown.pt``) and the benchmark records into ``campaign/bench/``; redraw the tables and figures."""
     lines = []
     for name in names or run_names(root):
         local, committed = run_dir(root, name) / "state.pt", committed_state(root, name)
         it_local, it_committed = iteration_of(local), iteration_of(committed)
+        lines += _save_branch(root, name)
         if it_local <= it_committed:
             lines.append(f"{name}: campaign state is current (iteration {max(it_committed, 0)})")
             continue
-        size = local.stat().st_size
-        if size > MAX_STATE_BYTES:
-            raise SystemExit(f"campaign: {local} is {size / 2**20:.1f} MiB, over the {MAX_STATE_BYTES / 2**20:.0f} MiB "
-                             "a committed state may weigh")
+        _check_size(local)
         _copy_atomic(local, committed)
-        lines.append(f"{name}: saved iteration {it_local} ({size / 2**20:.1f} MiB)")
+        lines.append(f"{name}: saved iteration {it_local} ({local.stat().st_size / 2**20:.1f} MiB)")
     with _locked(root):
         for results in sorted((root / "runs" / "campaign" / "bench").glob("*/results.json")):
             keep = campaign_dir(root) / "bench" / f"{results.parent.name}.json.gz"
@@ -313,6 +352,23 @@ def save(root: Path = ROOT, names: list[str] | None = None) -> list[str]:
                 lines.append(f"{results.parent.name}: kept {n} benchmark records")
         _writeup().redraw(root)
     return lines
+
+
+def _save_branch(root: Path, name: str) -> list[str]:
+    """Copy the run's cool-down in progress (:func:`open_branch`) into ``campaign/NAME/cooldown.pt`` when it
+    is newer than the one there, so that another machine goes on with it rather than from its start;
+    remove the one there once ``cooldowns.json`` records its cool-down."""
+    local, committed = open_branch(root, name), committed_cooldown(root, name)
+    point = (branch_of(committed) or (None,))[0]
+    if point in cooled_down(root, name):
+        committed.unlink()
+        return [f"{name}: its cool-down from iteration {point} is recorded; removed {committed.relative_to(root)}"]
+    if local is None or (branch_of(local) == branch_of(committed) and iteration_of(local) <= iteration_of(committed)):
+        return []
+    _check_size(local)
+    _copy_atomic(local, committed)
+    (point, n), it = branch_of(local), iteration_of(local)
+    return [f"{name}: saved its cool-down from iteration {point} at iteration {it} of {point + n}"]
 
 
 def check_run(root: Path, name: str) -> None:
@@ -352,7 +408,9 @@ def cooldown(root: Path, name: str, iterations: int | None = None, fraction: flo
 
     Length: ``iterations``, or ``fraction`` of the run's iterations so far (at least 100). The export is
     copied to ``campaign/cooldowns/NAME-<patches>.safetensors`` and its validation scores recorded in
-    ``campaign/cooldowns.json``.
+    ``campaign/cooldowns.json``. A branch stopped part-way resumes from its folder
+    (:func:`branch_dir`) or, when newer, from ``campaign/NAME/cooldown.pt`` (what :func:`save` committed
+    of it on another machine; used only for the same branch point and length).
     """
     from maskdn.train import cooldown as branch
     from maskdn.train.checkpoint import load_state
@@ -362,7 +420,11 @@ def cooldown(root: Path, name: str, iterations: int | None = None, fraction: flo
     state = load_state(source)
     it = state["iteration"]
     n = iterations or cooldown_length(it, fraction)
-    dest = run_dir(root, name).with_name(f"{name}-cd-{it}")
+    dest = branch_dir(root, name, it)
+    part_way = committed_cooldown(root, name)  # the same cool-down, stopped part-way on another machine
+    if branch_of(part_way) == (it, n) and iteration_of(part_way) > iteration_of(dest / "state.pt"):
+        dest.mkdir(parents=True, exist_ok=True)
+        _copy_atomic(part_way, dest / "state.pt")
     cfg = load(root, name)  # this machine's settings, not those of the machine that saved the state (a GPU's)
     weights = branch(source, n, dest, threads=threads, device=cfg.device, workers=cfg.workers)
     keep = keep_cooldown(root, name, it, load_state(dest / "state.pt"), weights)
@@ -542,7 +604,7 @@ def run(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN, nois
         while True:
             check_stop()
             it = _local_state(root, name)
-            done = {r["iteration"] for r in read_cooldowns(root) if r["run"] == name}
+            done = cooled_down(root, name)
             missed = [m for m in marks if m < it and m not in done]
             if missed:
                 print(f"{name}: warning: no cool-down at milestone(s) {', '.join(map(str, missed))}: the run was past "
@@ -567,6 +629,11 @@ def run(root: Path, name: str, doublings: int = DOUBLINGS, plan=BENCH_PLAN, nois
         return f"{name}: stopped"
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def cooled_down(root: Path, name: str) -> set[int]:
+    """The iterations where ``cooldowns.json`` records a cool-down of the run."""
+    return {r["iteration"] for r in read_cooldowns(root) if r["run"] == name}
 
 
 def read_cooldowns(root: Path) -> list[dict]:
@@ -642,6 +709,13 @@ def status(root: Path = ROOT) -> list[str]:
                "its benchmark" if ahead and recent else "")
         lines.append(f"{name}: {state}, iteration {it}, {it * bs:,} patches, {training_time(summary)} of training "
                      f"({rate:.1f} patches/s on average{eta}), validation: {val}")
+        committed, done = committed_cooldown(root, name), cooled_down(root, name)
+        branch = max((p for p in (committed, open_branch(root, name)) if p and p.is_file() and branch_of(p)[0] not in done),
+                     key=iteration_of, default=None)
+        if branch:
+            (point, n), at = branch_of(branch), iteration_of(branch)
+            lines.append(f"{name}: its cool-down from iteration {point:,} is at {at:,} of {point + n:,} "
+                         f"({'committed' if branch == committed else 'here, not yet saved into campaign/'})")
     share = threads_per_run(root)
     for name in run_names(root):
         has = running_threads(root, name)

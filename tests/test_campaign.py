@@ -470,3 +470,35 @@ def test_a_state_from_a_gpu_session_cools_down_on_this_machine(root):
     assert "cool-down of 3 iterations from iteration 40" in campaign.cooldown(root, "tiny", 3)
     branch = load_state(root / "runs" / "campaign" / "tiny-cd-40" / "state.pt")
     assert (branch["iteration"], branch["config"]["device"], branch["config"]["workers"]) == (43, "cpu", 0)
+
+
+def test_a_cooldown_stopped_part_way_goes_on_from_its_committed_state_on_a_new_machine(root):
+    """A session can end during a milestone's cool-down: ``save`` commits the branch's newest state, and
+    another machine goes on from it (not from the milestone) to the weights of one uninterrupted cool-down;
+    once the cool-down is recorded its committed state goes."""
+    from maskdn.train import TrainingStopped
+    from maskdn.train import cooldown as branch
+
+    out = root / "runs" / "campaign" / "tiny"
+    train(load_config(root / "campaign" / "tiny" / "config.toml", {"out": str(out), "iterations": 40}), progress=False)
+    straight = branch(out, 5, root / "straight-cd", progress=False)  # the reference: one uninterrupted cool-down
+    dest = campaign.branch_dir(root, "tiny", 40)
+    with pytest.raises(TrainingStopped):  # stops after its first iteration, as a SIGTERM there would
+        branch(out, 5, dest, progress=False, time_limit=1e-9)
+    lines = campaign.save(root)
+    assert lines[0] == "tiny: saved its cool-down from iteration 40 at iteration 41 of 45"
+    assert lines[1].startswith("tiny: saved iteration 40 (")
+    part_way = root / "campaign" / "tiny" / "cooldown.pt"
+    assert load_state(part_way)["iteration"] == 41
+    assert "its cool-down from iteration 40 is at 41 of 45 (committed)" in "\n".join(campaign.status(root))
+    assert not any("cool-down" in line for line in campaign.save(root))  # nothing newer to save
+
+    shutil.rmtree(root / "runs")  # a new machine
+    assert "cool-down of 5 iterations from iteration 40" in campaign.cooldown(root, "tiny", 5)
+    rows = (dest / "log.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [42, 43, 44, 45]  # went on from 41, did not start again at 40
+    a, b = load_state(straight.parent / "state.pt"), load_state(dest / "state.pt")
+    assert all(torch.equal(a["ema"]["module"][k], b["ema"]["module"][k]) for k in a["ema"]["module"])
+    assert campaign.read_cooldowns(root)[0]["iteration"] == 40 and "its cool-down from" not in "\n".join(campaign.status(root))
+    assert campaign.save(root)[0] == "tiny: its cool-down from iteration 40 is recorded; removed campaign/tiny/cooldown.pt"
+    assert not part_way.exists()
