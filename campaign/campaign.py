@@ -151,14 +151,16 @@ def iteration_of(path: Path) -> int:
     return load_state(path)["iteration"] if path.is_file() else -1
 
 
-def branch_of(path: Path) -> tuple[int, int] | None:
-    """A cool-down branch's state file: (the iteration it branched at, its length); None if there is no file."""
+def branch_of(path: Path | None) -> tuple[int, int, int] | None:
+    """A cool-down branch's state file, read once: (the iteration it branched at, its length, its iteration
+    now); None if there is no file."""
     from maskdn.train.checkpoint import load_state
 
-    if not path.is_file():
+    if path is None or not path.is_file():
         return None
-    cfg = load_state(path)["config"]
-    return cfg["iterations"] - cfg["cooldown"], cfg["cooldown"]
+    state = load_state(path)
+    cfg = state["config"]
+    return cfg["iterations"] - cfg["cooldown"], cfg["cooldown"], state["iteration"]
 
 
 def open_branch(root: Path, name: str) -> Path | None:
@@ -359,15 +361,15 @@ def _save_branch(root: Path, name: str) -> list[str]:
     is newer than the one there, so that another machine goes on with it rather than from its start;
     remove the one there once ``cooldowns.json`` records its cool-down."""
     local, committed = open_branch(root, name), committed_cooldown(root, name)
-    point = (branch_of(committed) or (None,))[0]
-    if point in cooled_down(root, name):
+    ours, kept = branch_of(local), branch_of(committed)
+    if kept and kept[0] in cooled_down(root, name):
         committed.unlink()
-        return [f"{name}: its cool-down from iteration {point} is recorded; removed {committed.relative_to(root)}"]
-    if local is None or (branch_of(local) == branch_of(committed) and iteration_of(local) <= iteration_of(committed)):
+        return [f"{name}: its cool-down from iteration {kept[0]} is recorded; removed {committed.relative_to(root)}"]
+    if ours is None or (kept and ours[:2] == kept[:2] and ours[2] <= kept[2]):
         return []
     _check_size(local)
     _copy_atomic(local, committed)
-    (point, n), it = branch_of(local), iteration_of(local)
+    point, n, it = ours
     return [f"{name}: saved its cool-down from iteration {point} at iteration {it} of {point + n}"]
 
 
@@ -422,7 +424,8 @@ def cooldown(root: Path, name: str, iterations: int | None = None, fraction: flo
     n = iterations or cooldown_length(it, fraction)
     dest = branch_dir(root, name, it)
     part_way = committed_cooldown(root, name)  # the same cool-down, stopped part-way on another machine
-    if branch_of(part_way) == (it, n) and iteration_of(part_way) > iteration_of(dest / "state.pt"):
+    kept = branch_of(part_way)
+    if kept and kept[:2] == (it, n) and kept[2] > iteration_of(dest / "state.pt"):
         dest.mkdir(parents=True, exist_ok=True)
         _copy_atomic(part_way, dest / "state.pt")
     cfg = load(root, name)  # this machine's settings, not those of the machine that saved the state (a GPU's)
@@ -709,13 +712,13 @@ def status(root: Path = ROOT) -> list[str]:
                "its benchmark" if ahead and recent else "")
         lines.append(f"{name}: {state}, iteration {it}, {it * bs:,} patches, {training_time(summary)} of training "
                      f"({rate:.1f} patches/s on average{eta}), validation: {val}")
-        committed, done = committed_cooldown(root, name), cooled_down(root, name)
-        branch = max((p for p in (committed, open_branch(root, name)) if p and p.is_file() and branch_of(p)[0] not in done),
-                     key=iteration_of, default=None)
-        if branch:
-            (point, n), at = branch_of(branch), iteration_of(branch)
-            lines.append(f"{name}: its cool-down from iteration {point:,} is at {at:,} of {point + n:,} "
-                         f"({'committed' if branch == committed else 'here, not yet saved into campaign/'})")
+        done = cooled_down(root, name)
+        branches = [(info, where) for info, where in ((branch_of(committed_cooldown(root, name)), "committed"),
+                                                      (branch_of(open_branch(root, name)), "here, not yet saved into campaign/"))
+                    if info and info[0] not in done]
+        if branches:  # the newer; the committed one where both are as far
+            (point, n, at), where = max(branches, key=lambda b: b[0][2])
+            lines.append(f"{name}: its cool-down from iteration {point:,} is at {at:,} of {point + n:,} ({where})")
     share = threads_per_run(root)
     for name in run_names(root):
         has = running_threads(root, name)
