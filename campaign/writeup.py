@@ -275,7 +275,7 @@ def plot_bench(root: Path, dest: Path | None = None) -> Path | None:
         for i, (patches, diff) in enumerate(pairs.items()):
             ood = [v for (d, c), v in diff.items() if d == ds and c != targets.TRAINING_NOISE]
             if ood:
-                means.append(f"{sum(ood) / len(ood):+.2f} at {patches:,}")
+                means.append(f"{sum(ood) / len(ood):+.2f} ({patches:,})")
             label = f"cool-downs at {patches:,} patches" if first else None
             for family in dict.fromkeys(c.split(":")[0] for c in PAPER_GRID):  # a line within each noise's levels
                 pts = sorted((x[c], v) for (d, c), v in diff.items() if d == ds and c.split(":")[0] == family and c in x)
@@ -283,7 +283,9 @@ def plot_bench(root: Path, dest: Path | None = None) -> Path | None:
                     ax.plot(*zip(*pts), marker="o", markersize=4, color=f"C{i}", label=label)
                     label = None
         ax.set_xticks(range(len(PAPER_GRID)), PAPER_GRID, rotation=90, fontsize=7)
-        ax.set_title(f"{ds}: masked − baseline (mean out of distribution {', '.join(means)})", fontsize=9)
+        # two lines: one per pair in a single line overran the panel from the third pair on
+        ax.set_title(f"{ds}: masked − baseline per condition\nmean out of distribution (at patches): "
+                     f"{', '.join(means)}", fontsize=8)
         if first:
             ax.set_ylabel("PSNR difference (dB; above 0: masking ahead)")
         ax.grid(alpha=0.3)
