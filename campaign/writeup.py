@@ -283,7 +283,7 @@ def plot_bench(root: Path, dest: Path | None = None) -> Path | None:
                     ax.plot(*zip(*pts), marker="o", markersize=4, color=f"C{i}", label=label)
                     label = None
         ax.set_xticks(range(len(PAPER_GRID)), PAPER_GRID, rotation=90, fontsize=7)
-        # two lines: one per pair in a single line overran the panel from the third pair on
+        # two lines: on one, the means of three pairs or more overran the panel
         ax.set_title(f"{ds}: masked − baseline per condition\nmean out of distribution (at patches): "
                      f"{', '.join(means)}", fontsize=8)
         if first:
